@@ -1,0 +1,1 @@
+"""Scoreline: metadata-driven, Numba-accelerated model scoring."""
