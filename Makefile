@@ -1,0 +1,42 @@
+# Two entry points that work on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-test
+DEMO ?= demo-data
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+
+.PHONY: setup test serve demo bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(DEMO)/.built: $(STAMP)
+	$(VENV)/bin/scoreline demo --root $(DEMO)
+	touch $@
+
+demo: $(DEMO)/.built
+
+serve: $(DEMO)/.built
+	$(VENV)/bin/scoreline serve --registry $(DEMO)/registry --host $(HOST) --port $(PORT)
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(VENV)/bin/scoreline bench
+
+bench-quick: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(VENV)/bin/scoreline bench --quick
+
+clean:
+	rm -rf $(VENV) .cache $(DEMO) .pytest_cache .benchmarks

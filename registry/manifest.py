@@ -1,0 +1,317 @@
+"""The model manifest: a frozen, strictly validated msgspec schema for one model version's metadata.
+
+A manifest says what a model needs (inputs), where an entity's raw data lives (entity store),
+how raw inputs become features (transforms), which artifact scores them (model), how a score
+becomes a decision (decision) and how the answer is named (output). JSON keys are kebab-case.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+from scoreline.errors import SchemaError
+
+__all__ = ["Manifest", "decode_manifest", "encode_manifest", "TRANSFORM_KINDS"]
+
+_STRICT = dict(frozen=True, forbid_unknown_fields=True, rename="kebab")
+
+Scalar = Union[bool, int, float, str]
+InputType = Literal["int", "float", "string", "bool", "date", "timestamp"]
+
+
+class Input(msgspec.Struct, **_STRICT):
+    """One raw input: its type, whether it is required, its default, and its allowed values."""
+
+    name: str
+    type: InputType
+    required: bool = True
+    default: Scalar | None = None
+    allowed: list[Scalar] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    allow_nan: bool = False
+
+
+# --- entity stores ----------------------------------------------------------------------------
+
+
+class ParquetStore(msgspec.Struct, tag="parquet", tag_field="kind", **_STRICT):
+    """Parquet file(s) loaded into memory with a key index; reloaded when the files change."""
+
+    path: str
+    key_column: str
+
+
+class ArrowStore(msgspec.Struct, tag="arrow", tag_field="kind", **_STRICT):
+    """An Arrow IPC file loaded into memory with a key index."""
+
+    path: str
+    key_column: str
+
+
+class SqliteStore(msgspec.Struct, tag="sqlite", tag_field="kind", **_STRICT):
+    """A SQLite table read through ADBC."""
+
+    path: str
+    table: str
+    key_column: str
+
+
+class PostgresStore(msgspec.Struct, tag="postgres", tag_field="kind", **_STRICT):
+    """A PostgreSQL table read through ADBC (uri: postgresql://host:port/db)."""
+
+    uri: str
+    table: str
+    key_column: str
+
+
+Store = Union[ParquetStore, ArrowStore, SqliteStore, PostgresStore]
+
+
+class Entity(msgspec.Struct, **_STRICT):
+    """The entity key in requests and the store its raw inputs are fetched from."""
+
+    key: str
+    key_type: Literal["int", "string"] = "int"
+    store: Store | None = None
+    # raw input name -> store column name, where they differ
+    columns: dict[str, str] = {}
+
+
+# --- feature transforms -----------------------------------------------------------------------
+# Each transform reads one or two columns (raw inputs or earlier transforms' outputs) and writes a
+# float64 feature column named `output`. They run in order.
+
+_T = dict(tag_field="kind", **_STRICT)
+
+
+class Passthrough(msgspec.Struct, tag="passthrough", **_T):
+    input: str
+    output: str
+
+
+class AgeYears(msgspec.Struct, tag="age-years", **_T):
+    """Whole years between a date input and the scoring date."""
+
+    input: str
+    output: str
+
+
+class DaysSince(msgspec.Struct, tag="days-since", **_T):
+    input: str
+    output: str
+
+
+class Vocabulary(msgspec.Struct, tag="vocabulary", **_T):
+    """A category's position in `vocabulary`; an unseen value becomes `fallback` (None: missing)."""
+
+    input: str
+    output: str
+    vocabulary: list[str]
+    fallback: float | None = None
+
+
+class OneHot(msgspec.Struct, tag="one-hot", **_T):
+    """One 0/1 column per category, named `<output>=<category>`."""
+
+    input: str
+    output: str
+    categories: list[str]
+
+
+class Standardize(msgspec.Struct, tag="standardize", **_T):
+    input: str
+    output: str
+    mean: float
+    std: float
+
+
+class MinMax(msgspec.Struct, tag="min-max", **_T):
+    input: str
+    output: str
+    min: float
+    max: float
+
+
+class Log1p(msgspec.Struct, tag="log1p", **_T):
+    input: str
+    output: str
+
+
+class Clip(msgspec.Struct, tag="clip", **_T):
+    input: str
+    output: str
+    lower: float | None = None
+    upper: float | None = None
+
+
+class Bucketize(msgspec.Struct, tag="bucketize", **_T):
+    """Index of the bucket: number of `edges` <= value (edges ascending)."""
+
+    input: str
+    output: str
+    edges: list[float]
+
+
+class FillMissing(msgspec.Struct, tag="fill-missing", **_T):
+    input: str
+    output: str
+    value: float
+
+
+class Ratio(msgspec.Struct, tag="ratio", **_T):
+    """numerator / denominator; a zero denominator gives missing."""
+
+    numerator: str
+    denominator: str
+    output: str
+
+
+class Lookup(msgspec.Struct, tag="lookup", **_T):
+    """A value from a table keyed by the input (as a string); a missing key gives `default`."""
+
+    input: str
+    output: str
+    table: dict[str, float]
+    default: float | None = None
+
+
+Transform = Union[
+    Passthrough, AgeYears, DaysSince, Vocabulary, OneHot, Standardize, MinMax, Log1p, Clip,
+    Bucketize, FillMissing, Ratio, Lookup,
+]
+TRANSFORM_KINDS = tuple(t.__struct_config__.tag for t in Transform.__args__)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+class ModelSpec(msgspec.Struct, **_STRICT):
+    """The artifact (relative to the version folder) and how its features map from columns."""
+
+    format: Literal["lightgbm", "linear"]
+    artifact: str
+    # model feature name -> column (raw input or transform output); unnamed features map by name
+    features: dict[str, str] = {}
+    # which raw output is "the score": "auto" (the prediction for one output, the top class's
+    # probability for several), or a class index
+    score: Literal["auto"] | int = "auto"
+
+
+# --- decision logic ---------------------------------------------------------------------------
+
+
+class Band(msgspec.Struct, **_STRICT):
+    """score >= min gives label (bands are tried in order; the first match wins)."""
+
+    label: str
+    min: float
+
+
+class Bands(msgspec.Struct, tag="bands", tag_field="kind", **_STRICT):
+    bands: list[Band]
+    default: str
+
+
+class Argmax(msgspec.Struct, tag="argmax", tag_field="kind", **_STRICT):
+    """The top class's label (labels[i] for class i)."""
+
+    labels: list[str]
+
+
+class TopK(msgspec.Struct, tag="top-k", tag_field="kind", **_STRICT):
+    """The k most probable classes' labels, best first, joined with ','."""
+
+    labels: list[str]
+    k: int
+
+
+class Segment(msgspec.Struct, tag="segment", tag_field="kind", **_STRICT):
+    """The top class's label, and a payload (e.g. a product SKU) looked up from that label."""
+
+    labels: list[str]
+    payload: dict[str, str]
+    payload_field: str
+
+
+Decision = Union[Bands, Argmax, TopK, Segment]
+
+
+class Output(msgspec.Struct, **_STRICT):
+    """Names of the answer's fields: the contract that stays the same across versions."""
+
+    score: str = "score"
+    decision: str = "application-decision"
+
+
+class Manifest(msgspec.Struct, **_STRICT):
+    """Everything needed to serve one version of one model."""
+
+    model_id: str
+    inputs: list[Input]
+    entity: Entity
+    model: ModelSpec
+    decision: Decision
+    transforms: list[Transform] = []
+    output: Output = Output()
+    description: str = ""
+
+
+_decoder = msgspec.json.Decoder(Manifest)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_manifest(data: bytes | str) -> Manifest:
+    """Decode and validate a manifest from JSON; a bad field raises SchemaError with its path."""
+    try:
+        manifest = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else None
+        raise SchemaError(f"Invalid manifest: {text}", path=path) from None
+    except msgspec.DecodeError as exc:
+        raise SchemaError(f"Manifest is not valid JSON: {exc}") from None
+    _check_semantics(manifest)
+    return manifest
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The manifest as JSON bytes (kebab-case keys), for writing to the registry."""
+    return _encoder.encode(manifest)
+
+
+def _check_semantics(m: Manifest) -> None:
+    """Cross-field checks msgspec's types cannot express."""
+    names = [i.name for i in m.inputs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise SchemaError(f"duplicate input {name!r}", path=f"$.inputs[{i}].name")
+        if name == m.entity.key:
+            raise SchemaError(f"input {name!r} has the entity key's name", path=f"$.inputs[{i}].name")
+    known = set(names)
+    for i, t in enumerate(m.transforms):
+        sources = (t.numerator, t.denominator) if isinstance(t, Ratio) else (t.input,)
+        for s in sources:
+            if s not in known:
+                raise SchemaError(
+                    f"transform reads {s!r}, which is neither an input nor an earlier output",
+                    path=f"$.transforms[{i}]",
+                )
+        if isinstance(t, OneHot):
+            known.update(f"{t.output}={c}" for c in t.categories)
+        else:
+            known.add(t.output)
+    for feature, column in m.model.features.items():
+        if column not in known:
+            raise SchemaError(
+                f"model feature {feature!r} maps from unknown column {column!r}",
+                path=f"$.model.features.{feature}",
+            )
+    if isinstance(m.decision, Bands):
+        mins = [b.min for b in m.decision.bands]
+        if mins != sorted(mins, reverse=True):
+            raise SchemaError("bands must be ordered by descending min", path="$.decision.bands")
+    if isinstance(m.decision, TopK) and not 1 <= m.decision.k <= len(m.decision.labels):
+        raise SchemaError("k must be between 1 and the number of labels", path="$.decision.k")
