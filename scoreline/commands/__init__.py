@@ -1,0 +1,1 @@
+"""Sub-commands of the `scoreline` CLI, one module each (see scoreline/cli.py)."""

@@ -1,0 +1,1 @@
+"""Adapters that run Scoreline deployments inside distributed engines (Ray Data, Spark)."""
