@@ -1,0 +1,427 @@
+"""The decision log: every scored row appended off the request path, durable in SQLite or PostgreSQL.
+
+``DecisionLog(url)`` with ``sqlite:///path.db`` (WAL mode) or ``postgresql://...``, both through
+ADBC, so a batch goes into the database as Arrow (``adbc_ingest``) without a row loop.
+``append`` only puts the batch on a bounded queue; one writer thread drains the queue and writes
+a transaction per batch of rows (when ``batch_rows`` are waiting or ``flush_interval`` seconds
+after the first waiting row). ``flush()`` returns when everything appended before it is
+committed, ``close()`` (also run at exit) flushes and stops the writer.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import logging
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scoreline.errors import InputError, NotReadyError, SchemaError
+
+__all__ = ["DecisionLog", "DECISION_SCHEMA"]
+
+_log = logging.getLogger("scoreline.decision_log")
+
+DECISION_SCHEMA = pa.schema([
+    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("request_id", pa.string()),
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("model_version", pa.int64(), nullable=False),
+    pa.field("entity_key", pa.string()),
+    pa.field("score", pa.float64()),           # null when the row has an error
+    pa.field("decision", pa.string()),
+    pa.field("latency_us", pa.float64()),
+    pa.field("error", pa.string()),
+])
+_REQUIRED = ("model_id", "model_version")
+
+STATS_SCHEMA = pa.schema([
+    ("model_id", pa.string()),
+    ("model_version", pa.int64()),
+    ("calls", pa.int64()),
+    ("errors", pa.int64()),
+    ("mean_latency_us", pa.float64()),
+    ("p50_latency_us", pa.float64()),
+    ("p99_latency_us", pa.float64()),
+    ("last_call", pa.timestamp("us", tz="UTC")),
+])
+
+_SQL_TYPES = {
+    "sqlite": {"ts": "TEXT", "request_id": "TEXT", "model_id": "TEXT", "model_version": "INTEGER",
+               "entity_key": "TEXT", "score": "REAL", "decision": "TEXT", "latency_us": "REAL",
+               "error": "TEXT"},
+    "postgresql": {"ts": "TIMESTAMPTZ", "request_id": "TEXT", "model_id": "TEXT",
+                   "model_version": "BIGINT", "entity_key": "TEXT", "score": "DOUBLE PRECISION",
+                   "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT"},
+}
+# SQLite's ADBC driver infers each result column's type from the first rows it sees (an all-null
+# column becomes int64, and a later string then fails the read), so SQLite reads start with one
+# typed row of these literals, dropped after the fetch.
+_SQLITE_LITERALS = {pa.string(): "''", pa.int64(): "0", pa.float64(): "0.0"}
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_STOP = object()
+
+
+class DecisionLog:
+    """An append-only log of decisions in a SQLite or PostgreSQL table.
+
+    Parameters: ``url`` (``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
+    ``postgresql://user@host:port/db``); ``table`` (created if absent); ``batch_rows`` and
+    ``flush_interval`` (seconds), when the writer commits; ``max_queue`` (batches waiting);
+    ``put_timeout``, how long ``append`` may wait for room in a full queue before it drops the
+    batch (counted in :attr:`dropped_rows` and logged as a warning, never silently).
+    """
+
+    def __init__(self, url: str, *, table: str = "decisions", batch_rows: int = 10_000,
+                 flush_interval: float = 0.2, max_queue: int = 10_000,
+                 put_timeout: float = 0.5) -> None:
+        if not _TABLE.fullmatch(table):
+            raise SchemaError(f"invalid decision log table name {table!r}", path="table")
+        self.url = url
+        self.table = table
+        self.dialect, self._target = _parse_url(url)
+        self.batch_rows = batch_rows
+        self.flush_interval = flush_interval
+        self.put_timeout = put_timeout
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._dropped = 0
+        self._lost = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._reader = None
+        # Open and prepare the table here so a bad URL fails in the caller, not in the thread.
+        self._writer_conn = self._connect()
+        self._create_table(self._writer_conn)
+        self._thread = threading.Thread(target=self._run, name=f"decision-log-{table}", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"DecisionLog({_redact(self.url)!r}, table={self.table!r})"
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the request path ---------------------------------------------------------------------
+
+    def append(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Queue rows for writing and return at once.
+
+        Columns are matched by name to :data:`DECISION_SCHEMA` and cast to its types;
+        ``model_id`` and ``model_version`` are required, a missing ``ts`` becomes now, other
+        missing columns become null. An unknown column raises SchemaError (a typo would lose data).
+        """
+        if self._closed:
+            raise NotReadyError("the decision log is closed", path="decision-log")
+        if not batch.schema.equals(DECISION_SCHEMA):
+            batch = _conform(batch)
+        if batch.num_rows == 0:
+            return
+        try:
+            self._queue.put(batch, timeout=self.put_timeout)
+        except queue.Full:
+            self._dropped += batch.num_rows
+            _log.warning("decision log %s: queue full for %.1fs, dropped %d rows (%d in all)",
+                         self.table, self.put_timeout, batch.num_rows, self._dropped)
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows refused because the queue stayed full for ``put_timeout`` seconds."""
+        return self._dropped
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The writer's latest database error (None once a write succeeds again)."""
+        return self._error
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Wait until every row appended before this call is committed.
+
+        Raises NotReadyError if that has not happened within ``timeout`` seconds (the database is
+        failing: the rows stay queued and the writer keeps retrying).
+        """
+        if self._closed:
+            return
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            raise NotReadyError(f"decision log: queue still full after {timeout}s",
+                                path="decision-log") from None
+        if not done.wait(timeout):
+            raise NotReadyError(
+                f"decision log: rows not committed after {timeout}s (last error: {self._error})",
+                path="decision-log",
+            )
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Write everything queued, stop the writer and close the connections (idempotent).
+
+        Raises NotReadyError if queued rows could not be written.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            atexit.unregister(self.close)
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            for conn in (self._writer_conn, self._reader):
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # closing a broken connection must not mask the report
+                        pass
+        if self._lost:
+            raise NotReadyError(f"decision log: {self._lost} rows could not be written "
+                                f"({self._error})", path="decision-log")
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def tail(self, n: int = 20, model_id: str | None = None) -> pa.Table:
+        """The latest ``n`` rows (of one model, if given), oldest first, as DECISION_SCHEMA."""
+        cols = ", ".join(DECISION_SCHEMA.names)
+        where, params = ("WHERE model_id = ?", [model_id]) if model_id is not None else ("", [])
+        if self.dialect == "sqlite":
+            # rowid breaks ties between rows of one batch, which share a timestamp
+            inner = (f"SELECT {cols}, rowid AS _seq FROM {self.table} {where} "
+                     f"ORDER BY ts DESC, rowid DESC LIMIT {int(n)}")
+            table = self._sqlite_query(inner, params, DECISION_SCHEMA, "ts, _seq")
+        else:
+            where = where.replace("?", "$1")
+            sql = (f"SELECT {cols} FROM (SELECT {cols}, seq FROM {self.table} {where} "
+                   f"ORDER BY ts DESC, seq DESC LIMIT {int(n)}) AS t ORDER BY ts, seq")
+            table = self._query(sql, params)
+        return _normalize(table, DECISION_SCHEMA)
+
+    def stats(self) -> pa.Table:
+        """Per model and version: calls, errors, mean/p50/p99 latency (µs) and the last call.
+
+        Computed in SQL; percentiles are nearest-rank (the smallest latency with at least that
+        share of calls at or below it), the same in both databases.
+        """
+        sql = f"""
+            WITH ranked AS (
+                SELECT model_id, model_version, ts, error, latency_us,
+                       ROW_NUMBER() OVER (PARTITION BY model_id, model_version ORDER BY
+                           CASE WHEN latency_us IS NULL THEN 1 ELSE 0 END, latency_us) AS rn,
+                       COUNT(latency_us) OVER (PARTITION BY model_id, model_version) AS n_lat
+                FROM {self.table})
+            SELECT model_id, model_version, COUNT(*) AS calls,
+                   SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS errors,
+                   AVG(latency_us) AS mean_latency_us,
+                   MIN(CASE WHEN latency_us IS NOT NULL AND rn >= 0.5 * n_lat
+                       THEN latency_us END) AS p50_latency_us,
+                   MIN(CASE WHEN latency_us IS NOT NULL AND rn >= 0.99 * n_lat
+                       THEN latency_us END) AS p99_latency_us,
+                   MAX(ts) AS last_call
+            FROM ranked GROUP BY model_id, model_version"""
+        if self.dialect == "sqlite":
+            table = self._sqlite_query(f"SELECT *, 0 AS _seq FROM ({sql})", [], STATS_SCHEMA,
+                                       "model_id, model_version")
+        else:
+            table = self._query(sql + " ORDER BY model_id, model_version", [])
+        return _normalize(table, STATS_SCHEMA)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _connect(self):
+        if self.dialect == "sqlite":
+            import adbc_driver_sqlite.dbapi as driver
+
+            conn = driver.connect(self._target, autocommit=True)
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.fetchall()
+            # FULL: a commit is on disk when flush() returns; commits are batched, so the fsync
+            # is paid once per batch, not per row.
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=10000")   # another process may be writing
+            cur.close()
+            return conn
+        try:
+            import adbc_driver_postgresql.dbapi as driver
+        except ImportError:
+            raise NotReadyError("a postgresql:// decision log needs adbc-driver-postgresql "
+                                "(pip install 'scoreline[postgres]')", path="decision-log") from None
+        return driver.connect(self._target, autocommit=True)
+
+    def _create_table(self, conn) -> None:
+        types = _SQL_TYPES[self.dialect]
+        cols = ", ".join(f"{name} {types[name]}" for name in DECISION_SCHEMA.names)
+        if self.dialect == "postgresql":
+            # insertion order, to keep the rows of one batch (which share a timestamp) in order;
+            # SQLite has its rowid
+            cols += ", seq BIGSERIAL"
+        cur = conn.cursor()
+        try:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({cols})")
+            cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} (ts)")
+            cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_model_ts "
+                        f"ON {self.table} (model_id, model_version, ts)")
+        finally:
+            cur.close()
+
+    def _query(self, sql: str, params: list) -> pa.Table:
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = self._connect()
+            cur = self._reader.cursor()
+            try:
+                cur.execute(sql, params or None)
+                return cur.fetch_arrow_table()
+            finally:
+                cur.close()
+
+    def _sqlite_query(self, inner: str, params: list, schema: pa.Schema, order: str) -> pa.Table:
+        """Run ``inner`` (selecting ``schema``'s columns, then a ``_seq`` sort column) on SQLite."""
+        names = ", ".join(schema.names)
+        typed = ", ".join(f"{_SQLITE_LITERALS.get(f.type, chr(39) * 2)} AS {f.name}" for f in schema)
+        sql = (f"SELECT {names} FROM (SELECT {typed}, 0 AS _seq, 0 AS _typed UNION ALL "
+               f"SELECT *, 1 AS _typed FROM ({inner})) ORDER BY _typed, {order}")
+        return self._query(sql, params).slice(1)
+
+    def _run(self) -> None:
+        """The writer thread: gather rows, write them in one transaction, release flush waiters."""
+        pending: list = []
+        rows = 0
+        waiters: list[threading.Event] = []
+        deadline = None
+        stopping = False
+        failures = 0
+        while True:
+            timeout = None if not pending else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    if not pending:
+                        deadline = time.monotonic() + self.flush_interval
+                    pending.append(item)
+                    rows += item.num_rows
+                if rows >= self.batch_rows:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            due = pending and (stopping or waiters or rows >= self.batch_rows
+                               or time.monotonic() >= deadline)
+            if due:
+                try:
+                    self._write(pending)
+                    pending, rows, failures, self._error = [], 0, 0, None
+                except Exception as exc:  # the database is down or refusing: keep rows, retry
+                    failures += 1
+                    self._error = exc
+                    _log.warning("decision log %s: write of %d rows failed (%s); retrying",
+                                 self.table, rows, exc)
+                    if stopping and failures >= 3:
+                        self._lost += rows
+                        _log.error("decision log %s: giving up on %d rows", self.table, rows)
+                        pending, rows = [], 0
+                    else:
+                        time.sleep(min(0.05 * 2 ** failures, 2.0))
+                        deadline = time.monotonic()
+            if not pending:
+                for w in waiters:
+                    w.set()
+                waiters.clear()
+                # an append racing close() may have queued rows behind the stop marker
+                if stopping and self._queue.empty():
+                    return
+
+    def _write(self, pending: list) -> None:
+        tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in pending]
+        data = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        if self.dialect == "sqlite":
+            # SQLite keeps timestamps as ISO 8601 text (UTC, no offset), which sorts by time.
+            ts = pc.strftime(data.column("ts"), format="%Y-%m-%dT%H:%M:%S", locale="C")
+            data = data.set_column(0, pa.field("ts", pa.string()), ts)
+        cur = self._writer_conn.cursor()
+        try:
+            cur.adbc_ingest(self.table, data, mode="append")
+        finally:
+            cur.close()
+
+
+def _parse_url(url: str) -> tuple[str, str]:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not str(path):
+            raise SchemaError(f"decision log URL {url!r} names no file", path="log")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return "sqlite", str(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql", url
+    raise SchemaError(f"unsupported decision log URL {_redact(url)!r}: expected sqlite:///path.db "
+                      "or postgresql://host/db", path="log")
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _conform(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+    names = batch.schema.names
+    unknown = [n for n in names if n not in DECISION_SCHEMA.names]
+    if unknown:
+        raise SchemaError(f"decision log rows have unknown columns {unknown}; expected some of "
+                          f"{DECISION_SCHEMA.names}", path=f"column {unknown[0]!r}")
+    n = batch.num_rows
+    arrays = []
+    for field in DECISION_SCHEMA:
+        if field.name in names:
+            col = batch.column(field.name)
+            if not col.type.equals(field.type):
+                try:
+                    col = pc.cast(col, field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise InputError(f"decision log column {field.name!r}: expected {field.type}, "
+                                     f"got {col.type} ({exc})", path=f"column {field.name!r}") from None
+            if field.name in _REQUIRED and col.null_count:
+                raise InputError(f"decision log column {field.name!r} has nulls",
+                                 path=f"column {field.name!r}")
+        elif field.name == "ts":
+            now = np.datetime64(_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None), "us")
+            col = pa.array(np.full(n, now), pa.timestamp("us")).cast(field.type)
+        elif field.name in _REQUIRED:
+            raise InputError(f"decision log rows need a {field.name!r} column",
+                             path=f"column {field.name!r}")
+        else:
+            col = pa.nulls(n, field.type)
+        arrays.append(col)
+    if isinstance(batch, pa.Table):
+        return pa.Table.from_arrays(arrays, schema=DECISION_SCHEMA)
+    return pa.RecordBatch.from_arrays(arrays, schema=DECISION_SCHEMA)
+
+
+def _normalize(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast what the database returned (SQLite: text timestamps, inferred types) to ``schema``."""
+    arrays = []
+    for field in schema:
+        col = table.column(field.name)
+        if pa.types.is_timestamp(field.type) and pa.types.is_string(col.type):
+            col = pc.cast(col, pa.timestamp("us"))
+        if not col.type.equals(field.type):
+            col = pc.cast(col, field.type)
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=schema.remove_metadata())
