@@ -11,7 +11,7 @@ from numba import njit
 
 __all__ = ["bands", "argmax", "top_k", "gather_index", "select_score"]
 
-_JIT = dict(nogil=True, cache=True)
+_JIT = dict(nogil=True, cache=True, error_model="numpy")  # no ZeroDivisionError checks
 
 
 @njit(**_JIT)

@@ -23,7 +23,7 @@ __all__ = [
     "min_max", "log1p", "clip", "bucketize", "fill_missing", "ratio", "copy", "run_plan",
 ]
 
-_JIT = dict(nogil=True, cache=True)
+_JIT = dict(nogil=True, cache=True, error_model="numpy")  # no ZeroDivisionError checks
 
 
 @njit(**_JIT)

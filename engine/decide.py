@@ -1,0 +1,126 @@
+"""A manifest's score selection and decision, compiled for one model: raw predictions in, the score,
+the decision label and (for segments) the payload out, as label indices the kernels compute.
+
+Binary models predict one probability p per row; decisions over classes see it as [1 - p, p].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scoreline.errors import SchemaError
+from scoreline.kernels import decisions as K
+from scoreline.registry import manifest as M
+
+__all__ = ["Decider"]
+
+
+class Decider:
+    """Score selection plus the decision of one manifest for one model."""
+
+    def __init__(self, manifest: M.Manifest, num_class: int, objective: str) -> None:
+        d = manifest.decision
+        self.kind = type(d).__struct_config__.tag
+        self.binary = num_class == 1 and objective.startswith(("binary", "cross_entropy"))
+        classes = 2 if self.binary else num_class
+        score = manifest.model.score
+        if score == "auto":
+            self.column = -1 if num_class > 1 else 0
+        else:
+            if not 0 <= score < classes:
+                raise SchemaError(f"model.score is class {score}, but the model has {classes} "
+                                  "output(s)", path="$.model.score")
+            self.column = score
+        # Binary: class 1 is p itself; class 0 is 1 - p (see `scores`).
+        self.complement = self.binary and score == 0
+        self.payload_labels = None
+        if isinstance(d, M.Bands):
+            self.mins = np.array([b.min for b in d.bands], dtype=np.float64)
+            labels = [b.label for b in d.bands] + [d.default]
+        else:
+            labels = list(d.labels)
+            if len(labels) != classes:
+                raise SchemaError(f"{self.kind} has {len(labels)} labels, but the model has "
+                                  f"{classes} classes", path="$.decision.labels")
+            if len(set(labels)) != len(labels):
+                raise SchemaError("duplicate labels", path="$.decision.labels")
+        if isinstance(d, M.TopK):
+            self.k = d.k
+        if isinstance(d, M.Segment):
+            missing = [lab for lab in labels if lab not in d.payload]
+            if missing:
+                raise SchemaError(f"segment {missing[0]!r} has no payload", path="$.decision.payload")
+            values = sorted(set(d.payload[lab] for lab in labels))
+            self.payload_labels = pa.array(values, pa.string())
+            self.payload_index = np.array([values.index(d.payload[lab]) for lab in labels],
+                                          dtype=np.int64)
+            self.payload_field = d.payload_field
+        self.labels = pa.array(labels, pa.string())
+        self.label_list = labels
+
+    def scores(self, raw: np.ndarray) -> np.ndarray:
+        """The score per row from `predict_matrix`'s output ((n,) or (n, k))."""
+        if raw.ndim == 1:
+            return 1.0 - raw if self.complement else raw
+        out = np.empty(raw.shape[0])
+        K.select_score(raw, self.column, out)
+        return out
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        if raw.ndim == 2:
+            return raw
+        if not self.binary:
+            return raw.reshape(-1, 1)
+        probs = np.empty((raw.shape[0], 2))
+        probs[:, 0] = 1.0 - raw
+        probs[:, 1] = raw
+        return probs
+
+    def decide(self, raw: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(label index per row, or (n, k) for top-k; payload index per row or None); -1: none."""
+        n = score.shape[0]
+        if self.kind == "bands":
+            out = np.empty(n, dtype=np.int64)
+            K.bands(score, self.mins, len(self.mins), out)
+            return out, None
+        probs = self.probabilities(raw)
+        if self.kind == "top-k":
+            out = np.empty((n, self.k), dtype=np.int64)
+            K.top_k(probs, out)
+            return out, None
+        out = np.empty(n, dtype=np.int64)
+        K.argmax(probs, out)
+        if self.kind == "segment":
+            payload = np.empty(n, dtype=np.int64)
+            K.gather_index(out, self.payload_index, payload)
+            return out, payload
+        return out, None
+
+    def label_column(self, index: np.ndarray, bad: np.ndarray) -> pa.Array:
+        """Label strings for label indices; null where `bad` or no decision."""
+        if index.ndim == 2:
+            parts = [self._take(index[:, r], bad) for r in range(index.shape[1])]
+            return pc.binary_join_element_wise(*parts, ",") if len(parts) > 1 else parts[0]
+        return self._take(index, bad)
+
+    def payload_column(self, payload: np.ndarray, bad: np.ndarray) -> pa.Array:
+        return _take(self.payload_labels, payload, bad)
+
+    def _take(self, index: np.ndarray, bad: np.ndarray) -> pa.Array:
+        return _take(self.labels, index, bad)
+
+    def label_of(self, index) -> str | None:
+        """One row's label from `decide`'s output row (the one-row path)."""
+        if np.ndim(index) == 1:
+            if index[0] < 0:
+                return None
+            return ",".join(self.label_list[int(i)] for i in index)
+        return None if index < 0 else self.label_list[int(index)]
+
+
+def _take(values: pa.Array, index: np.ndarray, bad: np.ndarray) -> pa.Array:
+    mask = bad | (index < 0)
+    safe = np.where(mask, 0, index)
+    return values.take(pa.array(safe, mask=mask))
