@@ -1,0 +1,120 @@
+"""`scoreline score MODEL INPUT... -o OUTPUT`: bulk scoring of Parquet, Arrow IPC and CSV files,
+on this machine (streaming, threaded) or on a Ray or Spark cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DESCRIPTION = """\
+Score Parquet (a file, a directory or a glob), Arrow IPC (file or stream) or CSV input into one
+Parquet or Arrow IPC file. MODEL is a model id in --registry (optionally `id@version` or
+`id@alias`), or a LightGBM / linear model file. The output holds the --keep columns and the
+model's outputs (the deployment's contract columns; `score` or `score_<class>` for a model file).
+Rows that cannot be scored go to the rejects file with the reason; every row read is in one of
+the two. Both files appear only when the job finishes.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score",
+        help="score Parquet/Arrow/CSV files in bulk",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="model id (id, id@version, id@alias) or a model file")
+    p.add_argument("input", metavar="INPUT", nargs="+", help="Parquet/Arrow/CSV file, directory or glob")
+    p.add_argument("-o", "--output", required=True, help="output file (.parquet or .arrow)")
+    p.add_argument(
+        "--registry",
+        default=os.environ.get("SCORELINE_REGISTRY"),
+        help="model registry folder (default: $SCORELINE_REGISTRY)",
+    )
+    p.add_argument("--version", dest="model_version", help="version number or alias (default: production, else latest)")
+    p.add_argument("--keep", action="append", default=[], help="input columns to copy to the output, comma-separated")
+    p.add_argument("--rejects", help="file for rows that could not be scored (default: OUTPUT's stem + .rejects)")
+    p.add_argument("--batch-size", type=int, default=65_536, help="rows per batch (memory scales with it)")
+    p.add_argument("--threads", type=int, default=None, help="scoring threads (default: all CPUs)")
+    p.add_argument("--format", choices=("parquet", "arrow"), help="output format (default: from OUTPUT's extension)")
+    p.add_argument("--raw-score", action="store_true", help="model files only: raw margins, not probabilities")
+    p.add_argument("--engine", choices=("local", "ray", "spark"), default="local", help="where to score")
+    p.add_argument("--address", help="Ray cluster address (ray://host:10001, auto) or Spark master URL")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    keep = [name.strip() for item in args.keep for name in item.split(",") if name.strip()]
+    inputs = args.input if len(args.input) > 1 else args.input[0]
+    common = dict(
+        registry=args.registry,
+        version=args.model_version,
+        keep=keep,
+        rejects=args.rejects,
+        batch_size=args.batch_size,
+        format=args.format,
+        raw_score=args.raw_score,
+    )
+    if args.engine == "ray":
+        from scoreline.distributed.ray import score_files
+
+        result = score_files(args.model, inputs, args.output, address=args.address, **common)
+    elif args.engine == "spark":
+        from scoreline.distributed.spark import score_files
+
+        result = score_files(args.model, inputs, args.output, master=args.address, **common)
+    else:
+        from scoreline.engine.bulk import score_file
+
+        bar = None if args.quiet else _bar()
+        result = score_file(args.model, inputs, args.output, threads=args.threads, progress=bar, **common)
+    if not args.quiet:
+        print(result.summary())
+    return 0
+
+
+def _bar():
+    """A rich progress bar on stderr when it is a terminal; None (no bar) otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return None
+    return _RichProgress(console)
+
+
+class _RichProgress:
+    """Rows done, rows per second and time left (when the files say how many rows they hold)."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeElapsedColumn
+        from rich.progress import TimeRemainingColumn
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task):
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
+
+        self._progress = Progress(
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = None
+
+    def start(self, total_rows: int | None) -> None:
+        self._task = self._progress.add_task("score", total=total_rows)
+        self._progress.start()
+
+    def advance(self, rows: int) -> None:
+        self._progress.update(self._task, advance=rows)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
