@@ -1,0 +1,214 @@
+"""create_app(engine | load_engine, settings) -> the Starlette app: v1 JSON and Arrow, the v2 protocol,
+models, health, metrics, OpenAPI and admin, with one error handler mapping Scoreline errors to statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from scoreline.errors import NotFoundError, SchemaError, ScorelineError
+
+from .asgi import JSON, Endpoint, encode_json, read_body, send_bytes, send_json
+from .auth import ApiKeyMiddleware
+from .errors import MalformedBody, error_body, error_headers, status_for
+from .metrics import Metrics, MetricsMiddleware
+from .openapi import openapi_document
+from .protocol_v2 import v2_routes
+from .scoring import Scorer
+from .settings import ServerSettings
+from .v1 import v1_routes
+
+__all__ = ["create_app", "app_from_env", "ENV_CONFIG"]
+
+log = logging.getLogger("scoreline.server")
+
+# `scoreline serve --workers N` hands its options to each worker process through this variable.
+ENV_CONFIG = "SCORELINE_SERVE_CONFIG"
+
+
+class _Promote(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    model_id: str
+    version: int
+    alias: str = "production"
+
+
+_decode_promote = msgspec.json.Decoder(_Promote).decode
+
+
+def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
+               settings: ServerSettings | None = None) -> Starlette:
+    """The HTTP service in front of a `scoreline.Engine` (or anything following its contract).
+
+    Give either `engine` (already built; the caller closes it) or `load_engine`, a callable that
+    builds one: it runs in a thread at startup so `/healthz` answers while the registry compiles,
+    and the app closes that engine (flushing the decision log) at shutdown.
+    """
+    if (engine is None) == (load_engine is None):
+        raise ValueError("give exactly one of engine= and load_engine=")
+    settings = settings or ServerSettings()
+    metrics = Metrics()
+    scorer = Scorer(settings, metrics)
+    state = {"load_error": None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        loading = None
+        if engine is not None:
+            scorer.engine = engine
+        else:
+            def build():
+                try:
+                    scorer.engine = load_engine()
+                except BaseException as exc:  # shown by /readyz; the process keeps serving health
+                    state["load_error"] = exc
+                    log.exception("loading the registry failed")
+            loading = loop.run_in_executor(None, build)
+        try:
+            yield
+        finally:
+            if loading is not None:
+                await loading
+                if scorer.engine is not None:
+                    await loop.run_in_executor(None, scorer.engine.close)
+            scorer.close()
+
+    async def healthz(scope, receive, send) -> None:
+        await send_json(send, 200, {"status": "ok"})
+
+    async def readyz(scope, receive, send) -> None:
+        current = scorer.engine
+        if current is not None and current.ready:
+            await send_json(send, 200, {"ready": True})
+            return
+        reason = "compiling and warming the registry's deployments"
+        if state["load_error"] is not None:
+            reason = f"loading the registry failed: {state['load_error']}"
+        await send_json(send, 503, {"ready": False, "reason": reason})
+
+    async def metrics_text(scope, receive, send) -> None:
+        await send_bytes(send, 200, metrics.render().encode(), b"text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(scope, receive, send) -> None:
+        current = scorer.engine
+        ids = [m.get("id") for m in current.models()] if current is not None else []
+        await send_json(send, 200, openapi_document(settings, model_ids=[i for i in ids if isinstance(i, str)]))
+
+    async def models(scope, receive, send) -> None:
+        current = scorer.require_engine()
+        listing = await asyncio.get_running_loop().run_in_executor(None, current.models)
+        await send_json(send, 200, {"models": listing})
+
+    async def model(scope, receive, send) -> None:
+        model_id = scope["path_params"]["model_id"]
+        current = scorer.require_engine()
+        listing = await asyncio.get_running_loop().run_in_executor(None, current.models)
+        for item in listing:
+            if item.get("id") == model_id:
+                await send_json(send, 200, item)
+                return
+        raise NotFoundError(f"unknown model {model_id!r}", path="$.model-id")
+
+    async def reload(scope, receive, send) -> None:
+        current = scorer.require_engine()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, current.reload)  # compiles and warms before swapping
+        await send_json(send, 200, {"models": await loop.run_in_executor(None, current.models)})
+
+    async def promote(scope, receive, send) -> None:
+        body = await read_body(scope, receive, settings.max_body_bytes)
+        try:
+            request = _decode_promote(body)
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
+            raise SchemaError(f"invalid promote request: {text}", path=path) from None
+        except msgspec.DecodeError as exc:
+            raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
+        scorer.entry(request.model_id, request.version)  # 404 for an unknown model or version
+        current = scorer.require_engine()
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: current.promote(request.model_id, request.version, alias=request.alias))
+        await send_json(send, 200, {"model-id": request.model_id, "alias": request.alias, "version": request.version})
+
+    def route(path, handler, methods=("GET",)):
+        return Route(path, Endpoint(handler), methods=list(methods))
+
+    routes = [
+        route("/healthz", healthz),
+        route("/readyz", readyz),
+        route("/metrics", metrics_text),
+        route("/openapi.json", openapi),
+        route("/v1/models", models),
+        route("/v1/models/{model_id}", model),
+        route("/admin/reload", reload, ("POST",)),
+        route("/admin/promote", promote, ("POST",)),
+        *v1_routes(scorer),
+        *v2_routes(scorer),
+    ]
+
+    def on_error(request: Request, exc: Exception) -> Response:
+        v2 = request.url.path.startswith("/v2")
+        if isinstance(exc, HTTPException):
+            exc = _http_error(exc, request.url.path)
+        metrics.errors.inc((getattr(exc, "kind", "internal"),))
+        headers = error_headers(exc)
+        if isinstance(exc, ScorelineError) and exc.kind == "method":
+            headers["allow"] = exc.allow
+        return Response(encode_json(error_body(exc, protocol_v2=v2)), status_code=status_for(exc),
+                        headers=headers, media_type=JSON.decode())
+
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(ApiKeyMiddleware, api_keys=settings.api_keys, admin_keys=settings.admin_keys),
+        ],
+        exception_handlers={ScorelineError: on_error, HTTPException: on_error, Exception: on_error},
+        lifespan=lifespan,
+    )
+    app.state.scorer = scorer
+    app.state.metrics = metrics
+    return app
+
+
+class _MethodNotAllowed(ScorelineError):
+    kind = "method"
+
+
+def _http_error(exc: HTTPException, path: str) -> ScorelineError:
+    """Starlette's routing errors (404 no route, 405 wrong method) in the service's error format."""
+    if exc.status_code == 405:
+        error = _MethodNotAllowed(f"method not allowed on {path}")
+        error.allow = (exc.headers or {}).get("Allow", "")
+        return error
+    if exc.status_code == 404:
+        return NotFoundError(f"no endpoint at {path}", path="$")
+    error = ScorelineError(str(exc.detail))
+    return error
+
+
+def app_from_env() -> Starlette:
+    """The app a `scoreline serve` worker runs: options from $SCORELINE_SERVE_CONFIG (JSON)."""
+    config = msgspec.json.decode(os.environ[ENV_CONFIG])
+    settings = msgspec.convert(config.get("settings", {}), ServerSettings)
+    registry, log_url = config["registry"], config.get("log")
+
+    def load():
+        import scoreline
+
+        return scoreline.Engine(registry, log=log_url) if log_url else scoreline.Engine(registry)
+
+    return create_app(load_engine=load, settings=settings)

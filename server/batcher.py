@@ -1,0 +1,176 @@
+"""MicroBatcher: concurrent submissions for one deployment coalesced into one scoring call off the loop.
+
+Flush policy (all times from `time.monotonic()`):
+- idle (no batch in flight): a submission is scored at once, so batching adds no latency at low load;
+- busy: submissions collect while a batch runs; the collected ones go as soon as a batch slot frees,
+  when they reach `max_rows`, or when the wait budget `max_wait` (measured from the oldest waiting
+  submission) runs out, whichever comes first; at most `max_in_flight` batches run at once;
+- over `max_queue` waiting rows a submission fails at once with `OverloadedError` (503 +
+  Retry-After) instead of letting latency grow without bound;
+- a submission that waits past its own deadline fails with `OverloadedError` and is not scored.
+
+`score(items) -> results` runs in an executor thread (the kernels release the GIL) and returns one
+result per item, in order; a result that is an exception fails that item only. If `score` itself
+raises, every item of that batch gets the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Generic, TypeVar
+
+from scoreline.errors import OverloadedError
+
+__all__ = ["MicroBatcher"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Waiter:
+    __slots__ = ("item", "rows", "future", "queued_at")
+
+    def __init__(self, item, rows: int, future: asyncio.Future, queued_at: float) -> None:
+        self.item = item
+        self.rows = rows
+        self.future = future
+        self.queued_at = queued_at
+
+
+class MicroBatcher(Generic[T, R]):
+    """Coalesces concurrent `submit` calls into batched `score` calls; see the module docstring.
+
+    Parameters: `score` (items -> results, run in `executor`); `max_rows` per batch (an item larger
+    than that is scored alone); `max_wait` seconds of wait budget; `max_queue` waiting rows before
+    overload; `max_in_flight` batches scoring at once; `retry_after` seconds suggested on overload.
+    """
+
+    def __init__(
+        self,
+        score: Callable[[list[T]], Sequence[R | BaseException]],
+        *,
+        max_rows: int = 64,
+        max_wait: float = 0.0005,
+        max_queue: int = 2048,
+        max_in_flight: int = 2,
+        executor: Executor | None = None,
+        retry_after: float = 1.0,
+    ) -> None:
+        if max_rows < 1 or max_queue < 1 or max_in_flight < 1 or max_wait < 0:
+            raise ValueError("max_rows, max_queue and max_in_flight must be >= 1, max_wait >= 0")
+        self._score = score
+        self.max_rows = max_rows
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.max_in_flight = max_in_flight
+        self._executor = executor
+        self._retry_after = retry_after
+        self._pending: deque[_Waiter] = deque()
+        self._queued_rows = 0
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a batch (not counting those being scored)."""
+        return self._queued_rows
+
+    @property
+    def in_flight(self) -> int:
+        """Batches being scored now."""
+        return self._in_flight
+
+    async def submit(self, item: T, *, rows: int = 1, timeout: float | None = None) -> R:
+        """Queue `item` (carrying `rows` rows) and wait for its result.
+
+        Raises `OverloadedError` when the queue is full or when `timeout` seconds pass before the
+        result is ready, and re-raises the item's own (or its batch's) error.
+        """
+        if self._queued_rows + rows > self.max_queue and self._pending:
+            raise OverloadedError(
+                f"scoring queue full ({self._queued_rows} rows waiting); retry later",
+                retry_after=self._retry_after,
+            )
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append(_Waiter(item, rows, future, time.monotonic()))
+        self._queued_rows += rows
+        self._schedule(loop)
+        if timeout is None:
+            return await future
+        expiry = loop.call_later(timeout, _expire, future, timeout, self._retry_after)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
+
+    # -- scheduling, always on the event loop ---------------------------------------------------
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._pending and self._in_flight < self.max_in_flight:
+            if self._in_flight and self._queued_rows < self.max_rows:
+                wait = self._pending[0].queued_at + self.max_wait - time.monotonic()
+                if wait > 0:
+                    if self._timer is None:
+                        self._timer = loop.call_later(wait, self._on_timer, loop)
+                    return
+            self._flush(loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._schedule(loop)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch: list[_Waiter] = []
+        rows = 0
+        while self._pending and (not batch or rows + self._pending[0].rows <= self.max_rows):
+            waiter = self._pending.popleft()
+            self._queued_rows -= waiter.rows
+            if waiter.future.done():  # expired or its client went away: not scored
+                continue
+            batch.append(waiter)
+            rows += waiter.rows
+        if not batch:
+            return
+        self._in_flight += 1
+        items = [w.item for w in batch]
+        done = loop.run_in_executor(self._executor, self._score, items)
+        done.add_done_callback(lambda f: self._deliver(loop, batch, f))
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiter], done: asyncio.Future) -> None:
+        self._in_flight -= 1
+        try:
+            exc = done.exception()
+            if exc is None:
+                results = done.result()
+                if len(results) != len(batch):
+                    exc = RuntimeError(f"score returned {len(results)} results for {len(batch)} items")
+        except asyncio.CancelledError as cancelled:
+            exc = cancelled
+        if exc is not None:
+            for waiter in batch:
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+        else:
+            for waiter, result in zip(batch, results):
+                if waiter.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    waiter.future.set_exception(result)
+                else:
+                    waiter.future.set_result(result)
+        self._schedule(loop)
+
+
+def _expire(future: asyncio.Future, timeout: float, retry_after: float) -> None:
+    if not future.done():
+        future.set_exception(
+            OverloadedError(f"not scored within the {timeout:g} s request deadline", retry_after=retry_after)
+        )

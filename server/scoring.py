@@ -1,0 +1,192 @@
+"""Scorer: the service's one way into the engine: resolve a deployment, micro-batch its rows, split results.
+
+Single requests (v1 JSON, v2 tensors) go through one MicroBatcher per deployment; each batch is one
+`engine.score_batch(model_id, batch, version=<resolved int>, request_ids=...)` call, which scores
+with `Deployment.score` and logs every row once with its own request id. Arrow IPC bodies are
+already batches and go straight to the engine. Engine work always runs in the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+
+from scoreline.errors import InputError, NotReadyError, ScorelineError
+
+from .batcher import MicroBatcher
+from .errors import row_error
+from .metrics import Metrics
+from .rows import Rows, RowShape, check_model_ref
+from .settings import ServerSettings
+
+__all__ = ["Scorer", "Scored"]
+
+
+class Scored:
+    """One request's slice of a scored batch: the output RecordBatch and its rows as Python values."""
+
+    __slots__ = ("batch", "columns", "offset", "n", "batch_rows")
+
+    def __init__(self, batch: pa.RecordBatch, columns: dict[str, list], offset: int, n: int) -> None:
+        self.batch = batch
+        self.columns = columns
+        self.offset = offset
+        self.n = n
+        self.batch_rows = batch.num_rows
+
+    def row(self, i: int, fields: tuple[str, ...]) -> dict:
+        """Row `i` of this request as a dict of `fields` (the contract)."""
+        j = self.offset + i
+        return {name: self.columns[name][j] for name in fields}
+
+    def error(self, i: int) -> str | None:
+        """Row `i`'s error text, or None when it was scored."""
+        return self.columns["error"][self.offset + i]
+
+    def arrow(self) -> pa.RecordBatch:
+        """This request's rows of the output batch (zero-copy slice)."""
+        return self.batch.slice(self.offset, self.n)
+
+
+class _Entry:
+    __slots__ = ("deployment", "batcher", "shape", "labels", "fields")
+
+    def __init__(self, deployment, batcher: MicroBatcher, shape: RowShape) -> None:
+        self.deployment = deployment
+        self.batcher = batcher
+        self.shape = shape
+        self.labels = (deployment.model_id, str(deployment.version))
+        # the contract fields, in order; `error` is ours to report, not a contract field
+        self.fields = tuple(n for n in deployment.output_schema.names if n != "error")
+
+
+class Scorer:
+    """Resolves deployments and scores rows for the HTTP handlers; owns the batchers and the executor."""
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine = None  # set by the app once the engine is built (it compiles and warms first)
+        self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="scoreline-score")
+        self._entries: dict[tuple[str, int], _Entry] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
+        metrics.gauge("scoreline_queue_rows", "Rows waiting for a micro-batch, by model and version.",
+                      ("model", "version"), self._queue_gauge)
+
+    def new_request_id(self) -> str:
+        """A request id unique within this process's life (pid, start time, counter)."""
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
+
+    # -- resolution ------------------------------------------------------------------------------
+
+    def require_engine(self):
+        engine = self.engine
+        if engine is None:
+            raise NotReadyError("the engine is still loading the registry; retry shortly")
+        return engine
+
+    def entry(self, model_id: object, version: object, *, path: str = "$") -> _Entry:
+        """The deployment (and its batcher) for a model id and optional version or alias."""
+        model_id, version = check_model_ref(model_id, version, path=path)
+        deployment = self.require_engine().deployment(model_id, version)
+        key = (deployment.model_id, deployment.version)
+        entry = self._entries.get(key)
+        if entry is None or entry.deployment is not deployment:
+            # a new deployment object (first use, or a reload rebuilt it): requests already queued
+            # on the old batcher still finish on the old object.
+            entry = _Entry(deployment, self._batcher(deployment), RowShape(deployment))
+            self._entries[key] = entry
+        return entry
+
+    def _batcher(self, deployment) -> MicroBatcher:
+        s = self.settings
+        return MicroBatcher(
+            lambda parts: self._score_parts(deployment, parts),
+            max_rows=s.max_batch, max_wait=s.max_wait_us / 1e6, max_queue=s.max_queue,
+            max_in_flight=s.max_in_flight, executor=self.executor, retry_after=s.retry_after_s)
+
+    # -- scoring ---------------------------------------------------------------------------------
+
+    async def score_rows(self, entry: _Entry, rows: Rows) -> Scored:
+        """Score a request's rows through the deployment's micro-batcher."""
+        start = time.monotonic()
+        scored = await entry.batcher.submit(rows, rows=rows.n, timeout=self.settings.request_timeout_s)
+        self._record(entry, scored, time.monotonic() - start)
+        return scored
+
+    async def score_arrow(self, entry: _Entry, batch: pa.RecordBatch, request_ids: list[str] | None) -> pa.RecordBatch:
+        """Score a client's RecordBatch as it is (no micro-batching: it is a batch already)."""
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        deployment = entry.deployment
+        out = await loop.run_in_executor(
+            self.executor,
+            lambda: self.engine.score_batch(deployment.model_id, batch, version=deployment.version, request_ids=request_ids),
+        )
+        self.metrics.batch_rows.observe(entry.labels, out.num_rows)
+        errors = out.num_rows - out.column("error").null_count if out.num_rows else 0
+        self.metrics.rows.inc((*entry.labels, "ok"), out.num_rows - errors)
+        if errors:
+            self.metrics.rows.inc((*entry.labels, "error"), errors)
+        self.metrics.score_latency.observe(entry.labels, time.monotonic() - start)
+        return out
+
+    def _record(self, entry: _Entry, scored: Scored, seconds: float) -> None:
+        m = self.metrics
+        if scored.offset == 0:  # one observation per engine call: its first request records it
+            m.batch_rows.observe(entry.labels, scored.batch_rows)
+        errors = sum(1 for i in range(scored.n) if scored.error(i) is not None)
+        m.rows.inc((*entry.labels, "ok"), scored.n - errors)
+        if errors:
+            m.rows.inc((*entry.labels, "error"), errors)
+        m.score_latency.observe(entry.labels, seconds)
+
+    def _score_parts(self, deployment, parts: list[Rows]) -> list:
+        """Runs in the executor: one engine call for all parts, results split back per part."""
+        shape = self._entries_shape(deployment)
+        try:
+            batch, ids = shape.to_batch(parts)
+            out = self.engine.score_batch(deployment.model_id, batch, version=deployment.version, request_ids=ids)
+        except (ScorelineError, pa.ArrowException) as exc:
+            if len(parts) == 1:
+                raise exc if isinstance(exc, ScorelineError) else InputError(f"cannot build the batch: {exc}") from None
+            # Values were checked per request, so this is rare; isolate the part at fault so it
+            # fails alone and its batch-mates are scored.
+            results = []
+            for part in parts:
+                try:
+                    results.append(self._score_parts(deployment, [part])[0])
+                except ScorelineError as one:
+                    results.append(one)
+            return results
+        columns = {name: out.column(i).to_pylist() for i, name in enumerate(out.schema.names)}
+        results, offset = [], 0
+        for part in parts:
+            results.append(Scored(out, columns, offset, part.n))
+            offset += part.n
+        return results
+
+    def _entries_shape(self, deployment) -> RowShape:
+        entry = self._entries.get((deployment.model_id, deployment.version))
+        return entry.shape if entry is not None and entry.deployment is deployment else RowShape(deployment)
+
+    def raise_row_errors(self, scored: Scored, path_of) -> None:
+        """Raise the first row error of a request (for answers that cannot carry per-row errors)."""
+        for i in range(scored.n):
+            text = scored.error(i)
+            if text is not None:
+                raise row_error(text, path=path_of(i))
+
+    def _queue_gauge(self):
+        for (model_id, version), entry in sorted(self._entries.items()):
+            yield (model_id, str(version)), entry.batcher.queued_rows
+

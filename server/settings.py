@@ -1,0 +1,40 @@
+"""ServerSettings: every knob of the HTTP service in one frozen struct (limits, batching, keys)."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["ServerSettings"]
+
+
+class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits, micro-batching and API keys; `scoreline serve` fills it from its flags.
+
+    Batching: `max_batch` rows per engine call, `max_wait_us` wait budget measured from the oldest
+    waiting request (only while another batch is running: an idle service scores at once),
+    `max_queue` waiting rows per deployment before answering 503, `max_in_flight` batches per
+    deployment scoring at once, `threads` executor threads for scoring. `request_timeout_s` is the
+    per-request deadline. Limits: `max_body_bytes` per request body, `max_rows` rows per JSON or v2
+    request, `max_arrow_rows` rows per Arrow IPC request. Keys: scoring needs one of `api_keys` when
+    any is set; admin endpoints need one of `admin_keys` and are refused when none is set.
+    """
+
+    max_batch: int = 64
+    max_wait_us: int = 500
+    max_queue: int = 4096
+    max_in_flight: int = 2
+    threads: int = 2
+    request_timeout_s: float = 5.0
+    retry_after_s: float = 1.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_rows: int = 10_000
+    max_arrow_rows: int = 1_000_000
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_in_flight", "threads", "max_body_bytes", "max_rows", "max_arrow_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_us < 0 or self.request_timeout_s <= 0:
+            raise ValueError("max_wait_us must be >= 0 and request_timeout_s > 0")
