@@ -1,0 +1,494 @@
+"""Entity stores: fetch a whole batch of entities' raw inputs by key, as Arrow, aligned with the keys.
+
+``open_store(spec, base_dir)`` builds a store from a manifest's store spec; every store answers
+``lookup(keys, columns) -> (table, found)``: one row per key, in the keys' order, with the
+requested columns; a key that is absent (or null, or not a valid key) gives ``found[i] = False``
+and a null row. The caller turns that into a per-row "not found" error, never into defaults.
+
+- Parquet (a file, a folder of files or a glob) and Arrow IPC files are loaded into memory with a
+  sorted key index, so a lookup is a ``searchsorted`` and one Arrow ``take``. The files are checked
+  for changes at most every ``reload_interval`` seconds; a changed table is loaded on a background
+  thread and swapped in whole, so lookups never wait for a reload.
+- SQLite and PostgreSQL tables are read through ADBC, one query per batch of keys, with a
+  connection per thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import glob as _glob
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scoreline.errors import InputError, NotFoundError, NotReadyError, SchemaError
+from scoreline.registry.manifest import ArrowStore, ParquetStore, PostgresStore, SqliteStore
+
+__all__ = ["EntityStore", "open_store"]
+
+_log = logging.getLogger("scoreline.entities")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def open_store(spec, base_dir: str | os.PathLike, *, reload_interval: float = 2.0) -> EntityStore:
+    """The store a manifest's ``entity.store`` describes; relative paths resolve against base_dir.
+
+    ``reload_interval``: for file stores, the least number of seconds between checks for changed
+    files (checks run on lookup, on a background thread).
+    """
+    base = Path(base_dir)
+    if isinstance(spec, ParquetStore):
+        return FileStore(_parquet_source(spec.path, base), spec.key_column,
+                         reload_interval=reload_interval)
+    if isinstance(spec, ArrowStore):
+        return FileStore(_arrow_source(spec.path, base), spec.key_column,
+                         reload_interval=reload_interval)
+    if isinstance(spec, SqliteStore):
+        return SqliteTableStore(_resolve(spec.path, base), spec.table, spec.key_column)
+    if isinstance(spec, PostgresStore):
+        return PostgresTableStore(spec.uri, spec.table, spec.key_column)
+    raise SchemaError(f"unsupported entity store {type(spec).__name__}", path="$.entity.store")
+
+
+class EntityStore(abc.ABC):
+    """What every store offers: ``key_column``, ``schema`` (all columns), ``lookup`` and ``close``."""
+
+    key_column: str
+    schema: pa.Schema
+
+    @abc.abstractmethod
+    def lookup(self, keys, columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+        """Rows for ``keys`` (an Arrow array, a list or a numpy array), in the keys' order.
+
+        ``columns``: the store columns to return (default: all but the key). Returns the table
+        and ``found``, a bool numpy array; rows not found are null.
+        """
+
+    def close(self) -> None:
+        """Release files and connections; the store is unusable afterwards."""
+
+    def __enter__(self) -> EntityStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _columns(self, columns: Sequence[str] | None) -> list[str]:
+        names = self.schema.names
+        if columns is None:
+            return [n for n in names if n != self.key_column]
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise SchemaError(f"entity store has no column {missing[0]!r} (columns: "
+                              f"{', '.join(names)})", path=f"column {missing[0]!r}")
+        return list(columns)
+
+
+# --- the key index ----------------------------------------------------------------------------
+
+
+class _KeyIndex:
+    """Sorted keys and their row numbers: ``searchsorted`` finds a batch of keys at once.
+
+    Integer keys are int64; string keys are a numpy object array (sorting and searching compare
+    Python strings, still one C loop per batch instead of a dict probe per key in Python).
+    """
+
+    def __init__(self, column: pa.Array | pa.ChunkedArray, what: str) -> None:
+        self.is_int = pa.types.is_integer(column.type)
+        if not self.is_int and not (pa.types.is_string(column.type)
+                                    or pa.types.is_large_string(column.type)):
+            raise SchemaError(f"{what}: key column has type {column.type}; expected integers or "
+                              "strings", path="$.entity.store.key-column")
+        if column.null_count:
+            raise InputError(f"{what}: the key column has {column.null_count} null keys",
+                             path="$.entity.store.key-column")
+        values = (column.cast(pa.int64()).to_numpy() if self.is_int
+                  else np.asarray(column.to_numpy(zero_copy_only=False), dtype=object))
+        order = np.argsort(values, kind="stable")
+        self.sorted = values[order]
+        self.rows = order
+        dup = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])
+        if dup.size:
+            key = self.sorted[dup[0]]
+            key = int(key) if self.is_int else key
+            raise InputError(f"{what}: key {key!r} appears more than once (keys must be unique)",
+                             path="$.entity.store.key-column")
+
+    def find(self, keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row numbers, found) for ``keys``; invalid keys are not found."""
+        n = len(self.sorted)
+        if n == 0:
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        pos = np.searchsorted(self.sorted, keys)
+        pos[pos >= n] = n - 1
+        found = valid & (self.sorted[pos] == keys)
+        return self.rows[pos], found
+
+
+def _coerce_keys(keys, is_int: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The keys as int64 or str objects, and which of them are valid keys at all."""
+    if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu" and is_int:
+        return keys.astype(np.int64, copy=False), np.ones(len(keys), bool)
+    if not isinstance(keys, (pa.Array, pa.ChunkedArray)):
+        keys = pa.array(keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    valid = ~np.asarray(keys.is_null().to_numpy(zero_copy_only=False), bool) if keys.null_count \
+        else np.ones(len(keys), bool)
+    target = pa.int64() if is_int else pa.string()
+    if not keys.type.equals(target):
+        try:
+            keys = keys.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # some keys are not keys of this type ("abc", 1.5): those are simply not found
+            return _coerce_each(keys.to_pylist(), is_int)
+    if keys.null_count:
+        keys = keys.fill_null(0 if is_int else "")
+    if is_int:
+        return keys.to_numpy(), valid
+    return np.asarray(keys.to_numpy(zero_copy_only=False), dtype=object), valid
+
+
+def _coerce_each(items: list, is_int: bool) -> tuple[np.ndarray, np.ndarray]:
+    out, valid = [], []
+    for v in items:
+        k = None
+        if is_int:
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                k = int(v)
+            elif isinstance(v, float) and v.is_integer():
+                k = int(v)
+            elif isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()):
+                k = int(v)
+        elif v is not None:
+            k = str(v)
+        valid.append(k is not None)
+        out.append(k if k is not None else (0 if is_int else ""))
+    return np.array(out, dtype=np.int64 if is_int else object), np.array(valid, bool)
+
+
+def _take(table: pa.Table, rows: np.ndarray, found: np.ndarray) -> pa.Table:
+    # A null index gives a null row: that is what an unknown key returns.
+    indices = pa.array(rows, mask=~found) if not found.all() else pa.array(rows)
+    return table.take(indices)
+
+
+# --- in-memory file stores --------------------------------------------------------------------
+
+
+class _Source:
+    """How to read a file store's table and fingerprint its files."""
+
+    def __init__(self, describe: str, files: Callable[[], list[Path]],
+                 read: Callable[[list[Path]], pa.Table]) -> None:
+        self.describe = describe
+        self.files = files
+        self.read = read
+
+    def signature(self) -> tuple:
+        sig = []
+        for f in self.files():
+            st = os.stat(f)
+            sig.append((str(f), st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(sig)
+
+
+class _Loaded:
+    """One immutable snapshot: the table, its key index and the files' signature."""
+
+    def __init__(self, table: pa.Table, index: _KeyIndex, signature: tuple) -> None:
+        self.table = table
+        self.index = index
+        self.signature = signature
+
+
+class FileStore(EntityStore):
+    """Parquet or Arrow IPC data held in memory, indexed by key, reloaded when the files change."""
+
+    def __init__(self, source: _Source, key_column: str, *, reload_interval: float = 2.0) -> None:
+        self.source = source
+        self.key_column = key_column
+        self.reload_interval = reload_interval
+        self.last_error: BaseException | None = None
+        self._reload_lock = threading.Lock()
+        self._state = self._load()
+        self.schema = self._state.table.schema
+        self._next_check = time.monotonic() + reload_interval
+
+    def __repr__(self) -> str:
+        return f"FileStore({self.source.describe}, key={self.key_column!r}, rows={self.num_rows})"
+
+    @property
+    def num_rows(self) -> int:
+        return self._state.table.num_rows
+
+    def lookup(self, keys, columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+        state = self._state                     # one snapshot for the whole batch
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.reload_interval
+            self._reload_in_background()
+        values, valid = _coerce_keys(keys, state.index.is_int)
+        rows, found = state.index.find(values, valid)
+        return _take(state.table.select(self._columns(columns)), rows, found), found
+
+    def reload(self) -> bool:
+        """Reload now if the files changed (blocking); True when a new snapshot was swapped in."""
+        with self._reload_lock:
+            try:
+                if self.source.signature() == self._state.signature:
+                    return False
+                state = self._load()
+            except Exception as exc:  # a file mid-write, or gone: keep serving the old snapshot
+                self.last_error = exc
+                _log.warning("entity store %s: reload failed, keeping the loaded data: %s",
+                             self.source.describe, exc)
+                return False
+            if not state.table.schema.equals(self.schema):
+                self.last_error = SchemaError(
+                    f"entity store {self.source.describe}: the new files have a different schema "
+                    f"({state.table.schema.names}); keeping the loaded data")
+                _log.warning("%s", self.last_error.message)
+                return False
+            self._state = state                 # an attribute swap: atomic for readers
+            self.last_error = None
+            return True
+
+    def _reload_in_background(self) -> None:
+        if self._reload_lock.locked():
+            return                              # a reload is already running
+        threading.Thread(target=self.reload, name="entity-store-reload", daemon=True).start()
+
+    def _load(self) -> _Loaded:
+        signature = self.source.signature()
+        files = [Path(f[0]) for f in signature]
+        table = self.source.read(files)
+        if self.key_column not in table.schema.names:
+            raise SchemaError(f"entity store {self.source.describe} has no key column "
+                              f"{self.key_column!r} (columns: {', '.join(table.schema.names)})",
+                              path="$.entity.store.key-column")
+        # One chunk per column makes `take` one gather instead of one per file or row group.
+        table = table.combine_chunks()
+        index = _KeyIndex(table.column(self.key_column), f"entity store {self.source.describe}")
+        return _Loaded(table, index, signature)
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else base / p
+
+
+def _parquet_source(path: str, base: Path) -> _Source:
+    target = _resolve(path, base)
+    is_glob = any(ch in path for ch in "*?[")
+
+    def files() -> list[Path]:
+        if is_glob:
+            found = sorted(Path(p) for p in _glob.glob(str(target), recursive=True))
+        elif target.is_dir():
+            found = sorted(target.rglob("*.parquet"))
+        else:
+            found = [target] if target.exists() else []
+        if not found:
+            raise NotFoundError(f"entity store: no Parquet files at {str(target)!r}",
+                                path="$.entity.store.path")
+        return found
+
+    def read(paths: list[Path]) -> pa.Table:
+        import pyarrow.dataset as ds
+
+        return ds.dataset([str(p) for p in paths], format="parquet").to_table()
+
+    return _Source(f"parquet:{target}", files, read)
+
+
+def _arrow_source(path: str, base: Path) -> _Source:
+    target = _resolve(path, base)
+
+    def files() -> list[Path]:
+        if not target.is_file():
+            raise NotFoundError(f"entity store: no Arrow IPC file at {str(target)!r}",
+                                path="$.entity.store.path")
+        return [target]
+
+    def read(paths: list[Path]) -> pa.Table:
+        # Read into memory (not memory-mapped): the file may be rewritten in place later.
+        with pa.OSFile(str(paths[0])) as f:
+            data = f.read()
+        try:
+            return pa.ipc.open_file(data).read_all()
+        except pa.ArrowInvalid:
+            return pa.ipc.open_stream(data).read_all()
+
+    return _Source(f"arrow:{target}", files, read)
+
+
+# --- database stores --------------------------------------------------------------------------
+
+
+class _DatabaseStore(EntityStore):
+    """One query per batch of distinct keys; the answer is re-aligned to the keys' order."""
+
+    def __init__(self, table: str, key_column: str) -> None:
+        for what, name in (("table", table), ("key-column", key_column)):
+            if not _IDENT.fullmatch(name):
+                raise SchemaError(f"entity store {what} {name!r} is not a plain SQL identifier",
+                                  path=f"$.entity.store.{what}")
+        self.table = table
+        self.key_column = key_column
+        self._local = threading.local()
+        self._conns: list = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+
+    def lookup(self, keys, columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+        if self._closed:
+            raise NotReadyError(f"entity store {self.table!r} is closed")
+        cols = self._columns(columns)
+        values, valid = _coerce_keys(keys, self._key_is_int)
+        wanted = np.unique(values[valid])
+        result = self._query(wanted, cols) if len(wanted) else self._empty(cols)
+        index = _KeyIndex(result.column(self.key_column), f"entity store table {self.table!r}")
+        rows, found = index.find(values, valid)
+        return _take(result.select(cols), rows, found), found
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # a connection another thread is using; nothing more to do
+                pass
+
+    def _cursor(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn.cursor()
+
+    def _fetch(self, sql: str, params) -> pa.Table:
+        cur = self._cursor()
+        try:
+            cur.execute(sql, params)
+            return cur.fetch_arrow_table()
+        finally:
+            cur.close()
+
+    def _empty(self, cols: list[str]) -> pa.Table:
+        return self.schema.empty_table().select([self.key_column, *cols])
+
+    @property
+    def _key_is_int(self) -> bool:
+        return pa.types.is_integer(self.schema.field(self.key_column).type)
+
+    def _check_key(self) -> None:
+        if self.key_column not in self.schema.names:
+            raise SchemaError(f"entity store table {self.table!r} has no key column "
+                              f"{self.key_column!r} (columns: {', '.join(self.schema.names)})",
+                              path="$.entity.store.key-column")
+
+
+# SQLite column affinity (from the declared type) -> the Arrow type and SQL cast returned.
+def _sqlite_affinity(declared: str) -> tuple[pa.DataType, str, str]:
+    d = declared.upper()
+    if "INT" in d:
+        return pa.int64(), "INTEGER", "0"
+    if "BOOL" in d:
+        return pa.bool_(), "INTEGER", "0"
+    if any(t in d for t in ("REAL", "FLOA", "DOUB", "NUM", "DEC")):
+        return pa.float64(), "REAL", "0.0"
+    # TEXT, dates and timestamps (SQLite keeps them as ISO 8601 text) and untyped columns
+    return pa.string(), "TEXT", "''"
+
+
+class SqliteTableStore(_DatabaseStore):
+    """A SQLite table through ADBC; each batch is ``key IN (SELECT value FROM json_each(?))``."""
+
+    def __init__(self, path: Path, table: str, key_column: str) -> None:
+        super().__init__(table, key_column)
+        if not Path(path).is_file():
+            raise NotFoundError(f"entity store: no SQLite database at {str(path)!r}",
+                                path="$.entity.store.path")
+        self.path = Path(path)
+        info = self._fetch("SELECT name, type FROM pragma_table_info(?)", [table]).to_pylist()
+        if not info:
+            raise NotFoundError(f"entity store: SQLite database {str(path)!r} has no table {table!r}",
+                                path="$.entity.store.table")
+        self._affinity = {r["name"]: _sqlite_affinity(r["type"] or "") for r in info}
+        self.schema = pa.schema([(name, a[0]) for name, a in self._affinity.items()])
+        self._check_key()
+
+    def __repr__(self) -> str:
+        return f"SqliteTableStore({str(self.path)!r}, table={self.table!r})"
+
+    def _connect(self):
+        import adbc_driver_sqlite.dbapi as driver
+
+        conn = driver.connect(str(self.path), autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _query(self, keys: np.ndarray, cols: list[str]) -> pa.Table:
+        names = [self.key_column, *cols]
+        # SQLite's driver infers a result column's type from its first values (all-null -> int64),
+        # so the first row is a typed row of literals, dropped below; CAST keeps every value of a
+        # column one type.
+        typed = ", ".join(f'{self._affinity[c][2]} AS "{c}"' for c in names)
+        cast = ", ".join(f'CAST("{c}" AS {self._affinity[c][1]}) AS "{c}"' for c in names)
+        quoted = ", ".join(f'"{c}"' for c in names)
+        sql = (f"SELECT {quoted} FROM (SELECT {typed}, 0 AS _typed UNION ALL "
+               f'SELECT {cast}, 1 FROM "{self.table}" WHERE "{self.key_column}" IN '
+               f"(SELECT value FROM json_each(?))) ORDER BY _typed")
+        table = self._fetch(sql, [json.dumps(keys.tolist())]).slice(1)
+        return pa.Table.from_arrays(
+            [table.column(c).cast(self.schema.field(c).type) for c in names],
+            schema=pa.schema([self.schema.field(c) for c in names]),
+        )
+
+
+class PostgresTableStore(_DatabaseStore):
+    """A PostgreSQL table through ADBC; each batch is one ``WHERE key = ANY($1)`` query."""
+
+    def __init__(self, uri: str, table: str, key_column: str) -> None:
+        super().__init__(table, key_column)
+        self.uri = uri
+        try:
+            self.schema = self._fetch(f'SELECT * FROM "{table}" LIMIT 0', None).schema
+        except NotReadyError:
+            raise
+        except Exception as exc:
+            raise NotFoundError(f"entity store: cannot read PostgreSQL table {table!r}: {exc}",
+                                path="$.entity.store.table") from None
+        self._check_key()
+
+    def __repr__(self) -> str:
+        return f"PostgresTableStore(table={self.table!r})"
+
+    def _connect(self):
+        try:
+            import adbc_driver_postgresql.dbapi as driver
+        except ImportError:
+            raise NotReadyError("a postgres entity store needs adbc-driver-postgresql "
+                                "(pip install 'scoreline[postgres]')") from None
+        return driver.connect(self.uri, autocommit=True)
+
+    def _query(self, keys: np.ndarray, cols: list[str]) -> pa.Table:
+        quoted = ", ".join(f'"{c}"' for c in [self.key_column, *cols])
+        sql = f'SELECT {quoted} FROM "{self.table}" WHERE "{self.key_column}" = ANY($1)'
+        return self._fetch(sql, [keys.tolist()])
