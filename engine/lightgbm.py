@@ -1,0 +1,472 @@
+"""LightGBM text model (file or model_to_string) -> validated, frozen IR; no lightgbm import needed."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scoreline.errors import ModelFormatError
+
+__all__ = ["TreeIR", "EnsembleIR", "parse_lightgbm", "read_lightgbm"]
+
+KNOWN_VERSIONS = ("v2", "v3", "v4")
+
+# Keys of a tree block that prediction needs, with their dtype; the others (gains, weights,
+# counts, internal values) are skipped unparsed, which is most of the load time saved.
+_TREE_ARRAYS = {
+    "split_feature": np.int64,
+    "threshold": np.float64,
+    "decision_type": np.int64,
+    "left_child": np.int64,
+    "right_child": np.int64,
+    "leaf_value": np.float64,
+    "cat_boundaries": np.int64,
+    "cat_threshold": np.int64,
+    "leaf_const": np.float64,
+    "num_features": np.int64,
+    "leaf_features": np.int64,
+    "leaf_coeff": np.float64,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class TreeIR:
+    """One tree exactly as LightGBM stores it (nodes 0..num_leaves-2, child < 0 is leaf ~child)."""
+
+    num_leaves: int
+    split_feature: np.ndarray  # int64 (num_leaves - 1,)
+    threshold: np.ndarray  # float64; for categorical nodes the index into cat_boundaries
+    decision_type: np.ndarray  # int64: bit 0 categorical, bit 1 default left, bits 2-3 missing type
+    left_child: np.ndarray  # int64
+    right_child: np.ndarray  # int64
+    leaf_value: np.ndarray  # float64 (num_leaves,)
+    cat_boundaries: np.ndarray  # int64 (num_cat + 1,), word offsets into cat_threshold
+    cat_threshold: np.ndarray  # uint32 bitset words
+    is_linear: bool = False
+    leaf_const: np.ndarray | None = None  # float64 (num_leaves,) when is_linear
+    leaf_features: tuple[np.ndarray, ...] = ()  # per leaf, int64 feature indices
+    leaf_coeff: tuple[np.ndarray, ...] = ()  # per leaf, float64 coefficients
+    depth: int = 0  # longest root-to-leaf path (0 for a single leaf), computed while validating
+
+
+@dataclass(frozen=True, eq=False)
+class EnsembleIR:
+    """A whole LightGBM model: header fields, trees in file order, trailer sections."""
+
+    version: str
+    num_class: int
+    num_tree_per_iteration: int
+    max_feature_idx: int
+    objective: str  # first word of the objective line ("binary", "multiclass", ...); "" if absent
+    objective_args: dict[str, str]  # "sigmoid" -> "1", "sqrt" -> "" ...
+    average_output: bool
+    feature_names: tuple[str, ...]
+    feature_infos: tuple[str, ...]
+    trees: tuple[TreeIR, ...]
+    parameters: dict[str, str] = field(default_factory=dict)
+    pandas_categorical: list | None = None
+
+    @property
+    def num_features(self) -> int:
+        return self.max_feature_idx + 1
+
+
+def read_lightgbm(path_or_text: str | bytes | Path) -> EnsembleIR:
+    """Parse a model given as a file path or as the model text itself (``Booster.model_to_string``)."""
+    if isinstance(path_or_text, bytes):
+        path_or_text = path_or_text.decode("utf-8")
+    if isinstance(path_or_text, str) and ("\n" in path_or_text or path_or_text.startswith("tree")):
+        return parse_lightgbm(path_or_text)
+    path = Path(path_or_text)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelFormatError(f"LightGBM model file {str(path)!r} does not exist", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"cannot read LightGBM model file {str(path)!r}: {exc}", path=str(path)) from None
+    return parse_lightgbm(text)
+
+
+def parse_lightgbm(text: str) -> EnsembleIR:
+    """Parse and validate LightGBM's text format; raise ModelFormatError naming the tree and key."""
+    if not text.startswith("tree"):
+        raise ModelFormatError("Ill-formed LightGBM model: the text does not start with 'tree'", path="header")
+    end = text.find("\nend of trees")
+    if end < 0:
+        raise ModelFormatError("Ill-formed LightGBM model: 'end of trees' is missing (truncated file?)", path="trees")
+    first_tree = text.find("\nTree=", 0, end)
+    header_text = text[: first_tree if first_tree >= 0 else end]
+    header = _parse_header(header_text)
+    trailer = text[end:]
+
+    num_features = header["max_feature_idx"] + 1
+    trees = []
+    if first_tree >= 0:
+        blocks = text[first_tree + 1 : end].split("\nTree=")
+        for position, block in enumerate(blocks):
+            trees.append(_parse_tree(block if position == 0 else "Tree=" + block, position, num_features))
+    k = header["num_tree_per_iteration"]
+    if len(trees) % k != 0:
+        raise ModelFormatError(
+            f"Ill-formed LightGBM model: {len(trees)} trees is not a multiple of "
+            f"num_tree_per_iteration={k}",
+            path="num_tree_per_iteration",
+        )
+    sizes = header.get("tree_sizes")
+    if sizes is not None and len(sizes) != len(trees):
+        raise ModelFormatError(
+            f"Ill-formed LightGBM model: tree_sizes lists {len(sizes)} trees but {len(trees)} were found",
+            path="tree_sizes",
+        )
+    return EnsembleIR(
+        version=header["version"],
+        num_class=header["num_class"],
+        num_tree_per_iteration=k,
+        max_feature_idx=header["max_feature_idx"],
+        objective=header["objective"],
+        objective_args=header["objective_args"],
+        average_output=header["average_output"],
+        feature_names=header["feature_names"],
+        feature_infos=header["feature_infos"],
+        trees=tuple(trees),
+        parameters=_parse_parameters(trailer),
+        pandas_categorical=_parse_pandas_categorical(trailer),
+    )
+
+
+def _fail(message: str, path: str) -> ModelFormatError:
+    return ModelFormatError(f"Ill-formed LightGBM model: {message}", path=path)
+
+
+def _key_values(text: str, where: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            values[line] = ""  # flags such as "average_output"
+            continue
+        if key in values:
+            raise _fail(f"{where} repeats the key {key!r}", f"{where}.{key}")
+        values[key] = value
+    return values
+
+
+def _int(values: dict[str, str], key: str, where: str, minimum: int) -> int:
+    raw = values.get(key)
+    if raw is None:
+        raise _fail(f"{where} lacks {key}", f"{where}.{key}")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _fail(f"{where} has {key}={raw!r}, expected an integer", f"{where}.{key}") from None
+    if value < minimum:
+        raise _fail(f"{where} has {key}={value}, expected at least {minimum}", f"{where}.{key}")
+    return value
+
+
+def _parse_header(text: str) -> dict:
+    values = _key_values(text, "header")
+    version = values.get("version")
+    if version is None:
+        raise _fail("the header lacks version", "header.version")
+    if version not in KNOWN_VERSIONS:
+        raise ModelFormatError(
+            f"Unsupported LightGBM model format version {version!r}; expected one of {', '.join(KNOWN_VERSIONS)}",
+            path="header.version",
+        )
+    num_class = _int(values, "num_class", "header", 1)
+    per_iteration = _int(values, "num_tree_per_iteration", "header", 1)
+    if per_iteration != num_class:
+        raise _fail(
+            f"num_tree_per_iteration={per_iteration} differs from num_class={num_class}",
+            "header.num_tree_per_iteration",
+        )
+    max_feature_idx = _int(values, "max_feature_idx", "header", 0)
+    names = tuple(values.get("feature_names", "").split())
+    if len(names) != max_feature_idx + 1:
+        raise _fail(
+            f"feature_names lists {len(names)} names, expected max_feature_idx+1 = {max_feature_idx + 1}",
+            "header.feature_names",
+        )
+    infos = tuple(values.get("feature_infos", "").split())
+    if infos and len(infos) != len(names):
+        raise _fail(f"feature_infos lists {len(infos)} entries, expected {len(names)}", "header.feature_infos")
+    words = values.get("objective", "").split()
+    objective = words[0] if words else ""
+    objective_args = {}
+    for word in words[1:]:
+        key, _, value = word.partition(":")
+        objective_args[key] = value
+    sizes = values.get("tree_sizes")
+    return {
+        "version": version,
+        "num_class": num_class,
+        "num_tree_per_iteration": per_iteration,
+        "max_feature_idx": max_feature_idx,
+        "objective": objective,
+        "objective_args": objective_args,
+        "average_output": "average_output" in values,
+        "feature_names": names,
+        "feature_infos": infos,
+        "tree_sizes": sizes.split() if sizes is not None else None,
+    }
+
+
+def _array(values: dict[str, str], key: str, where: str, length: int | None) -> np.ndarray:
+    raw = values.get(key)
+    if raw is None:
+        raise _fail(f"{where} lacks {key}", f"{where}.{key}")
+    dtype = _TREE_ARRAYS[key]
+    try:
+        array = np.array(raw.split(), dtype=dtype)
+    except (ValueError, OverflowError):
+        kind = "integers" if dtype is np.int64 else "numbers"
+        raise _fail(f"{where} has a {key} that is not a list of {kind}", f"{where}.{key}") from None
+    if length is not None and array.shape[0] != length:
+        raise _fail(f"{where} has {array.shape[0]} values in {key}, expected {length}", f"{where}.{key}")
+    return array
+
+
+def _parse_tree(block: str, position: int, num_features: int) -> TreeIR:
+    where = f"tree {position}"
+    values = _key_values(block, where)
+    if values.get("Tree") != str(position):
+        raise _fail(f"tree block {position} is labelled Tree={values.get('Tree')}", where)
+    num_leaves = _int(values, "num_leaves", where, 1)
+    num_cat = _int(values, "num_cat", where, 0)
+    is_linear = values.get("is_linear", "0") not in ("0", "")
+    internal = num_leaves - 1
+    leaf_value = _array(values, "leaf_value", where, num_leaves)
+    if internal == 0:
+        # A single leaf: LightGBM writes the split arrays empty and never reads them.
+        empty_i = np.zeros(0, dtype=np.int64)
+        split_feature = decision_type = left = right = empty_i
+        threshold = np.zeros(0, dtype=np.float64)
+    else:
+        split_feature = _array(values, "split_feature", where, internal)
+        threshold = _array(values, "threshold", where, internal)
+        decision_type = _array(values, "decision_type", where, internal)
+        left = _array(values, "left_child", where, internal)
+        right = _array(values, "right_child", where, internal)
+    if num_cat > 0:
+        boundaries = _array(values, "cat_boundaries", where, num_cat + 1)
+        words = _array(values, "cat_threshold", where, None)
+    else:
+        boundaries = np.zeros(1, dtype=np.int64)
+        words = np.zeros(0, dtype=np.int64)
+    _check_splits(where, num_features, split_feature, threshold, decision_type, num_cat)
+    _check_categories(where, boundaries, words)
+    depth = _check_structure(where, num_leaves, left, right)
+    linear = _parse_linear(values, where, num_leaves, num_features) if is_linear else None
+    return TreeIR(
+        num_leaves=num_leaves,
+        split_feature=split_feature,
+        threshold=threshold,
+        decision_type=decision_type,
+        left_child=left,
+        right_child=right,
+        leaf_value=leaf_value,
+        cat_boundaries=boundaries,
+        cat_threshold=words.astype(np.uint32),
+        is_linear=is_linear,
+        leaf_const=linear[0] if linear else None,
+        leaf_features=linear[1] if linear else (),
+        leaf_coeff=linear[2] if linear else (),
+        depth=depth,
+    )
+
+
+def _check_splits(where, num_features, split_feature, threshold, decision_type, num_cat) -> None:
+    if split_feature.size == 0:
+        return
+    bad = np.flatnonzero((split_feature < 0) | (split_feature >= num_features))
+    if bad.size:
+        raise _fail(
+            f"node {bad[0]} splits on feature {split_feature[bad[0]]}, expected 0..{num_features - 1}",
+            f"{where}.split_feature",
+        )
+    bad = np.flatnonzero((decision_type < 0) | (decision_type > 15) | ((decision_type >> 2) & 3 == 3))
+    if bad.size:
+        raise _fail(f"node {bad[0]} has decision_type={decision_type[bad[0]]}", f"{where}.decision_type")
+    if np.isnan(threshold).any():
+        raise _fail(f"node {np.flatnonzero(np.isnan(threshold))[0]} has a NaN threshold", f"{where}.threshold")
+    categorical = (decision_type & 1) == 1
+    if categorical.any():
+        index = threshold[categorical]
+        ok = (index >= 0) & (index < num_cat) & (index == np.floor(index))
+        if not ok.all():
+            node = np.flatnonzero(categorical)[np.flatnonzero(~ok)[0]]
+            raise _fail(
+                f"categorical node {node} points at category set {threshold[node]}, expected 0..{num_cat - 1}",
+                f"{where}.threshold",
+            )
+
+
+def _check_categories(where, boundaries, words) -> None:
+    if boundaries[0] != 0 or (np.diff(boundaries) < 0).any() or boundaries[-1] != words.size:
+        raise _fail(
+            f"cat_boundaries must rise from 0 to the {words.size} words of cat_threshold",
+            f"{where}.cat_boundaries",
+        )
+    if words.size and ((words < 0) | (words > 0xFFFFFFFF)).any():
+        raise _fail("cat_threshold words must be 32-bit unsigned integers", f"{where}.cat_threshold")
+
+
+def _check_structure(where: str, num_leaves: int, left: np.ndarray, right: np.ndarray) -> int:
+    """Every node and leaf reachable from the root exactly once (a tree, no cycles); return depth."""
+    internal = num_leaves - 1
+    if internal == 0:
+        return 0
+    for key, children in (("left_child", left), ("right_child", right)):
+        bad = np.flatnonzero((children >= internal) | (children < -num_leaves) | (children == 0))
+        if bad.size:
+            raise _fail(
+                f"node {bad[0]} has child {children[bad[0]]}, expected 1..{internal - 1} or -1..-{num_leaves}",
+                f"{where}.{key}",
+            )
+    seen_nodes = np.zeros(internal, dtype=bool)
+    seen_leaves = np.zeros(num_leaves, dtype=bool)
+    left_list, right_list = left.tolist(), right.tolist()
+    depth = 0
+    stack = [(0, 0)]
+    while stack:
+        node, level = stack.pop()
+        if seen_nodes[node]:
+            raise _fail(f"node {node} is reached twice (the children form a cycle or a graph)", f"{where}.left_child")
+        seen_nodes[node] = True
+        for child in (left_list[node], right_list[node]):
+            if child >= 0:
+                stack.append((child, level + 1))
+            else:
+                if seen_leaves[~child]:
+                    raise _fail(f"leaf {~child} is reached twice", f"{where}.left_child")
+                seen_leaves[~child] = True
+                depth = max(depth, level + 1)
+    if not seen_nodes.all() or not seen_leaves.all():
+        raise _fail("some nodes or leaves are not reachable from the root", f"{where}.left_child")
+    return depth
+
+
+def _parse_linear(values, where, num_leaves, num_features):
+    leaf_const = _array(values, "leaf_const", where, num_leaves)
+    counts = _array(values, "num_features", where, num_leaves)
+    if (counts < 0).any():
+        raise _fail("num_features has a negative count", f"{where}.num_features")
+    total = int(counts.sum())
+    features = _array(values, "leaf_features", where, total)
+    coeff = _array(values, "leaf_coeff", where, total)
+    if features.size and ((features < 0) | (features >= num_features)).any():
+        raise _fail(f"leaf_features names a feature outside 0..{num_features - 1}", f"{where}.leaf_features")
+    splits = np.cumsum(counts)[:-1]
+    return leaf_const, tuple(np.split(features, splits)), tuple(np.split(coeff, splits))
+
+
+def _parse_parameters(trailer: str) -> dict[str, str]:
+    start = trailer.find("\nparameters:")
+    if start < 0:
+        return {}
+    stop = trailer.find("\nend of parameters", start)
+    section = trailer[start : stop if stop >= 0 else len(trailer)]
+    params = {}
+    for line in section.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]") and ":" in line:
+            key, _, value = line[1:-1].partition(":")
+            params[key.strip()] = value.strip()
+    return params
+
+
+def _parse_pandas_categorical(trailer: str):
+    start = trailer.rfind("\npandas_categorical:")
+    if start < 0:
+        return None
+    line = trailer[start + len("\npandas_categorical:") :].split("\n", 1)[0].strip()
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"pandas_categorical is not valid JSON ({exc.msg})", "pandas_categorical") from None
+    if value is not None and not (isinstance(value, list) and all(isinstance(v, list) for v in value)):
+        raise _fail("pandas_categorical must be null or a list of lists", "pandas_categorical")
+    return value
+
+
+def categorical_features(ir: EnsembleIR) -> tuple[int, ...]:
+    """Features LightGBM treats as categorical: used in a categorical split or declared so."""
+    found = set()
+    for tree in ir.trees:
+        found.update(tree.split_feature[(tree.decision_type & 1) == 1].tolist())
+    declared = ir.parameters.get("categorical_feature", "")
+    names = {name: i for i, name in enumerate(ir.feature_names)}
+    for item in declared.removeprefix("name:").split(","):
+        item = item.strip()
+        if item.lstrip("-").isdigit() and 0 <= int(item) < ir.num_features:
+            found.add(int(item))
+        elif item in names:
+            found.add(names[item])
+    return tuple(sorted(found))
+
+
+def pandas_categories(ir: EnsembleIR) -> dict[int, tuple]:
+    """Map pandas_categorical (one category list per pandas category column, in column order)
+    to feature indices.
+
+    The model file does not say which columns were pandas categories. Unordered ones became
+    LightGBM categorical features; ordered ones became numeric features holding codes 0..n-1.
+    When the counts agree the lists map in order onto the categorical features; otherwise the
+    one order-preserving assignment whose extra features hold plausible codes is used, and an
+    ambiguous file is refused rather than guessed.
+    """
+    lists = ir.pandas_categorical
+    if not lists:
+        return {}
+    cats = categorical_features(ir)
+    if len(cats) == len(lists):
+        return {f: tuple(values) for f, values in zip(cats, lists)}
+    required = set(cats)
+
+    def plausible(feature: int, count: int) -> bool:
+        if feature in required:
+            return True
+        info = ir.feature_infos[feature] if ir.feature_infos else "none"
+        if info == "none":
+            return True
+        if not (info.startswith("[") and info.endswith("]")):
+            return False
+        low, _, high = info[1:-1].partition(":")
+        try:
+            low_v, high_v = float(low), float(high)
+        except ValueError:
+            return False
+        return low_v >= 0 and high_v <= count - 1 and low_v == math.floor(low_v) and high_v == math.floor(high_v)
+
+    solutions: list[tuple[int, ...]] = []
+
+    def search(list_index: int, feature: int, chosen: tuple[int, ...]) -> None:
+        if len(solutions) > 1:
+            return
+        if list_index == len(lists):
+            if required.issubset(chosen):
+                solutions.append(chosen)
+            return
+        for f in range(feature, ir.num_features):
+            skipped_required = any(r in required for r in range(feature, f))
+            if skipped_required:
+                break
+            if plausible(f, len(lists[list_index])):
+                search(list_index + 1, f + 1, chosen + (f,))
+
+    search(0, 0, ())
+    if len(solutions) != 1:
+        raise _fail(
+            f"pandas_categorical lists {len(lists)} category columns but the model has {len(cats)} "
+            f"categorical features, and they cannot be matched to feature indices unambiguously",
+            "pandas_categorical",
+        )
+    return {f: tuple(values) for f, values in zip(solutions[0], lists)}

@@ -1,0 +1,162 @@
+"""The LightGBM model facade: load_lightgbm(path_or_text) -> LightGBMModel with a Booster-like predict."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from scoreline.engine.lightgbm import pandas_categories, read_lightgbm
+from scoreline.engine.packing import PackedEnsemble, pack
+from scoreline.errors import InputError
+from scoreline.kernels import trees as kernels
+from scoreline.kernels.policy import PARALLEL_MIN_ROWS, use_threads
+
+__all__ = ["LightGBMModel", "load_lightgbm"]
+
+_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def load_lightgbm(path_or_text: str | bytes | Path) -> LightGBMModel:
+    """Load a LightGBM text model (a file path, or the text of ``Booster.model_to_string()``).
+
+    Raises ``ModelFormatError`` naming the tree and key for a truncated, inconsistent or
+    unsupported file. Nothing is compiled here: the kernels come from Numba's on-disk cache (or
+    compile once per process for a new argument type), never per model.
+    """
+    ir = read_lightgbm(path_or_text)
+    return LightGBMModel(
+        pack(ir),
+        feature_names=ir.feature_names,
+        objective=ir.objective,
+        categories=pandas_categories(ir),
+    )
+
+
+class LightGBMModel:
+    """A packed LightGBM ensemble; ``predict`` returns what ``lightgbm.Booster.predict`` returns."""
+
+    kind = "lightgbm"
+
+    def __init__(self, packed: PackedEnsemble, *, feature_names, objective: str, categories: dict[int, tuple]):
+        self._packed = packed
+        self.feature_names = tuple(feature_names)
+        self.num_features = packed.num_features
+        self.num_class = packed.num_class
+        self.objective = objective
+        self.categories = dict(categories)
+        self.num_trees = packed.trees.shape[0]
+        # Flat views of the node records: the kernels read thresholds and packed words from
+        # the same 16-byte records, so one cache line holds four whole nodes.
+        self._thresholds = packed.nodes.reshape(-1)
+        self._words = packed.nodes.view(np.int64).reshape(-1)
+
+    def __repr__(self) -> str:
+        return (
+            f"LightGBMModel(objective={self.objective!r}, trees={self.num_trees}, "
+            f"features={self.num_features}, classes={self.num_class})"
+        )
+
+    # -- pickling: plain arrays and metadata; the kernels come from Numba's cache on the other side
+    def __getstate__(self) -> dict:
+        return {
+            "packed": self._packed,
+            "feature_names": self.feature_names,
+            "objective": self.objective,
+            "categories": self.categories,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(
+            state["packed"],
+            feature_names=state["feature_names"],
+            objective=state["objective"],
+            categories=state["categories"],
+        )
+
+    @property
+    def packed(self) -> PackedEnsemble:
+        """The flat arrays the kernels read (see engine/packing.py)."""
+        return self._packed
+
+    def predict(self, data, raw_score: bool = False, pred_leaf: bool = False, num_threads: int | None = None):
+        """Score ``data`` like ``lightgbm.Booster.predict``: same shape, same values.
+
+        data: a 2-D numpy array (columns in model order), a pyarrow Table or RecordBatch, or a
+        pandas DataFrame (columns by feature name; nulls are missing values; string or dictionary
+        columns of categorical features map through ``categories``).
+        Returns float64 (n,) or (n, num_class); with ``pred_leaf`` int32 (n, num_trees).
+        Raises ``InputError`` naming a missing, misspelled or non-numeric column or a wrong shape.
+        """
+        from scoreline.engine.inputs import to_matrix  # pyarrow is imported only when data arrives
+
+        X = to_matrix(data, self.feature_names, self.categories, dtype=_lightgbm_dtype(data))
+        if pred_leaf:
+            return self.predict_leaf_matrix(X)
+        return self.predict_matrix(X, raw_score=raw_score, num_threads=num_threads)
+
+    def predict_matrix(self, X: np.ndarray, raw_score: bool = False, num_threads: int | None = None, out=None):
+        """The hot path: X is a C- or F-contiguous float64/float32 (n, num_features) matrix.
+
+        Returns float64 (n,) for one output column, else (n, num_class); writes into ``out`` when
+        given (same shape, float64, C-contiguous). No copies of X.
+        """
+        self._check_matrix(X)
+        n = X.shape[0]
+        if out is None:
+            out = np.empty((n, self.num_class) if self.num_class > 1 else n, dtype=np.float64)
+        elif out.dtype != np.float64 or not out.flags.c_contiguous or out.shape[0] != n or out.size != n * self.num_class:
+            raise InputError(f"expected out as a C-contiguous float64 array of {n} x {self.num_class}", path="out")
+        matrix = out.reshape(n, self.num_class)
+        p = self._packed
+        # LightGBM averages random-forest outputs only on the transformed path: its raw score is
+        # the plain sum of the trees (GBDT::Predict divides, GBDT::PredictRaw does not).
+        link, divisor = (0, 0.0) if raw_score else (p.link, p.average_divisor)
+        parallel = n >= PARALLEL_MIN_ROWS and num_threads != 1
+        if parallel:
+            parallel = use_threads(num_threads) > 1
+        if p.is_linear:
+            kernel = kernels.predict_linear_parallel if parallel else kernels.predict_linear_serial
+            kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, p.linear, p.linear_const,
+                   p.linear_feature, p.linear_coeff, divisor, link, p.link_param, matrix)
+        else:
+            kernel = kernels.predict_parallel if parallel else kernels.predict_serial
+            kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, divisor, link,
+                   p.link_param, matrix)
+        return out
+
+    def predict_leaf_matrix(self, X: np.ndarray) -> np.ndarray:
+        """LightGBM's ``pred_leaf``: int32 (n, num_trees), the leaf each tree sends each row to."""
+        self._check_matrix(X)
+        out = np.empty((X.shape[0], self.num_trees), dtype=np.int32)
+        p = self._packed
+        kernels.leaf_indices(X, self._thresholds, self._words, p.leaf_index, p.trees, p.cat_bits, out)
+        return out
+
+    def _check_matrix(self, X) -> None:
+        # Cheap guards: the kernels index X without bounds checks.
+        if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[1] != self.num_features:
+            shape = getattr(X, "shape", type(X).__name__)
+            raise InputError(f"expected a (rows, {self.num_features}) matrix, got {shape}", path="X")
+        if X.dtype not in _FLOATS or not (X.flags.c_contiguous or X.flags.f_contiguous):
+            raise InputError(f"expected a C- or F-contiguous float64/float32 matrix, got {X.dtype}", path="X")
+
+
+def _lightgbm_dtype(data):
+    """The float type LightGBM's Python package converts ``data`` to, so decisions agree exactly.
+
+    A numpy array of integers or booleans is scored as float32 there (large integers round);
+    a DataFrame uses the common type of its columns and float32. Everything else is float64.
+    """
+    if isinstance(data, np.ndarray):
+        return np.float32 if data.dtype.kind in "biu" else np.float64
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(data, pd.DataFrame):
+        kinds = [d if isinstance(d, np.dtype) else np.dtype(np.float64) for d in data.dtypes]
+        try:
+            common = np.result_type(*kinds, np.float32)
+        except TypeError:
+            return np.float64
+        return np.float32 if common == np.float32 else np.float64
+    return np.float64

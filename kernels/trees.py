@@ -1,0 +1,194 @@
+"""Tree-ensemble kernels over packed node records (see engine/packing.py): scores and leaf indices."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from scoreline.kernels.links import apply_link
+from scoreline.kernels.policy import jit, parallel_jit
+
+__all__ = [
+    "CHILD_MASK",
+    "FEATURE_SHIFT",
+    "MAX_FEATURES",
+    "NAN_RIGHT",
+    "CATEGORICAL",
+    "ZERO_MISSING",
+    "DEFAULT_RIGHT",
+    "BLOCK_ROWS",
+    "predict_serial",
+    "predict_parallel",
+    "predict_linear_serial",
+    "predict_linear_parallel",
+    "leaf_indices",
+]
+
+# Layout of a node's int64 word (column 1 of the record).
+CHILD_MASK = (1 << 32) - 1  # bits 0-31: record index of the left child (right = left + 1)
+FEATURE_SHIFT = 32  # bits 32-55: feature index
+FEATURE_MASK = (1 << 24) - 1
+MAX_FEATURES = 1 << 24
+NAN_SHIFT = 56
+NAN_RIGHT = 1 << 56  # a NaN goes right
+CATEGORICAL = 1 << 57  # column 0 is a category set (start << 32 | words), not a threshold
+ZERO_MISSING = 1 << 58  # |x| <= kZeroThreshold and NaN go to the default side
+DEFAULT_RIGHT = 1 << 59  # the default side is right
+_SPECIAL = CATEGORICAL | ZERO_MISSING
+
+K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
+
+# Rows that walk each tree together: their node loads overlap instead of waiting in turn.
+BLOCK_ROWS = 8
+
+
+@jit(inline="always")
+def _category_side(x, location, cat_bits):
+    """0 (left) when x's category is in the split's set, else 1 (right)."""
+    # LightGBM: NaN, negatives and values beyond int range go right; others truncate to int,
+    # so -0.5 is category 0.
+    if not (x > -1.0 and x < 2147483648.0):
+        return 1
+    category = np.int64(x)
+    start = location >> 32
+    words = location & CHILD_MASK
+    slot = category >> 5
+    if slot < words and (cat_bits[start + slot] >> np.uint32(category & 31)) & np.uint32(1):
+        return 0
+    return 1
+
+
+@jit(inline="always")
+def _leaf_record(X, row, root, depth, thresholds, words, cat_bits):
+    """Record index of the leaf that ``X[row]`` reaches from ``root`` in ``depth`` steps."""
+    node = root
+    for _ in range(depth):
+        word = words[2 * node + 1]
+        x = X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK]
+        threshold = thresholds[2 * node]
+        side = np.int64(x > threshold)
+        if x != x:
+            side = (word >> NAN_SHIFT) & 1
+        if word & _SPECIAL:
+            if word & CATEGORICAL:
+                side = _category_side(x, words[2 * node], cat_bits)
+            elif x != x or abs(x) <= K_ZERO:
+                side = (word >> 59) & 1  # zero as missing: NaN and the zero band go to the default side
+        node = (word & CHILD_MASK) + side
+    return node
+
+
+@jit(inline="always")
+def _score_rows(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
+    """Rows start..stop-1: sum the trees in file order per output column, then transform."""
+    num_trees = trees.shape[0]
+    for row in range(start, stop):
+        for k in range(out.shape[1]):
+            out[row, k] = 0.0
+    for t in range(num_trees):
+        root = trees[t, 0]
+        depth = trees[t, 1]
+        column = trees[t, 2]
+        for row in range(start, stop):
+            leaf = _leaf_record(X, row, root, depth, thresholds, words, cat_bits)
+            out[row, column] += leaf_value[leaf]
+    for row in range(start, stop):
+        if divisor != 0.0:
+            for k in range(out.shape[1]):
+                out[row, k] = out[row, k] / divisor
+        apply_link(out[row], link, param)
+
+
+@jit
+def predict_serial(X, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
+    """Score every row of X into out (n, num_class) on the calling thread.
+
+    thresholds and words are the float64 and int64 views of the packed node records; divisor is
+    the iteration count for average_output models (0.0 otherwise); link/param pick the transform
+    (kernels/links.py). X is float64 or float32, C or F order.
+    """
+    n = X.shape[0]
+    for start in range(0, n, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, n)
+        _score_rows(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out)
+
+
+@parallel_jit
+def predict_parallel(X, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
+    """``predict_serial`` with row blocks spread over Numba's threads."""
+    n = X.shape[0]
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for b in numba.prange(blocks):
+        start = b * BLOCK_ROWS
+        stop = min(start + BLOCK_ROWS, n)
+        _score_rows(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out)
+
+
+@jit(inline="always")
+def _linear_value(X, row, leaf, leaf_value, linear, linear_const, linear_feature, linear_coeff):
+    """LightGBM's linear leaf: const + sum(coeff * x) over its features; any NaN -> plain leaf value."""
+    start = linear[leaf, 0]
+    count = linear[leaf, 1]
+    total = linear_const[leaf]
+    for j in range(start, start + count):
+        x = np.float64(X[row, linear_feature[j]])
+        if x != x:
+            return leaf_value[leaf]
+        if abs(x) <= K_ZERO:
+            x = 0.0  # LightGBM drops near-zero values from the row before predicting
+        total += linear_coeff[j] * x
+    return total
+
+
+@jit(inline="always")
+def _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
+                       linear_feature, linear_coeff, divisor, link, param, out):
+    for row in range(start, stop):
+        for k in range(out.shape[1]):
+            out[row, k] = 0.0
+    for t in range(trees.shape[0]):
+        root = trees[t, 0]
+        depth = trees[t, 1]
+        column = trees[t, 2]
+        for row in range(start, stop):
+            leaf = _leaf_record(X, row, root, depth, thresholds, words, cat_bits)
+            out[row, column] += _linear_value(X, row, leaf, leaf_value, linear, linear_const, linear_feature,
+                                              linear_coeff)
+    for row in range(start, stop):
+        if divisor != 0.0:
+            for k in range(out.shape[1]):
+                out[row, k] = out[row, k] / divisor
+        apply_link(out[row], link, param)
+
+
+@jit
+def predict_linear_serial(X, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const, linear_feature,
+                          linear_coeff, divisor, link, param, out):
+    """``predict_serial`` for models with linear trees (is_linear=1)."""
+    n = X.shape[0]
+    for start in range(0, n, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, n)
+        _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
+                           linear_feature, linear_coeff, divisor, link, param, out)
+
+
+@parallel_jit
+def predict_linear_parallel(X, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
+                            linear_feature, linear_coeff, divisor, link, param, out):
+    """``predict_linear_serial`` with row blocks spread over Numba's threads."""
+    n = X.shape[0]
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for b in numba.prange(blocks):
+        start = b * BLOCK_ROWS
+        stop = min(start + BLOCK_ROWS, n)
+        _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
+                           linear_feature, linear_coeff, divisor, link, param, out)
+
+
+@jit
+def leaf_indices(X, thresholds, words, leaf_index, trees, cat_bits, out):
+    """LightGBM's pred_leaf: out[row, t] = the leaf number tree t sends row to (int32)."""
+    for row in range(X.shape[0]):
+        for t in range(trees.shape[0]):
+            leaf = _leaf_record(X, row, trees[t, 0], trees[t, 1], thresholds, words, cat_bits)
+            out[row, t] = leaf_index[leaf]
