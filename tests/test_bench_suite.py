@@ -1,0 +1,116 @@
+"""The benchmark suite's plumbing with timing off: a tiny model, Scoreline vs LightGBM, outputs written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("lightgbm")
+
+from benchmarks.suite import models, peers, report  # noqa: E402
+from benchmarks.suite.kernels import agreement  # noqa: E402
+from benchmarks.suite.runner import Config, run  # noqa: E402
+
+
+class SkewedLightGBM(peers.LightGBMEngine):
+    """A peer that is off by 1e-6: the suite must flag it and never time it."""
+
+    name = "skewed"
+
+    def _make_predictor(self, threads):
+        inner = super()._make_predictor(threads)
+        return lambda X: inner(X) + 1e-6
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    peers.ADAPTERS["skewed"] = SkewedLightGBM
+    try:
+        cfg = Config.for_run(
+            quick=True, timing=False, out=tmp / "out", cache=tmp / "cache", peers_dir=tmp / "no-peers",
+            models=(models.tiny_spec(),), engines=("scoreline", "lightgbm", "lleaves", "skewed"),
+            only=("kernels",), log_stream=sys.stdout,
+        )
+        results = run(cfg)
+    finally:
+        del peers.ADAPTERS["skewed"]
+    return cfg, results
+
+
+def test_outputs_are_written(suite_run):
+    cfg, results = suite_run
+    on_disk = json.loads((cfg.out / "results.json").read_text())
+    assert on_disk["meta"]["timing"] is False
+    kernels = on_disk["kernels"]
+    assert {(r["engine"], r["batch"]) for r in kernels["latency"]} == {
+        (e, b) for e in ("scoreline", "lightgbm") for b in cfg.batch_sizes}
+    assert {r["engine"] for r in kernels["throughput"]} == {"scoreline", "lightgbm"}
+    assert all(r["rows_per_s"] > 0 for r in kernels["throughput"])
+    md = (cfg.out / "results.md").read_text()
+    assert "TIMING OFF" in md
+    assert "ratio to best" in md and "| tiny-10x7 | 1 |" in md
+
+
+def test_agreement_is_checked_before_timing(suite_run):
+    _, results = suite_run
+    verdicts = {a["engine"]: a for a in results["kernels"]["agreement"]}
+    assert verdicts["scoreline"]["status"] == "exact"
+    assert verdicts["scoreline"]["max_abs"] <= 1e-12
+    assert verdicts["skewed"]["status"] == "DISAGREES"
+    assert verdicts["skewed"]["max_abs"] == pytest.approx(1e-6, rel=1e-3)
+    timed = {r["engine"] for r in results["kernels"]["latency"] + results["kernels"]["throughput"]}
+    assert "skewed" not in timed
+    assert any("skewed NOT TIMED" in line for line in results["skipped"])
+
+
+def test_missing_peer_is_skipped_out_loud(suite_run):
+    cfg, results = suite_run
+    lines = [line for line in results["skipped"] if line.startswith("kernels: lleaves skipped")]
+    assert lines and "setup.sh lleaves" in lines[0]
+    assert "lleaves skipped" in (cfg.out / "results.md").read_text()
+
+
+def test_agreement_verdicts():
+    ref = np.array([0.25, 0.5, np.nan])
+    assert agreement(ref.copy(), ref, exact=True)["status"] == "exact"
+    near = ref + np.array([1e-7, 0, 0])
+    assert agreement(near, ref, exact=False)["status"] == "approx"
+    assert agreement(near, ref, exact=True)["status"] == "DISAGREES"
+    assert agreement(np.array([0.25, 0.5, 0.1]), ref, exact=False)["status"] == "DISAGREES"
+    assert agreement(ref[:2], ref, exact=True)["status"] == "DISAGREES"
+
+
+def test_ratios_are_pairwise_and_pick_the_best_exact_peer():
+    def lat(engine, rounds):
+        return {"model": "m", "engine": engine, "batch": 1, "threads": 1,
+                "median_us": float(np.median(rounds)), "round_medians_us": rounds}
+
+    kernels = {
+        "agreement": [{"model": "m", "engine": e, "status": s} for e, s in
+                      (("scoreline", "exact"), ("lightgbm", "exact"), ("lleaves", "exact"), ("onnxruntime", "approx"))],
+        # Drift doubles every engine's time in round 2: pairwise ratios stay 0.5 vs lleaves.
+        "latency": [lat("scoreline", [10.0, 20.0, 10.0]), lat("lightgbm", [40.0, 80.0, 40.0]),
+                    lat("lleaves", [20.0, 40.0, 20.0]), lat("onnxruntime", [1.0, 1.0, 1.0])],
+        "throughput": [],
+    }
+    (entry,) = report.best_peer_ratios(kernels)["latency"]
+    assert entry["best_peer"] == "lleaves"  # onnxruntime is faster but not exact
+    assert entry["ratio_to_best"] == pytest.approx(0.5)
+    assert entry["ratio_to_lightgbm"] == pytest.approx(0.25)
+    (target,) = [t for t in report.targets({"kernels": kernels}) if t["target"].startswith("Single-row")]
+    assert target["reached"] is True
+
+
+def test_cli_rejects_unknown_sections():
+    from scoreline.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--only", "kernels,warp-drive"])
