@@ -7,8 +7,10 @@ columns, where it came from, and the reason) when its ``error`` is set.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections import deque
@@ -17,10 +19,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from scoreline.engine import sources as _sources
+from scoreline.registry.manifest import decode_manifest, encode_manifest
 from scoreline.errors import InputError, NotFoundError
 
 __all__ = [
@@ -418,15 +422,20 @@ def as_scorer(model, *, raw_score: bool = False, registry=None, version: int | s
                 path="model",
             )
         model_id, _, at = os.fspath(model).partition("@")
-        wanted = version if version is not None else (at or None)
-        if isinstance(wanted, str) and wanted.isdigit():
-            wanted = int(wanted)
-        from scoreline.engine.router import Engine
-
-        return DeploymentScorer(_no_raw(Engine(registry).deployment(model_id, wanted), raw_score))
+        return DeploymentScorer(_no_raw(_deployment(registry, model_id, version if version is not None else (at or None)), raw_score))
     raise InputError(
         f"expected a deployment, a model, a model file or a model id, got {type(model).__name__}", path="model"
     )
+
+
+def _deployment(registry, model_id: str, version: int | str | None):
+    """The version's Deployment, straight from the registry (no router: bulk jobs do not log)."""
+    from scoreline.engine.deployment import Deployment
+    from scoreline.registry.repository import Repository
+
+    repo = Repository(registry)
+    number = repo.resolve(model_id, version)
+    return Deployment(repo.load_manifest(model_id, number), repo.version_dir(model_id, number), version=number)
 
 
 def load_model_file(path: str | os.PathLike):
@@ -541,6 +550,30 @@ class DeploymentScorer:
     def columns_to_read(self) -> list[str]:
         return [self.deployment.key_name, *self.deployment.input_names]
 
+    # -- pickling: what travels to a worker is the manifest and the artifact's bytes; the worker
+    # rebuilds (compiles and warms) the deployment once per process and reuses it.
+    def __getstate__(self) -> dict:
+        dep = self.deployment
+        manifest = dep.manifest
+        store = manifest.entity.store
+        if store is not None and hasattr(store, "path") and not os.path.isabs(store.path):
+            # Relative store paths start at the registry root, which the worker does not have.
+            absolute = str((dep.version_dir.parent.parent / store.path).resolve())
+            entity = msgspec.structs.replace(manifest.entity, store=msgspec.structs.replace(store, path=absolute))
+            manifest = msgspec.structs.replace(manifest, entity=entity)
+        artifact = (dep.version_dir / manifest.model.artifact).read_bytes()
+        body = encode_manifest(manifest)
+        token = hashlib.sha256(body + artifact + str(dep.version).encode()).hexdigest()[:24]
+        return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version}
+
+    def __setstate__(self, state: dict) -> None:
+        with _REBUILT_LOCK:
+            deployment = _REBUILT.get(state["token"])
+            if deployment is None:
+                deployment = _rebuild(state)
+                _REBUILT[state["token"]] = deployment
+        self.__init__(deployment)
+
     def csv_types(self) -> dict[str, pa.DataType]:
         # Text for numbers (parsed per row, see ModelScorer) and for strings such as "00123".
         return {name: pa.string() for name in [*self._numeric, *self._strings]}
@@ -562,6 +595,27 @@ class DeploymentScorer:
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         return self.deployment.score(batch)
+
+
+# Deployments rebuilt from pickles in this process, by content: a Ray or Spark worker unpickles the
+# scorer for every task, and compiling and warming a deployment each time would dominate.
+_REBUILT: dict[str, object] = {}
+_REBUILT_LOCK = threading.Lock()
+
+
+def _rebuild(state: dict):
+    from scoreline.engine.deployment import Deployment
+
+    manifest = decode_manifest(state["manifest"])
+    folder = Path(tempfile.gettempdir()) / "scoreline-deployments" / state["token"]
+    folder.mkdir(parents=True, exist_ok=True)
+    artifact = folder / Path(manifest.model.artifact).name
+    if not artifact.exists():
+        partial = folder / f".{artifact.name}.{os.getpid()}"
+        partial.write_bytes(state["artifact"])
+        os.replace(partial, artifact)  # several worker processes may race to write it
+    manifest = msgspec.structs.replace(manifest, model=msgspec.structs.replace(manifest.model, artifact=artifact.name))
+    return Deployment(manifest, folder, version=state["version"])
 
 
 def _parse_numbers(batch: pa.RecordBatch, targets: dict[str, pa.DataType]):

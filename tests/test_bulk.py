@@ -9,6 +9,7 @@ import time
 import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -264,3 +265,95 @@ def test_csv_written_by_arrow_round_trips(booster, tmp_path):
     assert result.rows_rejected == 0
     out = ipc.open_file(tmp_path / "out.arrow").read_all()
     np.testing.assert_allclose(out["score"].to_numpy(), b.predict(_matrix(table)), rtol=0, atol=1e-9)
+
+
+# --- registered models: the deployment's contract, per-row errors as rejects ---------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    from test_server_support import build_registry
+
+    return build_registry(tmp_path_factory.mktemp("bulk-registry") / "registry")
+
+
+def _requests(n_known: int = 200) -> pa.Table:
+    from test_server_support import customers
+
+    people = customers().slice(0, n_known)
+    keys = people["customer-id"].to_pylist() + [1, 2, 3]  # three unknown customers
+    table = pa.table({"customer-id": pa.array(keys, pa.int64()), "batch-tag": pa.array(["t"] * len(keys))})
+    return table
+
+
+def test_registered_model_by_id_scores_through_the_deployment(registry, tmp_path):
+    from scoreline.engine.deployment import Deployment
+    from scoreline.registry.repository import Repository
+
+    table = _requests()
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=64)
+    result = scoreline.score_file(
+        "credit-risk", tmp_path / "in.parquet", tmp_path / "out.parquet",
+        registry=registry["root"], keep=["customer-id"], batch_size=50, threads=2,
+    )
+    assert (result.rows_read, result.rows_scored, result.rows_rejected) == (203, 200, 3)
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.schema.names == ["customer-id", "model-id", "model-version", "score", "application-decision"]
+    assert set(out["model-version"].to_pylist()) == {registry["v1"]}  # production alias
+    rejects = pq.read_table(result.rejects)
+    assert rejects["customer-id"].to_pylist() == [1, 2, 3]
+    assert all("not found" in r for r in rejects["reason"].to_pylist())
+    repo = Repository(registry["root"])
+    reference = Deployment(repo.load_manifest("credit-risk", registry["v1"]), repo.version_dir("credit-risk", registry["v1"]),
+                           version=registry["v1"]).score(table.to_batches()[0])
+    ok = pc.is_null(reference.column("error"))
+    np.testing.assert_allclose(out["score"].to_numpy(), reference.filter(ok).column("score").to_numpy(), rtol=0, atol=0)
+    # id@version picks another version
+    scoreline.score_file(f"credit-risk@{registry['v2']}", tmp_path / "in.parquet", tmp_path / "v2.arrow",
+                         registry=registry["root"])
+    assert set(ipc.open_file(tmp_path / "v2.arrow").read_all()["model-version"].to_pylist()) == {registry["v2"]}
+
+
+def test_registered_model_from_csv_with_inline_inputs_and_bad_values(registry, tmp_path):
+    rows = [
+        "customer-id,date-of-birth,state,account-balance",
+        "1,1980-02-03,NSW,1200.5",
+        "2,1975-12-30,VIC,abc",        # not a number
+        "3,1990-01-01,XX,10",          # not an allowed state
+        "4,1970-13-01,QLD,10",         # not a date
+        "5,1985-05-05,WA,-3",          # below the minimum
+        "6,1999-09-09,SA,0",
+    ]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+    result = scoreline.score_file("credit-risk", tmp_path / "in.csv", tmp_path / "out.parquet",
+                                  registry=registry["root"], keep=["customer-id"])
+    out = pq.read_table(tmp_path / "out.parquet")
+    rejects = pq.read_table(result.rejects)
+    assert out["customer-id"].to_pylist() == [1, 6]
+    assert rejects["customer-id"].to_pylist() == [2, 3, 4, 5]
+    reasons = rejects["reason"].to_pylist()
+    assert "account-balance" in reasons[0] and "'abc'" in reasons[0]
+    assert "state" in reasons[1] and "date-of-birth" in reasons[2] and "account-balance" in reasons[3]
+
+
+def test_registered_model_needs_its_columns_before_writing(registry, tmp_path):
+    pq.write_table(pa.table({"who": [1, 2]}), tmp_path / "in.parquet")
+    with pytest.raises(InputError, match="customer-id"):
+        scoreline.score_file("credit-risk", tmp_path / "in.parquet", tmp_path / "out.parquet", registry=registry["root"])
+    assert _files(tmp_path) == ["in.parquet"]
+
+
+def test_scorers_pickle_to_plain_data_and_score_the_same(registry, booster):
+    import pickle
+
+    from scoreline.engine.bulk import as_scorer
+
+    table = _requests(50)
+    dep = as_scorer("credit-risk", registry=registry["root"])
+    copy = pickle.loads(pickle.dumps(dep))
+    assert copy.deployment is not dep.deployment
+    assert copy.deployment.score(table.to_batches()[0]).equals(dep.deployment.score(table.to_batches()[0]))
+    assert pickle.loads(pickle.dumps(dep)).deployment is copy.deployment  # rebuilt once per process
+    model = as_scorer(booster[1])
+    features = _table(100).to_batches()[0]
+    assert pickle.loads(pickle.dumps(model)).score(features).equals(model.score(features))
