@@ -103,7 +103,8 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
 
     async def openapi(scope, receive, send) -> None:
         current = scorer.engine
-        ids = [m.get("id") for m in current.models()] if current is not None else []
+        listing = await asyncio.get_running_loop().run_in_executor(None, current.models) if current is not None else []
+        ids = [m.get("model-id") for m in listing]
         await send_json(send, 200, openapi_document(settings, model_ids=[i for i in ids if isinstance(i, str)]))
 
     async def models(scope, receive, send) -> None:
@@ -116,7 +117,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
         current = scorer.require_engine()
         listing = await asyncio.get_running_loop().run_in_executor(None, current.models)
         for item in listing:
-            if item.get("id") == model_id:
+            if item.get("model-id") == model_id:
                 await send_json(send, 200, item)
                 return
         raise NotFoundError(f"unknown model {model_id!r}", path="$.model-id")
@@ -137,7 +138,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
             raise SchemaError(f"invalid promote request: {text}", path=path) from None
         except msgspec.DecodeError as exc:
             raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
-        scorer.entry(request.model_id, request.version)  # 404 for an unknown model or version
+        await scorer.entry(request.model_id, request.version)  # 404 for an unknown model or version
         current = scorer.require_engine()
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: current.promote(request.model_id, request.version, alias=request.alias))

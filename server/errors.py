@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import msgspec
 
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("scoreline.server")
+_PATH = re.compile(r"`(\$[^`]*)`")
 
 # docs/contracts.md: schema/input -> 422 (400 for undecodable JSON), not-found -> 404,
 # not-ready -> 503, overloaded -> 503 + Retry-After, unauthorized -> 401, registration -> 409.
@@ -67,11 +69,18 @@ class RowError(ScorelineError):
         self.kind = kind
 
 
-def row_error(text: str, *, path: str | None) -> RowError:
-    """The error for one row from the engine's per-row `error` text (unknown entity -> not-found)."""
-    lowered = text.lower()
-    kind = "not-found" if ("not found" in lowered or lowered.startswith("unknown")) else "input"
-    return RowError(text, kind=kind, path=path)
+def row_error(text: str, *, prefix: str = "$", key: str | None = None) -> RowError:
+    """The error for one row from the engine's per-row `error` text.
+
+    The engine writes "... not found ..." for an unknown entity (-> not-found, at `<prefix>.<key>`)
+    and names a bad input's path in backticks (`$.inputs.state`), which is re-rooted at `prefix`
+    (`$.rows[3]` in a batch).
+    """
+    if "not found" in text:
+        return RowError(text, kind="not-found", path=f"{prefix}.{key}" if key else prefix)
+    match = _PATH.search(text)
+    path = prefix + match.group(1)[1:] if match else prefix
+    return RowError(text, kind="input", path=path)
 
 
 def status_for(exc: BaseException) -> int:

@@ -171,7 +171,12 @@ def _schemas(settings: ServerSettings, model_id: dict, version: dict) -> dict:
             "results": {"type": "array", "items": {"type": "object", "properties": {
                 "request-id": {"type": "string"}, "error": {"oneOf": [{"type": "null"}, error]}},
                 "additionalProperties": True}}}},
-        "Model": {"type": "object", "properties": {"id": {"type": "string"}}, "additionalProperties": True},
+        "Model": {"type": "object", "additionalProperties": True, "properties": {
+            "model-id": {"type": "string"}, "aliases": {"type": "object"}, "default-version": {"type": ["integer", "null"]},
+            "versions": {"type": "array", "items": {"type": "object", "properties": {
+                "version": {"type": "integer"}, "state": {"type": "string", "enum": ["ready", "failed", "not-loaded"]},
+                "aliases": {"type": "array", "items": {"type": "string"}}, "error": {"type": "string"}}}},
+            "contract": {"type": ["object", "null"]}}},
         "ModelList": {"type": "object", "required": ["models"],
                       "properties": {"models": {"type": "array", "items": _ref("Model")}}},
         "PromoteRequest": {"type": "object", "required": ["model-id", "version"], "additionalProperties": False,

@@ -9,6 +9,7 @@ UINT8..UINT64, FP32, FP64, BYTES (UTF-8); FP16 and BF16 are refused.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
@@ -73,15 +74,15 @@ def v2_routes(scorer: Scorer) -> list[Route]:
         is_ready = bool(engine is not None and engine.ready)
         await send_json(send, 200 if is_ready else 503, {"ready": is_ready})
 
-    def _entry(scope):
+    async def _entry(scope):
         params = scope["path_params"]
-        return scorer.entry(params["name"], params.get("version"), path="$")
+        return await scorer.entry(params["name"], params.get("version"), path="$")
 
     async def model_metadata(scope, receive, send) -> None:
-        entry = _entry(scope)
+        entry = await _entry(scope)
         d = entry.deployment
-        engine = scorer.require_engine()
-        versions = [str(v) for m in engine.models() if m.get("id") == d.model_id for v in _version_numbers(m)]
+        listing = await asyncio.get_running_loop().run_in_executor(None, scorer.require_engine().models)
+        versions = [str(v) for m in listing if m.get("model-id") == d.model_id for v in _version_numbers(m)]
         shape = entry.shape
         inputs = [{"name": shape.key, "datatype": "INT64" if shape.key_type == "int" else "BYTES", "shape": [-1]}]
         inputs += [{"name": n, "datatype": _INPUT_DATATYPE[shape.input_types[n]], "shape": [-1]} for n in shape.input_names]
@@ -92,12 +93,12 @@ def v2_routes(scorer: Scorer) -> list[Route]:
                                     "inputs": inputs, "outputs": outputs})
 
     async def model_ready(scope, receive, send) -> None:
-        entry = _entry(scope)  # raises not-found / not-ready
+        entry = await _entry(scope)  # raises not-found / not-ready
         await send_json(send, 200, {"name": entry.deployment.model_id, "ready": True})
 
     async def infer(scope, receive, send) -> None:
         body = await read_body(scope, receive, settings.max_body_bytes)
-        entry = _entry(scope)
+        entry = await _entry(scope)
         request, binary = _split(scope, body)
         if not request.inputs:
             raise SchemaError("expected at least one input tensor at `$.inputs`", path="$.inputs")
@@ -119,7 +120,7 @@ def v2_routes(scorer: Scorer) -> list[Route]:
         ids = [base] if n == 1 else [f"{base}:{j}" for j in range(n)]
         rows = entry.shape.parse_columns(columns, n, ids, paths)
         scored = await scorer.score_rows(entry, rows)
-        scorer.raise_row_errors(scored, lambda j: f"row {j}")
+        scorer.raise_row_errors(scored, "row {row}")
         wanted = _wanted_outputs(request, entry.fields)
         answer = scored.arrow()
         header_json, chunks = _outputs(answer, wanted)

@@ -74,6 +74,7 @@ class Scorer:
         self.engine = None  # set by the app once the engine is built (it compiles and warms first)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="scoreline-score")
         self._entries: dict[tuple[str, int], _Entry] = {}
+        self._resolved: set[tuple[str, int | str | None]] = set()
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
         metrics.gauge("scoreline_queue_rows", "Rows waiting for a micro-batch, by model and version.",
@@ -94,10 +95,19 @@ class Scorer:
             raise NotReadyError("the engine is still loading the registry; retry shortly")
         return engine
 
-    def entry(self, model_id: object, version: object, *, path: str = "$") -> _Entry:
+    async def entry(self, model_id: object, version: object, *, path: str = "$") -> _Entry:
         """The deployment (and its batcher) for a model id and optional version or alias."""
         model_id, version = check_model_ref(model_id, version, path=path)
-        deployment = self.require_engine().deployment(model_id, version)
+        engine = self.require_engine()
+        if (model_id, version) in self._resolved:
+            # Seen before, so compiled: the engine resolves it with dict lookups (and compiles a
+            # new alias target before it swaps it in), cheap enough for the event loop.
+            deployment = engine.deployment(model_id, version)
+        else:
+            # First use of this model/version/alias may compile it: never on the event loop.
+            loop = asyncio.get_running_loop()
+            deployment = await loop.run_in_executor(None, engine.deployment, model_id, version)
+            self._resolved.add((model_id, version))
         key = (deployment.model_id, deployment.version)
         entry = self._entries.get(key)
         if entry is None or entry.deployment is not deployment:
@@ -179,12 +189,14 @@ class Scorer:
         entry = self._entries.get((deployment.model_id, deployment.version))
         return entry.shape if entry is not None and entry.deployment is deployment else RowShape(deployment)
 
-    def raise_row_errors(self, scored: Scored, path_of) -> None:
+    def raise_row_errors(self, scored: Scored, where: str) -> None:
         """Raise the first row error of a request (for answers that cannot carry per-row errors)."""
         for i in range(scored.n):
             text = scored.error(i)
             if text is not None:
-                raise row_error(text, path=path_of(i))
+                error = row_error(text)
+                error.path = where.format(row=i)
+                raise error
 
     def _queue_gauge(self):
         for (model_id, version), entry in sorted(self._entries.items()):

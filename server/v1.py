@@ -39,13 +39,12 @@ def v1_routes(scorer: Scorer) -> list[Route]:
 
     async def score_one(scope, receive, send) -> None:
         body = decode_object(await read_body(scope, receive, settings.max_body_bytes))
-        entry = scorer.entry(body.get("model-id"), body.get("model-version"))
+        entry = await scorer.entry(body.get("model-id"), body.get("model-version"))
         rows = entry.shape.parse_request(body, scorer.new_request_id())
         scored = await scorer.score_rows(entry, rows)
         error = scored.error(0)
         if error is not None:
-            where = f"$.{entry.shape.key}" if rows.keys[0] is not None and rows.inputs is None else "$.inputs"
-            raise row_error(error, path=where)
+            raise row_error(error, key=entry.shape.key)
         answer = scored.row(0, entry.fields)
         if "request-id" in body:
             answer["request-id"] = rows.request_ids[0]
@@ -56,7 +55,7 @@ def v1_routes(scorer: Scorer) -> list[Route]:
         for field in body:
             if field not in ("model-id", "model-version", "rows"):
                 raise SchemaError(f"unknown field `$.{field}`; expected model-id, model-version, rows", path=f"$.{field}")
-        entry = scorer.entry(body.get("model-id"), body.get("model-version"))
+        entry = await scorer.entry(body.get("model-id"), body.get("model-version"))
         raw_rows = body.get("rows")
         if isinstance(raw_rows, list) and len(raw_rows) > settings.max_rows:
             raise PayloadTooLarge(f"{len(raw_rows)} rows exceed the limit of {settings.max_rows} per request", path="$.rows")
@@ -69,7 +68,7 @@ def v1_routes(scorer: Scorer) -> list[Route]:
             result = scored.row(i, entry.fields)
             result["request-id"] = rows.request_ids[i]
             text = scored.error(i)
-            result["error"] = None if text is None else row_error(text, path=f"$.rows[{i}]").to_dict()
+            result["error"] = None if text is None else row_error(text, prefix=f"$.rows[{i}]", key=entry.shape.key).to_dict()
             results.append(result)
         d = entry.deployment
         await send_json(send, 200, {"model-id": d.model_id, "model-version": d.version, "results": results})
@@ -81,7 +80,7 @@ def v1_routes(scorer: Scorer) -> list[Route]:
                 f"expected Content-Type {ARROW_STREAM.decode()}, got {content_type.decode(errors='replace') or 'none'}")
         model_id = scope["path_params"]["model_id"]
         version = _query_version(scope)
-        entry = scorer.entry(model_id, version, path="$")
+        entry = await scorer.entry(model_id, version, path="$")
         body = await read_body(scope, receive, settings.max_body_bytes)
         table = _read_stream(body)
         if table.num_rows > settings.max_arrow_rows:
