@@ -22,9 +22,10 @@ from scoreline.registry.manifest import ArrowStore, ParquetStore, PostgresStore,
 KINDS = ["parquet", "arrow", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
-def customers(n: int = 50, seed: int = 0) -> pa.Table:
+def customers(n: int = 50, seed: int = 0, spread: int = 10) -> pa.Table:
+    """n customers with distinct ids in [0, spread * n): dense ids get the direct index."""
     rng = np.random.default_rng(seed)
-    ids = rng.choice(10 * n, size=n, replace=False).astype(np.int64)
+    ids = rng.choice(spread * n, size=n, replace=False).astype(np.int64)
     balance = rng.normal(1000, 300, n)
     return pa.table({
         "customer_id": ids,
@@ -89,12 +90,13 @@ def reference(table: pa.Table, keys: list, key: str, columns: list[str]) -> tupl
             for k in keys], found
 
 
+@pytest.mark.parametrize("spread", [2, 10**9])
 @pytest.mark.parametrize("kind", KINDS)
-def test_lookup_matches_a_dict_reference(make_store, kind):
-    table = customers(200)
+def test_lookup_matches_a_dict_reference(make_store, kind, spread):
+    table = customers(200, spread=spread)
     store = make_store(kind, table)
     rng = np.random.default_rng(1)
-    keys = rng.choice(table.column("customer_id").to_numpy(), 30).tolist() + [-1, 99999, 5000]
+    keys = rng.choice(table.column("customer_id").to_numpy(), 100).tolist() + [-1, 2**40, 401]
     rng.shuffle(keys)
     got, found = store.lookup(pa.array(keys), ["balance", "state", "dob"])
     want, want_found = reference(table, keys, "customer_id", ["balance", "state", "dob"])
@@ -121,11 +123,13 @@ def test_keys_of_other_types_nulls_and_duplicates(make_store, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_string_keys_and_empty_batches(make_store, kind):
-    table = pa.table({"code": ["b", "a", "c"], "value": [2.0, 1.0, 3.0]})
+    table = pa.table({"code": ["b", "a", "c", "é"], "value": [2.0, 1.0, 3.0, 4.0]})
     store = make_store(kind, table, key="code")
-    got, found = store.lookup(pa.array(["c", "zz", "a"]), ["value"])
-    assert found.tolist() == [True, False, True]
-    assert got.column("value").to_pylist() == [3.0, None, 1.0]
+    got, found = store.lookup(pa.array(["c", "zz", "a", "é", "cc"]), ["value"])
+    assert found.tolist() == [True, False, True, True, False]
+    assert got.column("value").to_pylist() == [3.0, None, 1.0, 4.0, None]
+    assert store.lookup(["ccc"])[1].tolist() == [False]        # longer than every stored key
+    assert store.lookup([7])[1].tolist() == [False]
     got, found = store.lookup(pa.array([], pa.string()), ["value"])
     assert got.num_rows == 0 and found.shape == (0,)
     got, found = store.lookup(pa.array([None], pa.string()), ["value"])
