@@ -30,6 +30,10 @@ from scoreline.errors import InputError, NotFoundError
 __all__ = [
     "score_file",
     "score_batches",
+    "score_batch",
+    "plan_job",
+    "Job",
+    "Sink",
     "BulkResult",
     "Progress",
     "as_scorer",
@@ -205,63 +209,150 @@ def score_file(
         column's type. Also (removing the partial files) when a later batch turns out unusable.
     """
     started = time.perf_counter()
-    scorer = as_scorer(model, raw_score=raw_score, registry=registry, version=version)
-    keep = tuple(keep)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}", path="batch_size")
+    job = plan_job(model, input, output, registry=registry, version=version, keep=keep, rejects=rejects,
+                   format=format, raw_score=raw_score)
     threads = max(1, int(threads or len(os.sched_getaffinity(0))))
+    srcs = job.sources
+
+    def score(item: tuple[int, int, pa.RecordBatch]):
+        index, offset, batch = item
+        text = tuple(srcs[index].column_types or ())
+        return job.split(_score_one(job.scorer, batch, job.keep, text), srcs[index].path, offset)
+
+    items = _sources.read_sources(
+        srcs, batch_size=batch_size, columns=job.columns_for, parallel=min(len(srcs), threads), depth=2 * threads
+    )
+    try:
+        with job.sink(progress) as sink:
+            for good, bad in _ordered_map(score, items, threads):
+                sink.write(good, bad)
+            sink.commit()
+    finally:
+        items.close()
+    return sink.result(time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked bulk job: what to read, how to score it, and where and how to write the results.
+    Built by :func:`plan_job`; the local pipeline and the Ray/Spark drivers all write through it."""
+
+    scorer: object
+    keep: tuple[str, ...]
+    sources: list
+    output: Path
+    rejects: Path
+    format: str
+    rejects_format: str
+    output_schema: pa.Schema
+    rejects_schema: pa.Schema
+    wanted: frozenset | None
+
+    def columns_for(self, schema: pa.Schema) -> list[str] | None:
+        """The columns of a file with ``schema`` that scoring needs (None: all)."""
+        return None if self.wanted is None else [name for name in schema.names if name in self.wanted]
+
+    def total_rows(self) -> int | None:
+        sizes = [s.num_rows for s in self.sources]
+        return None if None in sizes else sum(sizes)
+
+    def split(self, scored: pa.RecordBatch, source, first_row: int | None):
+        """(rows for the output, rows for the rejects or None) of one scored batch.
+
+        ``source``: the file (a string, or a string array naming each row's file); ``first_row``:
+        the batch's first row number in that file, or None where it is not known (distributed).
+        """
+        return _split(scored, source, first_row, self.output_schema, self.rejects_schema)
+
+    def sink(self, progress: Progress | None = None) -> "Sink":
+        return Sink(self, progress)
+
+
+class Sink:
+    """The output and rejects writers of a job, with its counts. Use as a context manager and call
+    ``commit()`` at the end; leaving the block without it (an error, Ctrl-C) removes both files."""
+
+    def __init__(self, job: Job, progress: Progress | None) -> None:
+        self.job = job
+        self.progress = progress
+        self.rows_read = self.rows_scored = self.rows_rejected = 0
+        self._out = _sources.AtomicWriter(job.output, job.output_schema, job.format)
+        self._rej = _sources.AtomicWriter(job.rejects, job.rejects_schema, job.rejects_format)
+
+    def __enter__(self) -> "Sink":
+        if self.progress is not None:
+            self.progress.start(self.job.total_rows())
+        return self
+
+    def write(self, good: pa.RecordBatch, bad: pa.RecordBatch | None) -> None:
+        if good.num_rows:
+            self._out.write(good)
+        n = good.num_rows
+        if bad is not None and bad.num_rows:
+            self._rej.write(bad)
+            self.rows_rejected += bad.num_rows
+            n += bad.num_rows
+        self.rows_scored += good.num_rows
+        self.rows_read += n
+        if self.progress is not None:
+            self.progress.advance(n)
+
+    def commit(self) -> None:
+        # Rejects first: a finished output never points at rejects that are not there yet.
+        self._rej.commit()
+        self._out.commit()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._out.__exit__(exc_type, exc, tb)
+        self._rej.__exit__(exc_type, exc, tb)
+        if self.progress is not None:
+            self.progress.stop()
+
+    def result(self, seconds: float) -> BulkResult:
+        job = self.job
+        return BulkResult(job.output, job.rejects, len(job.sources), self.rows_read, self.rows_scored,
+                          self.rows_rejected, seconds)
+
+
+def plan_job(
+    model,
+    input,
+    output: str | os.PathLike,
+    *,
+    registry=None,
+    version: int | str | None = None,
+    keep: Sequence[str] = (),
+    rejects: str | os.PathLike | None = None,
+    format: str | None = None,
+    raw_score: bool = False,
+) -> Job:
+    """Resolve the model and the input files and check every file's schema; writes nothing.
+    Parameters as for :func:`score_file`; raises ``InputError`` for an unusable file."""
+    scorer = as_scorer(model, raw_score=raw_score, registry=registry, version=version)
+    keep = tuple(keep)
     output = Path(output)
     fmt = _sources.output_format(output, format)
     rejects = Path(rejects) if rejects is not None else rejects_path_for(output)
     if rejects.resolve() == output.resolve():
         raise InputError("the rejects file must differ from the output", path="rejects")
     rejects_fmt = _sources.output_format(rejects) if _has_format_suffix(rejects) else fmt
-
     srcs = _sources.open_sources(input, column_types=scorer.csv_types())
     keep_schema = _check_sources(scorer, srcs, keep)
-    out_schema = pa.schema(list(keep_schema) + [f for f in scorer.output_schema if f.name not in keep])
-    rej_schema = pa.schema(list(keep_schema) + list(_REJECT_FIELDS))
-    wanted = None if scorer.columns_to_read() is None else set(scorer.columns_to_read()) | set(keep)
-
-    def columns(schema: pa.Schema) -> list[str] | None:
-        return None if wanted is None else [name for name in schema.names if name in wanted]
-
-    def score(item: tuple[int, int, pa.RecordBatch]):
-        index, offset, batch = item
-        src = srcs[index]
-        scored = _score_one(scorer, batch, keep, tuple(src.column_types or ()))
-        return _split(scored, src.path, offset, out_schema, rej_schema)
-
-    read = scored = rejected = 0
-    if progress is not None:
-        sizes = [s.num_rows for s in srcs]
-        progress.start(None if None in sizes else sum(sizes))
-    items = _sources.read_sources(
-        srcs, batch_size=batch_size, columns=columns, parallel=min(len(srcs), threads), depth=2 * threads
+    needed = scorer.columns_to_read()
+    return Job(
+        scorer=scorer,
+        keep=keep,
+        sources=srcs,
+        output=output,
+        rejects=rejects,
+        format=fmt,
+        rejects_format=rejects_fmt,
+        output_schema=pa.schema(list(keep_schema) + [f for f in scorer.output_schema if f.name not in keep]),
+        rejects_schema=pa.schema(list(keep_schema) + list(_REJECT_FIELDS)),
+        wanted=None if needed is None else frozenset(needed) | frozenset(keep),
     )
-    try:
-        with (
-            _sources.AtomicWriter(output, out_schema, fmt) as out_writer,
-            _sources.AtomicWriter(rejects, rej_schema, rejects_fmt) as rej_writer,
-        ):
-            for good, bad in _ordered_map(score, items, threads):
-                if good.num_rows:
-                    out_writer.write(good)
-                if bad is not None:
-                    rej_writer.write(bad)
-                    rejected += bad.num_rows
-                read += good.num_rows + (0 if bad is None else bad.num_rows)
-                scored += good.num_rows
-                if progress is not None:
-                    progress.advance(good.num_rows + (0 if bad is None else bad.num_rows))
-            # Rejects first: a finished output never points at rejects that are not there yet.
-            rej_writer.commit()
-            out_writer.commit()
-    finally:
-        items.close()
-        if progress is not None:
-            progress.stop()
-    return BulkResult(output, rejects, len(srcs), read, scored, rejected, time.perf_counter() - started)
 
 
 def rejects_path_for(output: str | os.PathLike) -> Path:
@@ -328,8 +419,16 @@ def _result(future: Future):
             continue
 
 
+def score_batch(scorer, batch: pa.RecordBatch, keep: Sequence[str] = (), text: Sequence[str] = ()) -> pa.RecordBatch:
+    """One batch, on the calling thread: ``keep`` columns + the scorer's outputs + ``error``.
+
+    ``scorer`` comes from :func:`as_scorer`; ``text`` names columns read as text (CSV) that hold
+    numbers: a value that is not one rejects its row. What Ray and Spark workers call.
+    """
+    return _score_one(scorer, batch, tuple(keep), tuple(text))
+
+
 def _score_one(scorer, batch: pa.RecordBatch, keep: tuple[str, ...], text: tuple[str, ...]) -> pa.RecordBatch:
-    """``keep`` columns + the scorer's outputs + ``error`` for one batch (runs on a scoring thread)."""
     kept = [batch.column(name) for name in keep]
     kept_fields = [batch.schema.field(name) for name in keep]
     parse_errors = None
@@ -349,17 +448,21 @@ def _score_one(scorer, batch: pa.RecordBatch, keep: tuple[str, ...], text: tuple
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _split(scored: pa.RecordBatch, source: str, offset: int, out_schema: pa.Schema, rej_schema: pa.Schema):
-    """(rows for the output, rows for the rejects or None) of one scored batch."""
+def _split(scored: pa.RecordBatch, source, first_row: int | None, out_schema: pa.Schema, rej_schema: pa.Schema):
     error = scored.column("error")
     if error.null_count == scored.num_rows:
         return scored.select(out_schema.names), None
     ok = pc.is_null(error)
     bad = pc.invert(ok)
-    rows = pc.filter(pa.array(range(offset, offset + scored.num_rows), pa.int64()), bad)
     failed = scored.filter(bad)
+    n = failed.num_rows
+    if first_row is None:
+        rows = pa.nulls(n, pa.int64())
+    else:
+        rows = pc.filter(pa.array(range(first_row, first_row + scored.num_rows), pa.int64()), bad)
+    where = pa.array([source] * n, pa.string()) if isinstance(source, str) else pc.filter(source, bad)
     arrays = [failed.column(f.name) for f in list(rej_schema)[: len(rej_schema) - len(_REJECT_FIELDS)]]
-    arrays += [pa.array([source] * len(rows), pa.string()), rows, failed.column("error")]
+    arrays += [where, rows, failed.column("error")]
     return scored.filter(ok).select(out_schema.names), pa.RecordBatch.from_arrays(arrays, schema=rej_schema)
 
 
