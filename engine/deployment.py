@@ -18,7 +18,6 @@ import os
 import time
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -114,10 +113,20 @@ class Deployment:
         self.output_schema = pa.schema(fields + [pa.field("error", pa.string())])
         self._names = [f.name for f in fields]
         self._store_columns = {n: manifest.entity.columns.get(n, n) for n in self.input_names}
+        self._lookup_columns = list(dict.fromkeys(self._store_columns.values()))
         if store is None and manifest.entity.store is not None:
             store = open_store(manifest.entity.store, self.version_dir.parent.parent)
         self.store = store or None
-        self._key_schema = pa.schema([pa.field(self.key_name, self.key_type)])
+        if self.store is not None:
+            have = set(self.store.schema.names)
+            for name, column in self._store_columns.items():
+                if column not in have:
+                    raise SchemaError(
+                        f"input {name!r} reads column {column!r}, which the entity store lacks "
+                        f"(columns: {', '.join(self.store.schema.names)}); map it in "
+                        "entity.columns", path=f"$.entity.columns.{name}")
+        self._request_fields = frozenset(
+            (self.key_name, "inputs", "request-id", "model-id", "model-version"))
         self.compile_seconds = time.perf_counter() - started
         self.warm_seconds = 0.0
         if warm:
@@ -206,7 +215,7 @@ class Deployment:
         for row in rows[null_key].tolist():
             errors.setdefault(row, InputError(
                 f"expected `$.{self.key_name}` or `$.inputs`, got neither", path=f"$.{self.key_name}"))
-        table, found = self.store.lookup(wanted, list(dict.fromkeys(self._store_columns.values())))
+        table, found = self.store.lookup(wanted, self._lookup_columns)
         found = np.asarray(found, dtype=bool)
         missing = ~found & ~null_key
         if missing.any():
@@ -263,6 +272,10 @@ class Deployment:
         `$.inputs.<name>` path), SchemaError for a malformed request. Same values, same rules
         and same kernels as `score`, without building Arrow arrays for one row.
         """
+        for field in request:
+            if field not in self._request_fields:
+                raise SchemaError(f"unknown field `$.{field}`; expected {self.key_name!r}, 'inputs' "
+                                  "or 'request-id'", path=f"$.{field}")
         key = request.get(self.key_name)
         inputs = request.get("inputs")
         if inputs is not None and type(inputs) is not dict:
@@ -306,8 +319,8 @@ class Deployment:
         if self.store is None:
             raise InputError(f"no inputs given and model {self.model_id!r} has no entity store: "
                              "send `$.inputs`", path="$.inputs")
-        table, found = self.store.lookup(pa.array([key], self.key_type),
-                                         list(dict.fromkeys(self._store_columns.values())))
+        keys = np.array([key], dtype=np.int64) if type(key) is int else [key]
+        table, found = self.store.lookup(keys, self._lookup_columns)
         if not found[0]:
             raise NotFoundError(f"{self.key_name} {key!r} not found in the entity store of model "
                                 f"{self.model_id!r}", path=f"$.{self.key_name}")
@@ -382,12 +395,10 @@ def _as_key_column(keys, key_type: pa.DataType, name: str, errors: dict) -> pa.A
 
 
 def open_store(spec, registry_root: Path):
-    """Open the manifest's entity store, a relative file path taken from the registry root."""
+    """Open the manifest's entity store; a relative file path starts at the registry root."""
     from scoreline.engine.entities import open_store as _open
 
-    if hasattr(spec, "path") and not os.path.isabs(spec.path):
-        spec = msgspec.structs.replace(spec, path=str((Path(registry_root) / spec.path).resolve()))
-    return _open(spec)
+    return _open(spec, registry_root)
 
 
 def validate_version(version_dir, manifest: M.Manifest) -> None:
