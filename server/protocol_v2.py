@@ -2,7 +2,8 @@
 
 Input tensors map by name to the entity key or the manifest's raw inputs; each is one value per
 row (shape [n] or [n, 1]). Output tensors are the contract fields (key, model-id, model-version,
-score, decision, further outputs), shape [n]. The protocol has no per-row errors: a row that cannot
+score, decision, further outputs), shape [n]; a row scored from inline inputs has no key, sent as
+0 in an INT tensor and "" in a BYTES one. The protocol has no per-row errors: a row that cannot
 be scored fails the request with `{"error": "... (at row i)"}`. Datatypes: BOOL, INT8..INT64,
 UINT8..UINT64, FP32, FP64, BYTES (UTF-8); FP16 and BF16 are refused.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from starlette.routing import Route
 
 import scoreline
@@ -283,6 +285,8 @@ def _outputs(batch: pa.RecordBatch, wanted: list[tuple[str, bool]]) -> tuple[lis
             else:
                 tensor["data"] = values
         else:
+            if column.null_count:  # the key of an inline-inputs row: no entity, so 0 (or false)
+                column = pc.fill_null(column, pa.scalar(0 if datatype != "BOOL" else False, column.type))
             array = column.to_numpy(zero_copy_only=False).astype(DATATYPES[datatype], copy=False)
             if binary:
                 raw = array.tobytes()

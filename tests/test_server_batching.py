@@ -1,0 +1,93 @@
+"""Micro-batching through the live server over a real registry: coalesced requests give the same answers
+as unbatched ones, a bad request fails alone, and every request is logged once with its request id."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+
+from scoreline.registry.decision_log import DecisionLog
+from scoreline.server.app import create_app
+from scoreline.server.settings import ServerSettings
+
+from test_server_support import KEY, MODEL_ID, build_registry, live_server, make_engine
+
+
+class GatedEngine:
+    """The real engine, with its first `score_batch` call held until the test opens the gate, and
+    the size of every batch recorded. Everything else is delegated unchanged."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.gate = threading.Event()
+        self.first_started = threading.Event()
+        self.batch_sizes: list[int] = []
+
+    def score_batch(self, model_id, batch, version=None, request_ids=None):
+        self.batch_sizes.append(batch.num_rows)
+        if len(self.batch_sizes) == 1:
+            self.first_started.set()
+            self.gate.wait(30)
+        return self.engine.score_batch(model_id, batch, version=version, request_ids=request_ids)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    return build_registry(tmp_path_factory.mktemp("batching") / "registry")
+
+
+def test_coalesced_requests_match_unbatched_and_a_bad_one_fails_alone(registry):
+    engine = make_engine(registry["root"])
+    gated = GatedEngine(engine)
+    # one batch at a time and a long wait budget: everything sent while the first request is held
+    # must travel together in the second batch
+    settings = ServerSettings(max_batch=64, max_wait_us=10_000_000, max_in_flight=1)
+    keys = [1000 + i for i in range(30)]
+    bodies = [{"model-id": MODEL_ID, KEY: k, "request-id": f"batched-{k}"} for k in keys]
+    bodies.insert(7, {"model-id": MODEL_ID, KEY: 999_999, "request-id": "batched-unknown"})
+    bodies.insert(12, {"model-id": MODEL_ID, "request-id": "batched-bad-value",
+                       "inputs": {"date-of-birth": "1970-01-01", "state": "VIC", "account-balance": -1.0}})
+    try:
+        with live_server(create_app(gated, settings=settings)) as url:
+
+            async def main():
+                async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                    first = asyncio.ensure_future(client.post("/v1/score", json={"model-id": MODEL_ID, KEY: 1000}))
+                    while not gated.first_started.is_set():
+                        await asyncio.sleep(0.005)
+                    rest = [asyncio.ensure_future(client.post("/v1/score", json=b)) for b in bodies]
+                    while True:  # wait until all are queued (visible in /metrics)
+                        text = (await client.get("/metrics")).text
+                        line = [l for l in text.splitlines() if l.startswith("scoreline_queue_rows{")]
+                        if line and float(line[0].rsplit(" ", 1)[1]) == len(bodies):
+                            break
+                        await asyncio.sleep(0.01)
+                    gated.gate.set()
+                    return await first, await asyncio.gather(*rest)
+
+            first, answers = asyncio.run(main())
+            assert gated.batch_sizes == [1, len(bodies)]
+            by_id = {b["request-id"]: r for b, r in zip(bodies, answers)}
+            assert by_id["batched-unknown"].status_code == 404
+            assert by_id["batched-unknown"].json()["path"] == f"$.{KEY}"
+            assert by_id["batched-bad-value"].status_code == 422
+            assert by_id["batched-bad-value"].json()["path"] == "$.inputs.account-balance"
+            with httpx.Client(base_url=url) as client:  # now one at a time: unbatched
+                for k in keys:
+                    alone = client.post("/v1/score", json={"model-id": MODEL_ID, KEY: k}).json()
+                    batched = by_id[f"batched-{k}"]
+                    assert batched.status_code == 200
+                    assert batched.json() == {**alone, "request-id": f"batched-{k}"}
+            assert gated.batch_sizes[2:] == [1] * len(keys)
+        engine.flush()
+        logged = DecisionLog(f"sqlite:///{registry['root'].parent / 'decisions.db'}").tail(10_000)
+        ids = [i for i in logged.column("request_id").to_pylist() if i and i.startswith("batched-")]
+        assert sorted(ids) == sorted(b["request-id"] for b in bodies)  # each exactly once
+    finally:
+        engine.close()
