@@ -206,10 +206,13 @@ def app_from_env() -> Starlette:
     config = msgspec.json.decode(os.environ[ENV_CONFIG])
     settings = msgspec.convert(config.get("settings", {}), ServerSettings)
     registry, log_url = config["registry"], config.get("log")
+    interval = config.get("reload_interval")
 
     def load():
         import scoreline
 
-        return scoreline.Engine(registry, log=log_url) if log_url else scoreline.Engine(registry)
+        # preload: every live version compiled and warmed before the first request is taken;
+        # reload_interval: workers pick up versions and alias moves made by any process.
+        return scoreline.Engine(registry, log=log_url, preload=True, reload_interval=interval or None)
 
     return create_app(load_engine=load, settings=settings)
