@@ -130,12 +130,16 @@ class Repository:
                     try:
                         validate(tmp, manifest)
                     except Exception as exc:  # any failure refuses the version
-                        reason = _describe(exc)
+                        # the temporary folder's name means nothing to the user: show file names
+                        reason = _describe(exc).replace(str(tmp) + os.sep, "").replace(str(tmp), ".")
                         with self._lock(model_id):
                             self._append_history(model_id, "refused", None, None, None, message,
                                                  reason=reason)
+                        # the error carries the path itself, so its message does not repeat it
+                        detail = reason.replace(f" (at {exc.path})", "") if getattr(
+                            exc, "path", None) else reason
                         raise RegistrationError(
-                            f"model {model_id!r}: the new version was refused: {reason}",
+                            f"model {model_id!r}: the new version was refused: {detail}",
                             path=getattr(exc, "path", None),
                         ) from exc
                 with self._lock(model_id):
