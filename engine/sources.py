@@ -27,7 +27,7 @@ _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _ARROW_SUFFIXES = (".arrow", ".feather", ".ipc", ".arrows")
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv")
 # CSV has no types: these values read as null (so as a missing value) in every column.
-_CSV_NULLS = ["", "NA", "N/A", "n/a", "NULL", "null", "None", "NaN", "nan", "#N/A", "-"]
+CSV_NULL_VALUES = ["", "NA", "N/A", "n/a", "NULL", "null", "None", "NaN", "nan", "#N/A", "-"]
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _open_csv(path, column_types, columns, *, block_rows: int):
     read = pacsv.ReadOptions(block_size=max(1 << 16, min(block_rows * 64, 64 << 20)))
     convert = pacsv.ConvertOptions(
         column_types=dict(column_types or {}),
-        null_values=_CSV_NULLS,
+        null_values=CSV_NULL_VALUES,
         strings_can_be_null=True,
         include_columns=columns,
     )
