@@ -39,11 +39,11 @@ _LINKS = {
     "multiclassova": LINK_SIGMOID_EACH,
 }
 
-# Go parallel from this many multiply-adds (rows x features x outputs). A linear row is ~1 ns per
-# feature on one core, so the tree kernels' 2,048-row threshold would launch threads (~10-30 us
-# to wake) for ~50 us of work; measured on this 2-core machine, 28 features, one output, the
-# parallel kernel starts to win between 16k and 64k rows.
-_PARALLEL_MIN_WORK = 1 << 20
+# Go parallel from this many multiply-adds (rows x features x outputs), ~2,300 rows of 28
+# features. Best of 200 on this 2-core machine, 28 features, one output, F order: 1,024 rows
+# 15 us serial vs 19 us parallel (one 1,024-row task: nothing to share), 2,048 rows 30 vs 19 us,
+# 4,096 rows 66 vs 40 us.
+_PARALLEL_MIN_WORK = 1 << 16
 
 # scikit-learn estimators whose predict is exactly X @ coef_.T + intercept_ (GLMs such as
 # PoissonRegressor add a log link and are not accepted; SGDClassifier and OneVsRestClassifier

@@ -21,47 +21,52 @@ from scoreline.kernels.policy import jit, parallel_jit
 
 __all__ = ["linear_predict", "linear_predict_parallel", "BLOCK_ROWS"]
 
-# Rows per block: 256 rows x 8 bytes is 2 KB of accumulators, and for an F-order matrix each
-# feature column's block is one 2 KB contiguous run, so the inner loop streams and vectorises.
-BLOCK_ROWS = 256
+# Rows per parallel task: big enough to amortise a task (~1 us), small enough to balance.
+BLOCK_ROWS = 1024
 
 
 @jit
-def _block(X, coef, intercept, link, param, out, start, stop, acc):
-    """Score rows [start, stop) into out[start:stop] (a C-order (n, num_class) array)."""
+def _rows(X, coef, intercept, link, param, out, start, stop):
+    """Score rows [start, stop) into out[start:stop] (a C-order (n, num_class) array).
+
+    Four rows at a time with four independent accumulators: each row's sum keeps its own order
+    (j = 0, 1, ...), but the four dependency chains overlap, and for F-order input the four
+    values of a feature are adjacent, so one vector load feeds all four (LLVM's SLP vectoriser).
+    Measured side by side on this (busy, shared) 2-core machine, 100k x 28 F-order, best of
+    runs: ~0.8 ms, against ~1.2 ms one row at a time and ~1.2-2.5 ms for a 256-row column-block
+    accumulator; C-order input ran at about the one-row-at-a-time speed either way.
+    """
     num_features = X.shape[1]
     num_class = coef.shape[0]
-    size = stop - start
-    for k in range(num_class):
-        for r in range(size):
-            acc[r] = 0.0
-        # Feature-major: the same order of additions per row as a row-major dot product, but
-        # over F-order input each step reads a contiguous column block (vectorised across rows).
-        for j in range(num_features):
-            w = coef[k, j]
-            for r in range(size):
-                acc[r] += np.float64(X[start + r, j]) * w
-        b = intercept[k]
-        for r in range(size):
-            out[start + r, k] = acc[r] + b
-    if link != LINK_IDENTITY:
-        for r in range(start, stop):
-            apply_link(out[r], link, param)
-
-
-@jit
-def _block_rows(X, coef, intercept, link, param, out, start, stop):
-    """Row-major variant for C-order X: each row's features are contiguous."""
-    num_features = X.shape[1]
-    num_class = coef.shape[0]
-    for i in range(start, stop):
+    i = start
+    while i + 4 <= stop:
+        for k in range(num_class):
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            for j in range(num_features):
+                w = coef[k, j]
+                a0 += np.float64(X[i, j]) * w
+                a1 += np.float64(X[i + 1, j]) * w
+                a2 += np.float64(X[i + 2, j]) * w
+                a3 += np.float64(X[i + 3, j]) * w
+            b = intercept[k]
+            out[i, k] = a0 + b
+            out[i + 1, k] = a1 + b
+            out[i + 2, k] = a2 + b
+            out[i + 3, k] = a3 + b
+        i += 4
+    while i < stop:
         for k in range(num_class):
             acc = 0.0
             for j in range(num_features):
                 acc += np.float64(X[i, j]) * coef[k, j]
             out[i, k] = acc + intercept[k]
-        if link != LINK_IDENTITY:
-            apply_link(out[i], link, param)
+        i += 1
+    if link != LINK_IDENTITY:
+        for r in range(start, stop):
+            apply_link(out[r], link, param)
 
 
 @jit
@@ -71,13 +76,7 @@ def linear_predict(X, coef, intercept, link, param, out):
     ``coef`` is (num_class, num_features) float64, ``intercept`` (num_class,), ``link`` a
     ``kernels.links`` code and ``param`` its parameter. Serial: for small batches.
     """
-    n = X.shape[0]
-    if X.flags.f_contiguous and n > 1:
-        acc = np.empty(BLOCK_ROWS, np.float64)
-        for start in range(0, n, BLOCK_ROWS):
-            _block(X, coef, intercept, link, param, out, start, min(start + BLOCK_ROWS, n), acc)
-    else:
-        _block_rows(X, coef, intercept, link, param, out, 0, n)
+    _rows(X, coef, intercept, link, param, out, 0, X.shape[0])
 
 
 @parallel_jit
@@ -85,12 +84,6 @@ def linear_predict_parallel(X, coef, intercept, link, param, out):
     """``linear_predict`` with row blocks spread over Numba's threads; same results."""
     n = X.shape[0]
     blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    f_order = X.flags.f_contiguous
     for b in numba.prange(blocks):
         start = b * BLOCK_ROWS
-        stop = min(start + BLOCK_ROWS, n)
-        if f_order:
-            acc = np.empty(BLOCK_ROWS, np.float64)
-            _block(X, coef, intercept, link, param, out, start, stop, acc)
-        else:
-            _block_rows(X, coef, intercept, link, param, out, start, stop)
+        _rows(X, coef, intercept, link, param, out, start, min(start + BLOCK_ROWS, n))
