@@ -29,18 +29,20 @@ __all__ = ["DecisionLog", "DECISION_SCHEMA"]
 
 _log = logging.getLogger("scoreline.decision_log")
 
+# Every field is nullable in the schema, so producers' plain batches match it exactly (and skip
+# any conversion); append() checks that ts, model_id and model_version have no nulls.
 DECISION_SCHEMA = pa.schema([
-    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("request_id", pa.string()),
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("model_version", pa.int64(), nullable=False),
-    pa.field("entity_key", pa.string()),
-    pa.field("score", pa.float64()),           # null when the row has an error
-    pa.field("decision", pa.string()),
-    pa.field("latency_us", pa.float64()),
-    pa.field("error", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("request_id", pa.string()),
+    ("model_id", pa.string()),
+    ("model_version", pa.int64()),
+    ("entity_key", pa.string()),
+    ("score", pa.float64()),           # null when the row has an error
+    ("decision", pa.string()),
+    ("latency_us", pa.float64()),
+    ("error", pa.string()),
 ])
-_REQUIRED = ("model_id", "model_version")
+_REQUIRED = ("ts", "model_id", "model_version")
 
 STATS_SCHEMA = pa.schema([
     ("model_id", pa.string()),
@@ -127,6 +129,9 @@ class DecisionLog:
             raise NotReadyError("the decision log is closed", path="decision-log")
         if not batch.schema.equals(DECISION_SCHEMA):
             batch = _conform(batch)
+        for name in _REQUIRED:
+            if batch.column(name).null_count:
+                raise InputError(f"decision log column {name!r} has nulls", path=f"column {name!r}")
         if batch.num_rows == 0:
             return
         try:
@@ -397,13 +402,10 @@ def _conform(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                     raise InputError(f"decision log column {field.name!r}: expected {field.type}, "
                                      f"got {col.type} ({exc})", path=f"column {field.name!r}") from None
-            if field.name in _REQUIRED and col.null_count:
-                raise InputError(f"decision log column {field.name!r} has nulls",
-                                 path=f"column {field.name!r}")
         elif field.name == "ts":
             now = np.datetime64(_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None), "us")
             col = pa.array(np.full(n, now), pa.timestamp("us")).cast(field.type)
-        elif field.name in _REQUIRED:
+        elif field.name in _REQUIRED[1:]:
             raise InputError(f"decision log rows need a {field.name!r} column",
                              path=f"column {field.name!r}")
         else:

@@ -56,9 +56,14 @@ def test_append_flush_tail_round_trip(log):
     log.append(rows(n=3))
     log.append(rows(n=2, start=3, score=[None, None], decision=[None, None],
                     error=["entity 3 not found", "score is not finite"]).to_batches()[0])
+    exact = pa.RecordBatch.from_pylist([{"ts": dt.datetime.now(dt.timezone.utc), "request_id": "r5",
+                                         "model_id": "credit", "model_version": 1}],
+                                       schema=DECISION_SCHEMA)
+    log.append(exact)                                   # already the log's schema: no conversion
     log.flush()
-    t = log.tail(10)
+    t = log.tail(10).slice(0, 5)
     assert t.schema.equals(DECISION_SCHEMA)
+    assert log.tail(1).column("request_id").to_pylist() == ["r5"]
     assert t.column("request_id").to_pylist() == ["r0", "r1", "r2", "r3", "r4"]
     assert t.column("entity_key").to_pylist() == ["0", "1", "2", "3", "4"]
     assert t.column("score").to_pylist() == [0.0, 0.25, 0.5, None, None]
@@ -165,6 +170,11 @@ def test_bad_rows_and_urls(log):
         log.append(rows(extra=[1, 2, 3]))
     with pytest.raises(InputError, match="'model_version'"):
         log.append(pa.table({"model_id": ["m"]}))
+    with pytest.raises(InputError, match="'model_id' has nulls"):
+        log.append(pa.table({"model_id": ["m", None], "model_version": [1, 1]}))
+    with pytest.raises(InputError, match="'model_id' has nulls"):
+        log.append(pa.RecordBatch.from_pylist(
+            [{"ts": dt.datetime.now(dt.timezone.utc), "model_version": 1}], schema=DECISION_SCHEMA))
     with pytest.raises(InputError, match="'latency_us'"):
         log.append(rows(latency_us=["fast", "slow", "x"]))
     with pytest.raises(SchemaError, match="unsupported decision log URL"):
