@@ -70,7 +70,7 @@ def test_append_flush_tail_round_trip(log):
     assert t.column("error").to_pylist() == [None, None, None, "entity 3 not found", "score is not finite"]
     ts = t.column("ts").to_pylist()
     assert all(abs((dt.datetime.now(dt.timezone.utc) - x).total_seconds()) < 60 for x in ts)
-    assert [r["request_id"] for r in log.tail(2).to_pylist()] == ["r3", "r4"]
+    assert [r["request_id"] for r in log.tail(2).to_pylist()] == ["r4", "r5"]
 
 
 def test_many_null_rows_then_a_string_read_back(log):
