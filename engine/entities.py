@@ -422,7 +422,7 @@ class _DatabaseStore(EntityStore):
         cols = self._columns(columns)
         values, valid = _coerce_keys(keys, self._key_is_int)
         wanted = np.unique(values[valid])
-        result = self._query(wanted, cols) if len(wanted) else self._empty(cols)
+        result = self._query_retrying(wanted, cols) if len(wanted) else self._empty(cols)
         index = _KeyIndex(result.column(self.key_column), f"entity store table {self.table!r}")
         rows, found = index.find(values, valid)
         return _take(result.select(cols), rows, found), found
@@ -435,6 +435,33 @@ class _DatabaseStore(EntityStore):
             try:
                 conn.close()
             except Exception:  # a connection another thread is using; nothing more to do
+                pass
+
+    def _query_retrying(self, keys: np.ndarray, cols: list[str]) -> pa.Table:
+        # A dropped connection (server restart, idle timeout) is replaced once, transparently;
+        # a database that still fails makes the batch unscorable: NotReadyError (503), not a
+        # per-row "not found".
+        try:
+            return self._query(keys, cols)
+        except Exception:
+            self._discard_connection()
+        try:
+            return self._query(keys, cols)
+        except Exception as exc:
+            self._discard_connection()
+            raise NotReadyError(f"entity store table {self.table!r} cannot be read: {exc}",
+                                path="$.entity.store") from exc
+
+    def _discard_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._conns_lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
+            try:
+                conn.close()
+            except Exception:  # already broken; dropping our reference is what matters
                 pass
 
     def _cursor(self):

@@ -282,3 +282,30 @@ def test_dates_from_parquet_keep_their_type(tmp_path):
     with open_store(ParquetStore(path="d.parquet", key_column="id"), tmp_path) as store:
         got, _ = store.lookup([7])
         assert got.schema.field("dob").type == pa.date32()
+
+
+def test_sqlite_store_that_cannot_be_read_is_not_ready(make_store, tmp_path):
+    import adbc_driver_sqlite.dbapi as sq
+
+    from scoreline.errors import NotReadyError
+
+    store = make_store("sqlite", customers(5))
+    with sq.connect(str(tmp_path / "e.db"), autocommit=True) as c, c.cursor() as cur:
+        cur.execute(f'DROP TABLE "{store.table}"')
+    with pytest.raises(NotReadyError, match="cannot be read"):
+        store.lookup([1])
+
+
+@pytest.mark.postgres
+def test_postgres_store_reconnects_after_a_dropped_connection(make_store, postgres_uri):
+    import adbc_driver_postgresql.dbapi as pg
+
+    table = customers(5)
+    store = make_store("postgres", table)
+    key = table.column("customer_id")[0].as_py()
+    assert store.lookup([key])[1].tolist() == [True]
+    with pg.connect(postgres_uri, autocommit=True) as c, c.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> "
+                    "pg_backend_pid() AND query LIKE %s" % f"'%{store.table}%'")
+        assert cur.fetchall(), "the store's connection was not found"
+    assert store.lookup([key])[1].tolist() == [True]
