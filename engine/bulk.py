@@ -746,7 +746,8 @@ def _parse_slowly(text: pa.Array, target: pa.DataType, name: str):
     values, reasons = [], []
     for value in text.to_pylist():
         try:
-            values.append(None if value is None else convert(value))
+            # Readers that know one null marker only (Spark's CSV) leave the others to us.
+            values.append(None if value is None or value in _sources.CSV_NULL_VALUES else convert(value))
             reasons.append(None)
         except ValueError:
             values.append(None)
