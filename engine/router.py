@@ -205,14 +205,26 @@ class Engine:
         the alias table in one assignment. A version that fails to load stays failed (visible in
         `models()`) and never replaces a working one."""
         live = self._scan()
+        old = self._live
         for model_id, entry in live.items():
-            for v in set(entry["aliases"].values()) | {entry["latest"]}:
+            before = old.get(model_id, {"aliases": {}, "latest": None})
+            targets = list(entry["aliases"].items())
+            if DEFAULT_ALIAS not in entry["aliases"]:
+                targets.append((None, entry["latest"]))  # what a request without version gets
+            for alias, v in targets:
                 if v is None:
                     continue
                 try:
                     self._get(model_id, v)
                 except ScorelineError:
-                    continue  # recorded in _failed, shown by models()
+                    # Recorded in _failed and shown by models(); the version that was live keeps
+                    # serving under this name.
+                    previous = before["aliases"].get(alias) if alias else before["latest"]
+                    if previous is not None and (model_id, previous) in self._deployments:
+                        if alias:
+                            entry["aliases"][alias] = previous
+                        else:
+                            entry["latest"] = previous
         self._live = live
 
     def promote(self, model_id: str, version: int | str, alias: str = DEFAULT_ALIAS,
@@ -232,10 +244,8 @@ class Engine:
     @property
     def ready(self) -> bool:
         """Whether every live version is compiled and warmed."""
-        live = self._live
         return all((model_id, v) in self._deployments
-                   for model_id, entry in live.items()
-                   for v in set(entry["aliases"].values()) | {entry["latest"]} if v is not None)
+                   for model_id, entry in self._live.items() for v in _live_versions(entry))
 
     def close(self) -> None:
         """Stop watching the registry and flush (and, if it is ours, close) the decision log."""
@@ -273,3 +283,12 @@ class Engine:
                     self.reload()
             except Exception:  # a half-written registry: try again next time
                 continue
+
+
+def _live_versions(entry: dict) -> set[int]:
+    """The versions requests can reach without naming a number: every alias's target, and the
+    latest version when there is no production alias."""
+    live = set(entry["aliases"].values())
+    if DEFAULT_ALIAS not in entry["aliases"] and entry["latest"] is not None:
+        live.add(entry["latest"])
+    return live
