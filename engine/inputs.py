@@ -27,14 +27,15 @@ _TEXT_IDS = frozenset(
     kind.id for kind in (pa.string(), pa.large_string(), pa.string_view(), pa.binary(), pa.large_binary())
 )
 
-# Cost of the Arrow path, measured on this shared 2-core machine (medians of 31, one thread, 28
-# float64 columns in 64k-row batches, scaled to 1M rows): filling the F-order matrix one column at a
-# time costs ~23 ms per million rows without nulls and ~40 ms with 10% nulls in 7 columns (Arrow
-# fills a NaN copy for a column with nulls), against ~160-180 ms for the naive row-major matrix
-# (`out[:, j] = column` scatters with a stride of 28 values) and ~120 ms for
-# `np.ascontiguousarray(table.to_pandas().to_numpy())`. At 1M-row batches a fresh 224 MB output
-# costs its page faults on top (~75 ms). One row of 28 columns: ~65 us, nearly all of it in
-# pyarrow's per-column calls (`batch.column(i)` ~0.9 us, `to_numpy` ~0.5 us).
+# Cost of the Arrow path, measured on this shared, busy 2-core machine (medians, one thread, 28
+# float64 columns in 64k-row batches, scaled to 1M rows; the figures drift 2-4x with the load, so
+# compare the ratios): the F-order matrix costs ~23-47 ms per million rows without nulls and ~40 ms
+# with 10% nulls in 7 columns, against ~160-400 ms for the naive row-major matrix
+# (`out[:, j] = column` scatters with a stride of 28 values) and ~120-490 ms for
+# `np.ascontiguousarray(table.to_pandas().to_numpy())`. At 1M-row batches a fresh 224 MB numpy
+# output adds its page faults (~75 ms). One row of 28 numeric columns: ~13-22 us through Arrow's
+# one-call `to_tensor` (+~8 us when the features must be picked out of a wider batch), against
+# ~65 us column by column (`batch.column(i)` ~0.9 us and `to_numpy` ~0.5 us each).
 
 
 def to_matrix(
@@ -75,6 +76,15 @@ def to_matrix(
     dtype = np.dtype(dtype)
     if dtype not in _FLOATS:
         raise InputError(f"expected dtype float64 or float32, got {dtype}", path="dtype")
+    if dtype == np.float32:
+        # A float64 beyond float32's range becomes +-inf, as in numpy's astype and LightGBM:
+        # intended, so not a RuntimeWarning on every batch.
+        with np.errstate(over="ignore"):
+            return _convert(data, feature_names, categories, dtype)
+    return _convert(data, feature_names, categories, dtype)
+
+
+def _convert(data, feature_names, categories, dtype) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return _from_numpy(data, len(feature_names), dtype)
     if isinstance(data, (pa.RecordBatch, pa.Table)):
@@ -126,19 +136,51 @@ def _from_numpy(data: np.ndarray, num_features: int, dtype: np.dtype) -> np.ndar
 def _from_arrow(data, feature_names, categories, dtype) -> np.ndarray:
     names = data.schema.names
     positions = _positions(names)
-    out = np.empty((data.num_rows, len(feature_names)), dtype, order="F")
-    chunked = isinstance(data, pa.Table)
-    # The one-row request path runs this loop per feature: lookups stay inline (~1.5 us a column).
-    for j, name in enumerate(feature_names):
+    picked = []
+    for name in feature_names:
         pos = positions.get(name, -1)
         if pos < 0:
             _find(positions, name, names)
+        picked.append(pos)
+    fast = _numeric_tensor(data, picked, len(names), dtype)
+    if fast is not None:
+        return fast
+    out = np.empty((data.num_rows, len(feature_names)), dtype, order="F")
+    chunked = isinstance(data, pa.Table)
+    for j, (name, pos) in enumerate(zip(feature_names, picked)):
         cats = categories.get(j) if categories else None
         if chunked:
             _fill(out[:, j], data.column(pos), name, cats)
         else:
             out[:, j] = _as_numbers(data.column(pos), name, cats)
     return out
+
+
+def _numeric_tensor(data, picked: list[int], width: int, dtype: np.dtype) -> np.ndarray | None:
+    """All-numeric columns in one chunk: Arrow's C++ ``to_tensor`` gathers them column-major with
+    nulls as NaN in one call, instead of ~1.5 us of pyarrow calls per column (one row of 28
+    columns: ~25 us against ~65 us). ``None`` when a column is not a plain number (bool, decimal,
+    dictionary, string: the per-column path handles and names those)."""
+    if not picked:
+        return None
+    selected = data if picked == list(range(width)) else data.select(picked)
+    if isinstance(selected, pa.Table):
+        batches = selected.to_batches()
+        if len(batches) != 1:
+            return None
+        selected = batches[0]
+    try:
+        tensor = selected.to_tensor(null_to_nan=True, row_major=False)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):
+        return None
+    matrix = np.asarray(tensor)
+    if matrix.dtype == dtype:
+        return matrix
+    if dtype == np.float64:
+        return matrix.astype(dtype, order="F")  # float32/float16 widen exactly
+    # float32 wanted from a float64 tensor: integers would round twice (int64 -> float64 ->
+    # float32); the per-column path rounds once, as numpy's astype does.
+    return None
 
 
 def _from_pandas(data, feature_names, categories, dtype, pd) -> np.ndarray:
