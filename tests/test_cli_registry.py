@@ -125,6 +125,11 @@ def test_log_tail_and_stats(root, capsys, monkeypatch):
         ("credit", 1, 2, 1), ("other", 3, 1, 0)]
     code, out, _ = run(capsys, "log", "stats", "--root", r)
     assert code == 0 and "credit" in out and "20.0" in out             # mean latency
+    assert len(json.loads(run(capsys, "log", "stats", "--since", "1h", "--root", r, "--json")[1])) == 2
+    future = json.loads(run(capsys, "log", "stats", "--since", "2999-01-01", "--root", r, "--json")[1])
+    assert future == []
+    code, out, err = run(capsys, "log", "stats", "--since", "yesterday", "--root", r)
+    assert code == 1 and "--since" in err
     monkeypatch.setenv("SCORELINE_LOG", f"sqlite:///{root}/decisions.db")
     assert json.loads(run(capsys, "log", "tail", "-n", "1", "--json")[1])[0]["request_id"] == "c"
     monkeypatch.delenv("SCORELINE_LOG")

@@ -105,6 +105,14 @@ def test_stats_per_model_and_version(log):
     assert (stats[0]["mean_latency_us"], stats[0]["p50_latency_us"], stats[0]["p99_latency_us"]) == (
         50.5, 50.0, 99.0)
     assert stats[1]["p99_latency_us"] == 7.0 and stats[1]["last_call"] is not None
+    old = dt.datetime(2020, 5, 1, tzinfo=dt.timezone.utc)
+    log.append(rows("archived", 1, n=4, ts=[old] * 4, latency_us=[1.0, 2.0, 3.0, None]))
+    log.flush()
+    assert [s["model_id"] for s in log.stats(since=dt.timedelta(hours=1)).to_pylist()] == ["credit"] * 2
+    recent = log.stats(since=dt.datetime(2020, 1, 1)).to_pylist()
+    assert [(s["model_id"], s["calls"], s["p50_latency_us"], s["p99_latency_us"]) for s in recent][0] == (
+        "archived", 4, 2.0, 3.0)                          # a null latency counts as a call only
+    assert recent[0]["last_call"] == old
 
 
 def test_concurrent_appends_are_all_written(log):

@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     t.set_defaults(func=_tail)
     s = sub.add_parser("stats", parents=[common],
                        help="calls, errors and latency per model and version")
+    s.add_argument("--since", help="only calls in the last DURATION (30s, 15m, 24h, 7d) or since an "
+                                   "ISO 8601 time (UTC unless it has an offset); default: all")
     s.set_defaults(func=_stats)
 
 
@@ -73,8 +75,9 @@ def _tail(args) -> int:
 def _stats(args) -> int:
     from scoreline.commands.registry import print_json, print_table
 
+    since = parse_since(args.since) if args.since else None
     with _open(args) as log:
-        rows = log.stats().to_pylist()
+        rows = log.stats(since=since).to_pylist()
     if args.json:
         print_json(rows)
         return 0
@@ -86,6 +89,24 @@ def _stats(args) -> int:
           r["last_call"].strftime("%Y-%m-%d %H:%M:%S") if r["last_call"] else "") for r in rows],
     )
     return 0
+
+
+def parse_since(text: str):
+    """'15m' -> a timedelta; '2026-11-01T00:00' -> a datetime; else SchemaError."""
+    import datetime as dt
+    import re
+
+    from scoreline.errors import SchemaError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return dt.timedelta(**{unit: float(m.group(1))})
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SchemaError(f"--since: expected a duration like 15m, 24h, 7d or an ISO 8601 time, "
+                          f"got {text!r}", path="--since") from None
 
 
 def _num(value, digits: int) -> str:
