@@ -292,9 +292,11 @@ class DecisionLog:
         cur = conn.cursor()
         try:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({cols})")
-            cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} (ts)")
+            # tail() reads these backwards: newest rows first, for all models or one
+            order = "ts, seq" if self.dialect == "postgresql" else "ts"
+            cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} ({order})")
             cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_model_ts "
-                        f"ON {self.table} (model_id, model_version, ts)")
+                        f"ON {self.table} (model_id, {order})")
         finally:
             cur.close()
 
