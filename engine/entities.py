@@ -449,8 +449,8 @@ class _DatabaseStore(EntityStore):
             return self._query(keys, cols)
         except Exception as exc:
             self._discard_connection()
-            raise NotReadyError(f"entity store table {self.table!r} cannot be read: {exc}",
-                                path="$.entity.store") from exc
+            raise NotReadyError(f"entity store table {self.table!r} cannot be read: "
+                                f"{' '.join(str(exc).split())}", path="$.entity.store") from exc
 
     def _discard_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -561,12 +561,18 @@ class PostgresTableStore(_DatabaseStore):
         super().__init__(table, key_column)
         self.uri = uri
         try:
-            self.schema = self._fetch(f'SELECT * FROM "{table}" LIMIT 0', None).schema
+            self._cursor().close()
         except NotReadyError:
             raise
+        except Exception as exc:  # the server is down or refuses us: not ready, not "not found"
+            raise NotReadyError(f"entity store: cannot connect to PostgreSQL: "
+                                f"{' '.join(str(exc).split())}", path="$.entity.store.uri") from None
+        try:
+            self.schema = self._fetch(f'SELECT * FROM "{table}" LIMIT 0', None).schema
         except Exception as exc:
-            raise NotFoundError(f"entity store: cannot read PostgreSQL table {table!r}: {exc}",
-                                path="$.entity.store.table") from None
+            self._discard_connection()     # a failed statement leaves nothing to reuse
+            raise NotFoundError(f"entity store: cannot read PostgreSQL table {table!r}: "
+                                f"{' '.join(str(exc).split())}", path="$.entity.store.table") from None
         self._check_key()
 
     def __repr__(self) -> str:

@@ -100,9 +100,16 @@ class DecisionLog:
         self._close_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._reader = None
+        self._count_lock = threading.Lock()
         # Open and prepare the table here so a bad URL fails in the caller, not in the thread.
-        self._writer_conn = self._connect()
-        self._create_table(self._writer_conn)
+        try:
+            self._writer_conn = self._connect()
+            self._create_table(self._writer_conn)
+        except NotReadyError:
+            raise
+        except Exception as exc:  # the driver's own error classes: say which log, keep the cause
+            raise NotReadyError(f"cannot open the decision log {_redact(url)!r}: "
+                                f"{_redact(' '.join(str(exc).split()))}", path="log") from exc
         self._thread = threading.Thread(target=self._run, name=f"decision-log-{table}", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -137,7 +144,8 @@ class DecisionLog:
         try:
             self._queue.put(batch, timeout=self.put_timeout)
         except queue.Full:
-            self._dropped += batch.num_rows
+            with self._count_lock:
+                self._dropped += batch.num_rows
             _log.warning("decision log %s: queue full for %.1fs, dropped %d rows (%d in all)",
                          self.table, self.put_timeout, batch.num_rows, self._dropped)
 

@@ -187,5 +187,7 @@ def test_bad_rows_and_urls(log):
         log.append(rows(latency_us=["fast", "slow", "x"]))
     with pytest.raises(SchemaError, match="unsupported decision log URL"):
         DecisionLog("mysql://h/db")
+    with pytest.raises(NotReadyError, match=r"cannot open the decision log 'postgresql://u:\*\*\*@"):
+        DecisionLog("postgresql://u:secret@127.0.0.1:1/nowhere")
     with pytest.raises(SchemaError, match="table name"):
         DecisionLog("sqlite:///x.db", table="x; DROP TABLE y")

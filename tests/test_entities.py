@@ -309,3 +309,14 @@ def test_postgres_store_reconnects_after_a_dropped_connection(make_store, postgr
                     "pg_backend_pid() AND query LIKE %s" % f"'%{store.table}%'")
         assert cur.fetchall(), "the store's connection was not found"
     assert store.lookup([key])[1].tolist() == [True]
+
+
+@pytest.mark.postgres
+def test_postgres_store_problems(postgres_uri):
+    from scoreline.errors import NotReadyError
+
+    with pytest.raises(NotFoundError, match="cannot read PostgreSQL table 'no_such_table_x'"):
+        open_store(PostgresStore(uri=postgres_uri, table="no_such_table_x", key_column="id"), "/")
+    with pytest.raises(NotReadyError, match="cannot connect to PostgreSQL"):
+        open_store(PostgresStore(uri="postgresql://postgres@127.0.0.1:1/test", table="t",
+                                 key_column="id"), "/")
