@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import scoreline
 
+from .rows import ALIAS_PATTERN, MODEL_ID_PATTERN
 from .settings import ServerSettings
 
 __all__ = ["openapi_document"]
 
-_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+_NAME = {"type": "string", "pattern": f"^{MODEL_ID_PATTERN}$"}
+_ALIAS = {"type": "string", "pattern": f"^(?:{ALIAS_PATTERN})$"}
 _VALUE = {"type": ["string", "number", "integer", "boolean", "null"]}
 
 
@@ -38,13 +40,13 @@ def _errors(*codes: int, v2: bool = False) -> dict:
 def openapi_document(settings: ServerSettings, *, model_ids: list[str] = ()) -> dict:
     """The OpenAPI document; `model_ids` (the registry's models now) become examples."""
     model_id = dict(_NAME, examples=list(model_ids)[:10]) if model_ids else _NAME
-    version = {"oneOf": [{"type": "integer", "minimum": 1}, _NAME],
+    version = {"oneOf": [{"type": "integer", "minimum": 1}, _ALIAS],
                "description": "A version number or an alias (default: alias `production`, else the latest)."}
     scoring_errors = (400, 401, 404, 413, 422, 503)
     secured = [{"bearer": []}, {"apiKey": []}, {}] if not settings.api_keys else [{"bearer": []}, {"apiKey": []}]
     admin = [{"bearer": []}, {"apiKey": []}]
     name_param = {"name": "name", "in": "path", "required": True, "schema": model_id}
-    version_param = {"name": "version", "in": "path", "required": True, "schema": _NAME}
+    version_param = {"name": "version", "in": "path", "required": True, "schema": _ALIAS}
 
     def v2_model(extra: list, op: dict) -> dict:
         return dict(op, parameters=[name_param, *extra])
@@ -101,7 +103,7 @@ def openapi_document(settings: ServerSettings, *, model_ids: list[str] = ()) -> 
                        "stream of the contract columns plus `error` (null when the row was scored)",
             "security": secured,
             "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": model_id},
-                           {"name": "model-version", "in": "query", "required": False, "schema": _NAME}],
+                           {"name": "model-version", "in": "query", "required": False, "schema": _ALIAS}],
             "requestBody": {"required": True, "content": {
                 "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}}}},
             "responses": {"200": {"description": "Scored rows", "content": {
@@ -181,7 +183,7 @@ def _schemas(settings: ServerSettings, model_id: dict, version: dict) -> dict:
                       "properties": {"models": {"type": "array", "items": _ref("Model")}}},
         "PromoteRequest": {"type": "object", "required": ["model-id", "version"], "additionalProperties": False,
                            "properties": {"model-id": model_id, "version": {"type": "integer", "minimum": 1},
-                                          "alias": _NAME}},
+                                          "alias": _ALIAS}},
         "Promoted": {"type": "object", "properties": {"model-id": {"type": "string"}, "alias": {"type": "string"},
                                                       "version": {"type": "integer"}}},
         "Error": error,

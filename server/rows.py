@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from scoreline.errors import SchemaError
 
-__all__ = ["Rows", "RowShape", "ARROW_TYPES", "check_model_ref"]
+__all__ = ["Rows", "RowShape", "ARROW_TYPES", "check_model_ref", "MODEL_ID_PATTERN", "ALIAS_PATTERN"]
 
 ARROW_TYPES = {
     "int": pa.int64(),
@@ -27,8 +27,13 @@ ARROW_TYPES = {
     "timestamp": pa.timestamp("us", tz="UTC"),
 }
 _INT64 = (-(2**63), 2**63 - 1)
-# Model ids and aliases are registry folder names: this pattern keeps them inside the registry.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The registry's own rules (registry/repository.py): a model id is a folder name that can never
+# be "." or ".." or hidden, so no request can reach outside the registry; an alias starts with a
+# letter. Checked here so a bad name is the client's 422, never a lookup.
+MODEL_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,127}"
+ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9._-]{0,63}|[0-9]{1,18}"
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
 
 
 class Rows:
@@ -45,14 +50,17 @@ class Rows:
 
 def check_model_ref(model_id: object, version: object, *, path: str = "$") -> tuple[str, int | str | None]:
     """A model id and version/alias as the engine takes them; anything else is a 422 naming the field."""
-    if not isinstance(model_id, str) or not _SAFE_NAME.fullmatch(model_id) or ".." in model_id:
+    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id) or ".." in model_id:
         raise SchemaError(
-            f"expected a model id (letters, digits, '.', '_', '-'; at most 128) at `{path}.model-id`, "
-            f"got {_show(model_id)}", path=f"{path}.model-id")
-    if version is None or (type(version) is int and version >= 1):
+            f"expected a model id (1-128 lowercase letters, digits, '.', '_', '-', starting with a letter "
+            f"or digit) at `{path}.model-id`, got {_show(model_id)}", path=f"{path}.model-id")
+    if version is None or (type(version) is int and 1 <= version < 2**63):
         return model_id, version
-    if isinstance(version, str) and _SAFE_NAME.fullmatch(version) and ".." not in version:
-        return model_id, int(version) if version.isdigit() else version
+    if isinstance(version, str) and _ALIAS.fullmatch(version):
+        if not version.isdigit():
+            return model_id, version
+        if int(version) >= 1:
+            return model_id, int(version)
     raise SchemaError(
         f"expected a version number (>= 1) or an alias at `{path}.model-version`, got {_show(version)}",
         path=f"{path}.model-version")
