@@ -225,6 +225,25 @@ def test_pandas_columns_by_name_strings_and_errors():
         to_matrix(pd.DataFrame({"when": pd.to_datetime(["2024-01-01"])}), ["when"], {})
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_pandas_frame_of_exactly_the_features(dtype, mixed):
+    """The whole-frame conversion (features in order, numpy dtypes) agrees with the per-column
+    path (the same frame with its columns reordered) and never hands out a read-only view."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.normal(size=(5, 4)) * 1e6, columns=list(NAMES))
+    if mixed:
+        frame["income"] = rng.integers(-(2**40), 2**40, size=5)
+        frame["state"] = [True, False, True, True, False]
+    got = to_matrix(frame, NAMES, CATS, dtype=dtype)
+    assert got.dtype == dtype and got.flags.writeable
+    assert got.flags.c_contiguous or got.flags.f_contiguous
+    reordered = frame[list(reversed(NAMES))]
+    np.testing.assert_array_equal(got, to_matrix(reordered, NAMES, CATS, dtype=dtype))
+    np.testing.assert_array_equal(got, frame.to_numpy(np.float64).astype(dtype))
+
+
 # --- column_as_float -----------------------------------------------------------------------
 
 
