@@ -44,6 +44,8 @@ Validator = Callable[[Path, Manifest], Any]
 # and without "/" a model id can never name anything outside the root.
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+_VERSION = re.compile(r"[1-9][0-9]*")      # the folder names this repository writes
+_DIGITS = re.compile(r"[0-9]+")
 _TMP_PREFIX = ".tmp-"
 _MANIFEST = "manifest.json"
 _ALIASES = "aliases.json"
@@ -221,7 +223,8 @@ class Repository:
     def versions(self, model_id: str) -> list[int]:
         """The registered versions of ``model_id``, ascending; NotFoundError for an unknown model."""
         model_dir = self._model_dir(model_id)
-        return sorted(int(e.name) for e in os.scandir(model_dir) if e.name.isdigit() and e.is_dir())
+        return sorted(int(e.name) for e in os.scandir(model_dir)
+                      if _VERSION.fullmatch(e.name) and e.is_dir())
 
     def aliases(self, model_id: str) -> dict[str, int]:
         """Alias name -> version for ``model_id`` (empty when none is set)."""
@@ -299,7 +302,7 @@ class Repository:
             raise SchemaError(f"expected a version number or an alias, got {version_or_alias!r}",
                               path="version")
         if isinstance(version_or_alias, int) or (
-            isinstance(version_or_alias, str) and version_or_alias.isdigit()
+            isinstance(version_or_alias, str) and _DIGITS.fullmatch(version_or_alias)
         ):
             return self._existing(model_id, int(version_or_alias), versions, "")
         if not isinstance(version_or_alias, str):
@@ -333,7 +336,8 @@ class Repository:
         for model_id in self.model_ids():
             model_dir = self.root / model_id
             try:
-                versions = tuple(sorted(e.name for e in os.scandir(model_dir) if e.name.isdigit()))
+                versions = tuple(sorted(e.name for e in os.scandir(model_dir)
+                                        if _VERSION.fullmatch(e.name)))
                 st = os.stat(model_dir / _ALIASES)
                 alias_stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             except FileNotFoundError:
