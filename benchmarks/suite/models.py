@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ModelSpec", "BenchModel", "KERNEL_MODELS", "build", "tiny_spec"]
+__all__ = ["ModelSpec", "BenchModel", "KERNEL_MODELS", "build", "tiny_spec", "leaf_depths"]
 
 # Bump when the generating code changes in a way that changes the models.
 _RECIPE = 1
@@ -201,42 +201,39 @@ def _sample_rows(model: BenchModel, n: int) -> np.ndarray:
     return np.concatenate(chunks)[:n]
 
 
-def _structure_stats(text: str) -> dict:
-    """Trees, mean leaves per tree and mean leaf depth, read from the model text.
+def leaf_depths(text: str) -> list[np.ndarray]:
+    """For each tree in a LightGBM model text, the depth of each leaf (by leaf index).
 
-    Mean leaf depth (unweighted) bounds the node visits per row: visits ~ trees x depth.
+    With LightGBM's pred_leaf this gives the node visits a row makes: the sum over trees of the
+    depth of the leaf it reaches (a single-leaf tree costs no visit).
     """
-    trees = 0
-    leaves = 0
-    depth_sum = 0.0
+    out = []
     for block in text.split("\nTree=")[1:]:
         fields = dict(line.split("=", 1) for line in block.splitlines()[1:] if "=" in line)
         if "num_leaves" not in fields:
             continue
-        trees += 1
-        nl = int(fields["num_leaves"])
-        leaves += nl
-        if nl > 1:
+        depths = np.zeros(int(fields["num_leaves"]), dtype=np.int64)
+        if depths.size > 1:
             left = [int(v) for v in fields["left_child"].split()]
             right = [int(v) for v in fields["right_child"].split()]
-            depth_sum += _mean_leaf_depth(left, right)
+            stack = [(0, 0)]
+            while stack:
+                node, d = stack.pop()
+                for child in (left[node], right[node]):
+                    if child < 0:
+                        depths[~child] = d + 1
+                    else:
+                        stack.append((child, d + 1))
+        out.append(depths)
+    return out
+
+
+def _structure_stats(text: str) -> dict:
+    """Trees, mean leaves per tree and mean (unweighted) leaf depth, read from the model text."""
+    depths = leaf_depths(text)
+    trees = len(depths)
     return {
         "trees": trees,
-        "mean_leaves": leaves / max(trees, 1),
-        "mean_leaf_depth": depth_sum / max(trees, 1),
+        "mean_leaves": sum(d.size for d in depths) / max(trees, 1),
+        "mean_leaf_depth": sum(float(d.mean()) for d in depths) / max(trees, 1),
     }
-
-
-def _mean_leaf_depth(left: list[int], right: list[int]) -> float:
-    total = 0
-    count = 0
-    stack = [(0, 0)]
-    while stack:
-        node, d = stack.pop()
-        for child in (left[node], right[node]):
-            if child < 0:
-                total += d + 1
-                count += 1
-            else:
-                stack.append((child, d + 1))
-    return total / max(count, 1)

@@ -135,7 +135,7 @@ def _fmt(x, digits=3) -> str:
     if isinstance(x, float):
         if x == 0:
             return "0"
-        if abs(x) >= 1e5:
+        if abs(x) >= 1000:
             return f"{x:,.0f}"
         if abs(x) < 1e-3:
             return f"{x:.1e}"

@@ -106,6 +106,10 @@ def _section(name: str):
         from benchmarks.suite.kernels import run_kernels
 
         return run_kernels
+    if name == "http":
+        from benchmarks.suite.httpbench import run_http
+
+        return run_http
     if name == "scaling":
         from benchmarks.suite.scaling import run_scaling
 
