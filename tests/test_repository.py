@@ -222,3 +222,24 @@ def test_concurrent_writers_never_share_a_version(repo, artifact):
     assert got == list(range(1, 11))
     assert repo.versions("credit") == got
     assert len(repo.history("credit")) == 10
+
+
+def test_a_crash_mid_registration_leaves_no_version(repo, artifact, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "m.json").write_bytes(manifest_json())
+    code = (
+        "import os, sys\n"
+        "from scoreline.registry import Repository\n"
+        "def die(version_dir, manifest):\n"
+        "    os._exit(3)   # the process dies with the version written but not yet renamed\n"
+        "Repository(sys.argv[1]).add('credit', sys.argv[2], sys.argv[3], validate=die)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(repo.root), str(tmp_path / "m.json"),
+                           str(artifact)], timeout=60)
+    assert done.returncode == 3
+    assert repo.versions("credit") == [] and repo.history("credit") == []
+    assert any(p.name.startswith(".tmp-") for p in (repo.root / "credit").iterdir())
+    assert repo.add("credit", manifest_json(), artifact) == 1      # the dead writer's lock is gone
+    assert not any(p.name.startswith(".tmp-") for p in (repo.root / "credit").iterdir())
