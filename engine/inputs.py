@@ -193,9 +193,11 @@ def _from_pandas(data, feature_names, categories, dtype, pd) -> np.ndarray:
         # through `iloc`; 100k rows ~6 ms against ~14 ms. A single-block frame comes back as a
         # read-only view: copied, since a read-only matrix would make the kernels compile
         # another specialisation mid-request.
+        # Frames of several dtypes interleave into C order: made F order like every
+        # Arrow/pandas matrix (docs/contracts.md).
         matrix = data.to_numpy(dtype=dtype)
-        if not matrix.flags.writeable or not (matrix.flags.f_contiguous or matrix.flags.c_contiguous):
-            matrix = np.array(matrix, order="F" if matrix.flags.f_contiguous else "C")
+        if not matrix.flags.writeable or not matrix.flags.f_contiguous:
+            matrix = np.array(matrix, order="F")
         return matrix
     positions = _positions(names)
     out = np.empty((len(data), len(feature_names)), dtype, order="F")
@@ -299,7 +301,7 @@ def _as_numbers(array: pa.Array, name: str, cats: tuple | None) -> np.ndarray:
 
 def _codes(array: pa.Array, cats: tuple, name: str) -> np.ndarray:
     """Category values -> codes (their position in ``cats``); unseen values and nulls -> NaN."""
-    value_set = _value_set(cats, name)
+    value_set = _value_set(cats if isinstance(cats, tuple) else tuple(cats), name)
     try:
         codes = pc.index_in(array, value_set=value_set)
     except (pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowInvalid):
