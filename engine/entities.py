@@ -275,6 +275,9 @@ class _Loaded:
         self.table = table
         self.index = index
         self.signature = signature
+        # requested columns -> the selected table: a dict probe instead of a select (~1.5 µs)
+        # per single-entity lookup; threads racing on a miss store equal values
+        self.selected: dict[tuple | None, pa.Table] = {}
 
 
 class FileStore(EntityStore):
@@ -303,9 +306,13 @@ class FileStore(EntityStore):
         if now >= self._next_check:
             self._next_check = now + self.reload_interval
             self._reload_in_background()
+        wanted = None if columns is None else tuple(columns)
+        table = state.selected.get(wanted)
+        if table is None:
+            table = state.selected[wanted] = state.table.select(self._columns(columns))
         values, valid = _coerce_keys(keys, state.index.is_int)
         rows, found = state.index.find(values, valid)
-        return _take(state.table.select(self._columns(columns)), rows, found), found
+        return _take(table, rows, found), found
 
     def reload(self) -> bool:
         """Reload now if the files changed (blocking); True when a new snapshot was swapped in."""
