@@ -47,7 +47,8 @@ def _numpy(model):
     return lambda X: 1.0 / (1.0 + np.exp(-(X @ coef + intercept)))
 
 
-ENGINES = ["scoreline", "scoreline-1-thread", "scoreline-predict", "numpy", "sklearn"]
+# scoreline-F-order: the matrix the Arrow adapter builds (feature-major), one thread.
+ENGINES = ["scoreline", "scoreline-1-thread", "scoreline-F-order", "scoreline-predict", "numpy", "sklearn"]
 
 
 @pytest.mark.parametrize("rows", [1, 100_000])
@@ -62,6 +63,9 @@ def test_linear_predict(benchmark, fitted, engine, rows):
         run = lambda: model.predict_matrix(X, out=out)  # noqa: E731
     elif engine == "scoreline-1-thread":
         run = lambda: model.predict_matrix(X, num_threads=1)  # noqa: E731
+    elif engine == "scoreline-F-order":
+        XF = np.asfortranarray(X)
+        run = lambda: model.predict_matrix(XF, num_threads=1)  # noqa: E731
     elif engine == "scoreline-predict":
         run = lambda: model.predict(X)  # noqa: E731  (with the input adapter's checks)
     elif engine == "numpy":
