@@ -6,7 +6,8 @@ requested columns; a key that is absent (or null, or not a valid key) gives ``fo
 and a null row. The caller turns that into a per-row "not found" error, never into defaults.
 
 - Parquet (a file, a folder of files or a glob) and Arrow IPC files are loaded into memory with a
-  sorted key index, so a lookup is a ``searchsorted`` and one Arrow ``take``. The files are checked
+  key index (a direct offset -> row table for dense integer keys, else sorted keys), so a lookup
+  is one gather or ``searchsorted`` and one Arrow ``take``. The files are checked
   for changes at most every ``reload_interval`` seconds; a changed table is loaded on a background
   thread and swapped in whole, so lookups never wait for a reload.
 - SQLite and PostgreSQL tables are read through ADBC, one query per batch of keys, with a
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from scoreline.errors import InputError, NotFoundError, NotReadyError, SchemaError
 from scoreline.registry.manifest import ArrowStore, ParquetStore, PostgresStore, SqliteStore
