@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the benchmark peers: each one that pins something we cannot share gets its own venv.
 #
-#   benchmarks/peers/setup.sh [all|main|lleaves|mlserver]...     (default: all)
+#   benchmarks/peers/setup.sh [all|main|lleaves|mlserver|wrk]...     (default: all)
 #
 # - main:     matplotlib, treelite + tl2cgen, onnxmltools + onnxruntime into the project's .venv,
 #             constrained to the versions already installed there so no existing package moves.
@@ -10,6 +10,8 @@
 # - mlserver: .peers/mlserver-venv with mlserver + mlserver-lightgbm 1.7.1; its worker crashes
 #             with uvloop >= 0.22 (MLServer issue #2286), and without httptools uvicorn falls back
 #             to its pure-Python HTTP parser.
+# - wrk:      the HTTP load generator (Debian's package, needs root); without it the suite's load
+#             generator falls back to an aiohttp client, which spends far more CPU per request.
 # Each step is idempotent and prints one line saying what it did; a failed peer does not stop the
 # others (the suite then skips it, saying so).
 set -u
@@ -62,15 +64,27 @@ setup_mlserver() {
     fi
 }
 
+setup_wrk() {
+    if command -v wrk >/dev/null; then
+        say "wrk: $(command -v wrk) present"
+    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        && { apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; }; }; then
+        say "wrk: installed from Debian's packages"
+    else
+        say "wrk: not installed (needs root and apt-get); HTTP load falls back to aiohttp"
+    fi
+}
+
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(all)
 for t in "${targets[@]}"; do
     case "$t" in
-        all) setup_main; setup_lleaves; setup_mlserver ;;
+        all) setup_main; setup_lleaves; setup_mlserver; setup_wrk ;;
         main) setup_main ;;
         lleaves) setup_lleaves ;;
         mlserver) setup_mlserver ;;
-        *) say "unknown target '$t' (expected all, main, lleaves or mlserver)"; status=2 ;;
+        wrk) setup_wrk ;;
+        *) say "unknown target '$t' (expected all, main, lleaves, mlserver or wrk)"; status=2 ;;
     esac
 done
 exit $status

@@ -45,7 +45,8 @@ class Config:
     budget_s: float = 0.2  # seconds per engine per round for the per-call latency blocks
     fixed_calls: int | None = None  # timing off: this many calls instead of a time budget
     agreement_rows: int = 2_000
-    compile_leaf_limit: int = 40_000
+    # peer -> most leaves it may compile in this run when no cached build exists (see peers.Context)
+    compile_leaf_limit: dict = field(default_factory=lambda: {"lleaves": 40_000, "treelite": 300_000})
     command: str = ""
     skipped: list[str] = field(default_factory=list)
     log_stream: object = sys.stderr
@@ -58,7 +59,7 @@ class Config:
             cfg.bulk_rows = (10_000, 100_000)
             cfg.rounds = 3
             cfg.budget_s = 0.05
-            cfg.compile_leaf_limit = 16_000
+            cfg.compile_leaf_limit = {"lleaves": 16_000, "treelite": 40_000}
         if not timing:
             cfg.rounds = 1
             cfg.fixed_calls = 3
