@@ -67,7 +67,7 @@ class LinearFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     feature_names: list[str]
     coefficients: list[float | list[float]]
     intercept: float | list[float]
-    classes: list[str | int] | None = None
+    classes: list[str | int | float | bool] | None = None
 
 
 _JSON_DECODER = msgspec.json.Decoder(LinearFile)

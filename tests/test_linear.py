@@ -198,6 +198,18 @@ def _saved(model) -> str:
         return path.read_text()
 
 
+@pytest.mark.parametrize("labels", [[0.0, 1.0], ["no", "yes"], [False, True]])
+def test_class_labels_survive_save_and_load(labels, tmp_path):
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    y = np.array([labels[0], labels[1], labels[1], labels[0]], dtype=object if isinstance(labels[0], str) else None)
+    model = scoreline.load_linear(linear_model.LogisticRegression().fit(X, y))
+    model.save(tmp_path / "m.json")
+    loaded = scoreline.load_linear(tmp_path / "m.json")
+    assert loaded.classes == model.classes == tuple(labels)
+    assert np.array_equal(loaded.predict(X), model.predict(X))
+
+
 def test_unsupported_and_unfitted_estimators_are_refused():
     linear_model = pytest.importorskip("sklearn.linear_model")
     with pytest.raises(ModelFormatError, match="the LinearRegression estimator is not fitted"):
