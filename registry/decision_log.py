@@ -191,12 +191,8 @@ class DecisionLog:
             atexit.unregister(self.close)
             self._queue.put(_STOP)
             self._thread.join(timeout)
-            for conn in (self._writer_conn, self._reader):
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:  # closing a broken connection must not mask the report
-                        pass
+            _close_quietly(self._writer_conn)
+            _close_quietly(self._reader)
         if self._lost:
             raise NotReadyError(f"decision log: {self._lost} rows could not be written "
                                 f"({self._error})", path="decision-log")
@@ -310,14 +306,23 @@ class DecisionLog:
 
     def _query(self, sql: str, params: list) -> pa.Table:
         with self._read_lock:
-            if self._reader is None:
-                self._reader = self._connect()
-            cur = self._reader.cursor()
             try:
-                cur.execute(sql, params or None)
-                return cur.fetch_arrow_table()
-            finally:
-                cur.close()
+                return self._read(sql, params)
+            except Exception:
+                # a dropped reader connection (server restart) is replaced once, transparently
+                reader, self._reader = self._reader, None
+                _close_quietly(reader)
+            return self._read(sql, params)
+
+    def _read(self, sql: str, params: list) -> pa.Table:
+        if self._reader is None:
+            self._reader = self._connect()
+        cur = self._reader.cursor()
+        try:
+            cur.execute(sql, params or None)
+            return cur.fetch_arrow_table()
+        finally:
+            cur.close()
 
     def _sqlite_query(self, inner: str, params: list, schema: pa.Schema, order: str) -> pa.Table:
         """Run ``inner`` (selecting ``schema``'s columns, then a ``_seq`` sort column) on SQLite."""
@@ -375,6 +380,7 @@ class DecisionLog:
                     else:
                         time.sleep(min(0.05 * 2 ** failures, 2.0))
                         deadline = time.monotonic()
+                        self._reconnect()
             if not pending:
                 for w in waiters:
                     w.set()
@@ -382,6 +388,15 @@ class DecisionLog:
                 # an append racing close() may have queued rows behind the stop marker
                 if stopping and self._queue.empty():
                     return
+
+    def _reconnect(self) -> None:
+        """A fresh writer connection after a failed write (the server may have restarted)."""
+        try:
+            conn = self._connect()
+        except Exception:  # still down: the next retry tries again
+            return
+        old, self._writer_conn = self._writer_conn, conn
+        _close_quietly(old)
 
     def _write(self, pending: list) -> None:
         tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in pending]
@@ -395,6 +410,15 @@ class DecisionLog:
             cur.adbc_ingest(self.table, data, mode="append")
         finally:
             cur.close()
+
+
+def _close_quietly(conn) -> None:
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception:  # a broken connection may refuse to close; dropping it is what matters
+        pass
 
 
 def _parse_url(url: str) -> tuple[str, str]:

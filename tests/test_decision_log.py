@@ -191,3 +191,26 @@ def test_bad_rows_and_urls(log):
         DecisionLog("postgresql://u:secret@127.0.0.1:1/nowhere")
     with pytest.raises(SchemaError, match="table name"):
         DecisionLog("sqlite:///x.db", table="x; DROP TABLE y")
+
+
+@pytest.mark.postgres
+def test_writer_reconnects_after_the_server_drops_it(postgres_uri):
+    import adbc_driver_postgresql.dbapi as pg
+
+    table = f"test_decisions_{uuid.uuid4().hex[:10]}"
+    log = DecisionLog(postgres_uri, table=table, flush_interval=0.01)
+    try:
+        log.append(rows(n=2))
+        log.flush()
+        with pg.connect(postgres_uri, autocommit=True) as conn, conn.cursor() as cur:
+            # every other connection that touched the table: the writer's and the reader's
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> "
+                        f"pg_backend_pid() AND query LIKE '%{table}%'")
+            assert cur.fetchall()
+        log.append(rows(n=3, start=2))
+        log.flush()
+        assert log.tail(10).num_rows == 5
+    finally:
+        log.close()
+        with pg.connect(postgres_uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
