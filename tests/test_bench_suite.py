@@ -114,3 +114,25 @@ def test_cli_rejects_unknown_sections():
 
     with pytest.raises(SystemExit):
         main(["bench", "--only", "kernels,warp-drive"])
+
+
+def testbulk_targets_check_speed_and_flat_memory():
+    from benchmarks.suite.sections import bulk_targets
+
+    def run(rows, rps, kernel_rps, peak):
+        return {"model": "demo", "mode": "bulk", "file_rows": rows, "rows_per_s": rps,
+                "vs_kernel": rps / kernel_rps, "peak_rss_mb": peak}
+
+    flat = bulk_targets([run(1_000_000, 900.0, 1000.0, 400.0), run(10_000_000, 850.0, 1000.0, 420.0)], True)
+    assert [t["reached"] for t in flat] == [True, True]
+    growing = bulk_targets([run(1_000_000, 700.0, 1000.0, 400.0), run(10_000_000, 850.0, 1000.0, 2400.0)], True)
+    assert [t["reached"] for t in growing] == [False, False]
+    assert "0.70x" in growing[0]["figure"]
+
+
+def test_load_generator_reads_wrk_units():
+    from benchmarks.suite.loadgen import wrk_ms
+
+    assert wrk_ms("250.00us") == pytest.approx(0.25)
+    assert wrk_ms("1.50ms") == pytest.approx(1.5)
+    assert wrk_ms("2.00s") == pytest.approx(2000.0)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["measure", "process_cpu_seconds"]
+__all__ = ["measure", "process_cpu_seconds", "wrk_ms"]
 
 
 def measure(url: str, body: bytes, concurrency: int, duration_s: float, *, server_pids=(),
@@ -97,7 +97,7 @@ def _run_wrk(args, body: bytes) -> dict:
     return {
         "tool": "wrk", "requests": requests, "errors": errors,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-        "p50_ms": _wrk_ms(pct["50"]), "p99_ms": _wrk_ms(pct["99"]),
+        "p50_ms": wrk_ms(pct["50"]), "p99_ms": wrk_ms(pct["99"]),
     }
 
 
@@ -105,7 +105,8 @@ def _lua_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _wrk_ms(text: str) -> float:
+def wrk_ms(text: str) -> float:
+    """A wrk duration ("250.00us", "1.50ms", "2.00s") in milliseconds."""
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 

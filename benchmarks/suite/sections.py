@@ -12,7 +12,7 @@ import importlib
 import tempfile
 from pathlib import Path
 
-__all__ = ["run_pipeline", "run_bulk", "FLAT_MEMORY_SLACK"]
+__all__ = ["run_pipeline", "run_bulk", "bulk_targets", "FLAT_MEMORY_SLACK"]
 
 # "Flat memory": the largest file's peak RSS at most 10% + 64 MB above the smallest file's.
 FLAT_MEMORY_SLACK = (1.10, 64.0)
@@ -79,7 +79,7 @@ def run_bulk(cfg, log) -> dict:
               "x kernel": r["vs_kernel"], "peak RSS MB": r["peak_rss_mb"],
               "RSS growth MB": r["peak_rss_mb"] - r["start_rss_mb"], "Arrow peak MB": r["arrow_peak_mb"]}
              for r in results]
-    return {"runs": results, "targets": _bulk_targets(results, cfg.timing),
+    return {"runs": results, "targets": bulk_targets(results, cfg.timing),
             "tables": {"Bulk scoring of Parquet files, one thread": table},
             "notes": ["Modes: kernel = predict_matrix on an in-memory matrix of the file's first rows (at most "
                       "1M); bulk = scoreline.score_file on the file; loop = pyarrow batches + "
@@ -87,7 +87,8 @@ def run_bulk(cfg, log) -> dict:
                       "pipeline from raw inputs. Each in its own process (benchmarks/test_bench_bulk.py)."]}
 
 
-def _bulk_targets(results: list[dict], timing: bool) -> list[dict]:
+def bulk_targets(results: list[dict], timing: bool) -> list[dict]:
+    """The issue's bulk-file targets from run_report's rows: speed vs the kernel, flat peak memory."""
     bulk = [r for r in results if r["mode"] == "bulk"]
     if not bulk or not timing:
         return []
