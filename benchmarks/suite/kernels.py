@@ -75,7 +75,8 @@ def run_kernels(cfg, log) -> dict:
 
 def _run_model(cfg, log, spec, engines, result) -> None:
     model = bench_models.build(spec, cfg.cache / "bench-models")
-    max_rows = max(cfg.bulk_rows + (cfg.agreement_rows,))
+    bulk_sizes = cfg.bulk_sizes(model.stats["trees"])
+    max_rows = max(bulk_sizes + (cfg.agreement_rows,))
     path = model.rows_path(max_rows)
     X = model.rows(max_rows)
     result["models"].append({
@@ -129,7 +130,7 @@ def _run_model(cfg, log, spec, engines, result) -> None:
                 "round_medians_us": [float(np.median(r)) / 1e3 for r in per_round],
             })
 
-    for n in cfg.bulk_rows:
+    for n in bulk_sizes:
         Xn = X[:n]
         for threads in cfg.threads:
             log(f"kernels: {model.name}: {n} rows, {threads} thread(s)")
