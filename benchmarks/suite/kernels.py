@@ -75,7 +75,11 @@ def run_kernels(cfg, log) -> dict:
 
 def _run_model(cfg, log, spec, engines, result) -> None:
     model = bench_models.build(spec, cfg.cache / "bench-models")
-    bulk_sizes = cfg.bulk_sizes(model.stats["trees"])
+    visits = model.stats["trees"] * model.stats["mean_leaf_depth"]  # estimate, before any predict
+    bulk_sizes = cfg.bulk_sizes(visits)
+    for n in sorted(set(cfg.bulk_rows) - set(bulk_sizes)):
+        cfg.skip(f"kernels: {model.name} at {n:,} rows skipped: {n:,} rows x ~{visits:,.0f} node visits a row is "
+                 f"over this run's cap of {cfg.bulk_visit_cap:.0e} (the slowest engine would take minutes a call)")
     max_rows = max(bulk_sizes + (cfg.agreement_rows,))
     path = model.rows_path(max_rows)
     X = model.rows(max_rows)
