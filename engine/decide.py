@@ -6,6 +6,8 @@ Binary models predict one probability p per row; decisions over classes see it a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +40,7 @@ class Decider:
         self.payload_labels = None
         if isinstance(d, M.Bands):
             self.mins = np.array([b.min for b in d.bands], dtype=np.float64)
+            self.mins_list = self.mins.tolist()
             labels = [b.label for b in d.bands] + [d.default]
         else:
             labels = list(d.labels)
@@ -54,6 +57,7 @@ class Decider:
                 raise SchemaError(f"segment {missing[0]!r} has no payload", path="$.decision.payload")
             values = sorted(set(d.payload[lab] for lab in labels))
             self.payload_labels = pa.array(values, pa.string())
+            self.payload_list = values
             self.payload_index = np.array([values.index(d.payload[lab]) for lab in labels],
                                           dtype=np.int64)
             self.payload_field = d.payload_field
@@ -98,6 +102,37 @@ class Decider:
             return out, payload
         return out, None
 
+    def decide_one(self, raw: np.ndarray) -> tuple[float, str | None, int]:
+        """(score, label, payload index) for a one-row prediction, in Python scalars: the same
+        rules as `scores` + `decide` (ties to the lower class, NaN -> no label), without three
+        kernel dispatches for one row."""
+        row = raw.tolist()
+        if raw.ndim == 1:
+            p = row[0]
+            score = 1.0 - p if self.complement else p
+            probs = [1.0 - p, p] if self.binary else [p]
+        else:
+            probs = row[0]
+            if self.column >= 0:
+                score = probs[self.column]
+            else:
+                score = math.nan if any(q != q for q in probs) else max(probs)
+        if self.kind == "bands":
+            if score != score:
+                return score, None, -1
+            for b, low in enumerate(self.mins_list):
+                if score >= low:
+                    return score, self.label_list[b], -1
+            return score, self.label_list[-1], -1
+        if any(q != q for q in probs):
+            return score, None, -1
+        if self.kind == "top-k":
+            order = sorted(range(len(probs)), key=lambda j: -probs[j])[: self.k]  # stable
+            return score, ",".join(self.label_list[j] for j in order), -1
+        best = max(range(len(probs)), key=probs.__getitem__)  # the first maximum, as np.argmax
+        payload = int(self.payload_index[best]) if self.kind == "segment" else -1
+        return score, self.label_list[best], payload
+
     def label_column(self, index: np.ndarray, bad: np.ndarray) -> pa.Array:
         """Label strings for label indices; null where `bad` or no decision."""
         if index.ndim == 2:
@@ -111,13 +146,6 @@ class Decider:
     def _take(self, index: np.ndarray, bad: np.ndarray) -> pa.Array:
         return _take(self.labels, index, bad)
 
-    def label_of(self, index) -> str | None:
-        """One row's label from `decide`'s output row (the one-row path)."""
-        if np.ndim(index) == 1:
-            if index[0] < 0:
-                return None
-            return ",".join(self.label_list[int(i)] for i in index)
-        return None if index < 0 else self.label_list[int(index)]
 
 
 def _take(values: pa.Array, index: np.ndarray, bad: np.ndarray) -> pa.Array:

@@ -31,6 +31,7 @@ from .decide import Decider
 from .fields import EPOCH, check_column, check_default, check_value
 from .plan import Plan, bool_key, compile_plan
 from .samples import sample_inputs
+from .storeview import StoreView
 
 __all__ = ["Deployment", "validate_version", "scoring_day"]
 
@@ -38,13 +39,19 @@ _KEY_TYPES = {"int": pa.int64(), "string": pa.string()}
 # Warm-up batch sizes: one row and a few rows type the work matrix differently in Numba (a 1-row
 # F-order matrix is also C-contiguous), and the model switches to its parallel kernel at 2,048.
 _WARM_SIZES = (1, 7, 2048)
+_ONE_VALID = np.ones(1, dtype=bool)
+
+
+def _today() -> int:
+    """Today (UTC) as days since 1970-01-01: ~0.2 us, against ~1.5 us through datetime."""
+    return int(time.time() // 86400)
 
 
 def scoring_day(now=None) -> int:
     """The scoring date as days since 1970-01-01: `now` (a date, a datetime taken in UTC, or
     numpy datetime64) or today in UTC."""
     if now is None:
-        return (dt.datetime.now(dt.timezone.utc).date() - EPOCH).days
+        return _today()
     if isinstance(now, dt.datetime):
         if now.tzinfo is not None:
             now = now.astimezone(dt.timezone.utc)
@@ -101,6 +108,8 @@ class Deployment:
         self.key_type = _KEY_TYPES[manifest.entity.key_type]
         self.input_names = tuple(i.name for i in manifest.inputs)
         out = manifest.output
+        self.score_name = out.score
+        self.decision_name = out.decision
         fields = [
             pa.field(self.key_name, self.key_type),
             pa.field("model-id", pa.string()),
@@ -112,6 +121,7 @@ class Deployment:
             fields.append(pa.field(self.decider.payload_field, pa.string()))
         self.output_schema = pa.schema(fields + [pa.field("error", pa.string())])
         self._names = [f.name for f in fields]
+        self._payload_name = self._names[5] if len(self._names) > 5 else None
         self._store_columns = {n: manifest.entity.columns.get(n, n) for n in self.input_names}
         self._lookup_columns = list(dict.fromkeys(self._store_columns.values()))
         if store is None and manifest.entity.store is not None:
@@ -125,6 +135,9 @@ class Deployment:
                         f"input {name!r} reads column {column!r}, which the entity store lacks "
                         f"(columns: {', '.join(self.store.schema.names)}); map it in "
                         "entity.columns", path=f"$.entity.columns.{name}")
+        # Stored rows converted once per store snapshot (see engine/storeview.py).
+        self._view = StoreView(self.store, self.plan, self._store_columns, _codes) \
+            if self.store is not None and StoreView.supports(self.store) else None
         self._request_fields = frozenset(
             (self.key_name, "inputs", "request-id", "model-id", "model-version"))
         self.compile_seconds = time.perf_counter() - started
@@ -215,7 +228,14 @@ class Deployment:
         for row in rows[null_key].tolist():
             errors.setdefault(row, InputError(
                 f"expected `$.{self.key_name}` or `$.inputs`, got neither", path=f"$.{self.key_name}"))
-        table, found = self.store.lookup(wanted, self._lookup_columns)
+        view = self._view
+        if view is not None:
+            current = view.snapshot()
+            ids = wanted.fill_null(0).to_numpy(zero_copy_only=False) if wanted.null_count \
+                else wanted.to_numpy(zero_copy_only=False)
+            found_rows, found = view.find(current, ids.astype(np.int64, copy=False), ~null_key)
+        else:
+            table, found = self.store.lookup(wanted, self._lookup_columns)
         found = np.asarray(found, dtype=bool)
         missing = ~found & ~null_key
         if missing.any():
@@ -224,6 +244,17 @@ class Deployment:
                 errors.setdefault(row, NotFoundError(
                     f"{self.key_name} {key!r} not found in the entity store of model "
                     f"{self.model_id!r}", path=f"$.{self.key_name}"))
+        if view is not None:
+            full = len(rows) == work.shape[0]
+            for j, slot in enumerate(view.slots.tolist()):
+                if full:
+                    work[:, slot] = current.values[found_rows, j]
+                else:
+                    work[rows, slot] = current.values[found_rows, j]
+            if current.errors:
+                for i in np.flatnonzero(current.bad[found_rows] & found).tolist():
+                    errors.setdefault(int(rows[i]), current.errors[int(found_rows[i])])
+            return
         # Store columns seen through the manifest's input names (entity.columns renames).
         renamed = pa.table({name: table.column(column)
                             for name, column in self._store_columns.items()})
@@ -283,6 +314,10 @@ class Deployment:
         if key is not None:
             key = _check_key(key, self.manifest.entity.key_type, self.key_name)
         if not inputs or all(inputs.get(name) is None for name in self.input_names):
+            if self._view is not None and type(key) is int:
+                work = np.empty((1, self.plan.width), dtype=np.float64)
+                self._fill_one_from_view(key, work)
+                return self._finish_one(key, work, now)
             inputs = self._lookup_one(key)
         return self.score_values(key, inputs, now=now)
 
@@ -298,19 +333,30 @@ class Deployment:
                 text = _key_text(slot.spec.type, value)
                 for code in slot.codes:
                     work[0, code.slot] = math.nan if text is None else code.index.get(text, -1.0)
-        X = plan.run(work, scoring_day(now))
-        raw = self.model.predict_matrix(X)
-        score = self.decider.scores(raw)
-        value = float(score[0])
-        if not math.isfinite(value):
-            raise InputError(f"the model gave a non-finite score ({value}) for this row",
+        return self._finish_one(key, work, now)
+
+    def _finish_one(self, key, work: np.ndarray, now) -> dict:
+        X = self.plan.run(work, _today() if now is None else scoring_day(now))
+        score, label, payload = self.decider.decide_one(self.model.predict_matrix(X))
+        if not math.isfinite(score):
+            raise InputError(f"the model gave a non-finite score ({score}) for this row",
                              path="score")
-        index, payload = self.decider.decide(raw, score)
         out = {"model-id": self.model_id, "model-version": self.version, self.key_name: key,
-               self._names[3]: value, self._names[4]: self.decider.label_of(index[0])}
-        if payload is not None:
-            out[self._names[5]] = self.decider.payload_labels[int(payload[0])].as_py()
+               self.score_name: score, self.decision_name: label}
+        if self._payload_name is not None:
+            out[self._payload_name] = self.decider.payload_list[payload]
         return out
+
+    def _fill_one_from_view(self, key: int, work: np.ndarray) -> None:
+        current = self._view.snapshot()
+        rows, found = current.index.find(np.array([key], dtype=np.int64), _ONE_VALID)
+        if not found[0]:
+            raise NotFoundError(f"{self.key_name} {key!r} not found in the entity store of model "
+                                f"{self.model_id!r}", path=f"$.{self.key_name}")
+        row = int(rows[0])
+        if current.bad[row]:
+            raise current.errors[row]
+        work[0, self._view.slots] = current.values[row]
 
     def _lookup_one(self, key) -> dict:
         if key is None:

@@ -157,8 +157,8 @@ class Engine:
             self._log.row(request.get("request-id"), dep, request.get(dep.key_name), None, None,
                           time.perf_counter() - started, exc.message)
             raise
-        self._log.row(request.get("request-id"), dep, out[dep.key_name], out[dep.output_schema.names[3]],
-                      out[dep.output_schema.names[4]], time.perf_counter() - started, None)
+        self._log.row(request.get("request-id"), dep, out[dep.key_name], out[dep.score_name],
+                      out[dep.decision_name], time.perf_counter() - started, None)
         return out
 
     def score_batch(self, model_id: str, batch, version: int | str | None = None,

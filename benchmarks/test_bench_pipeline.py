@@ -1,0 +1,254 @@
+"""Pipeline benchmarks: one entity end to end and a 10,000-row batch, by stage (lookup, transforms,
+model, decision, log), against the bare model kernel on the same rows.
+
+The model is the demo's `customer-segmentation` v2 (5 classes x 60 rounds, 4 features, from date
+of birth, state, balance and postcode) over a generated Parquet entity store. Every benchmark
+checks its answer, so the file runs as a correctness test with `--benchmark-disable`.
+
+    .venv/bin/python -m pytest benchmarks/test_bench_pipeline.py                # pytest-benchmark
+    .venv/bin/python benchmarks/test_bench_pipeline.py [--customers 1000000]   # stage table
+
+The bar (issue 3): overhead beyond the bare kernel under 20 us for one request and under 30% for
+a 10,000-row batch. The stage table prints medians of interleaved rounds, so machine drift is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+CUSTOMERS = int(os.environ.get("SCORELINE_BENCH_CUSTOMERS", "20000"))
+BATCH_ROWS = 10_000
+MODEL = "customer-segmentation"
+
+
+class Bench:
+    """The demo registry, an engine with a decision log, and the rows every stage runs on."""
+
+    def __init__(self, root: Path, customers: int) -> None:
+        from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo
+        from scoreline.engine.deployment import scoring_day
+        from scoreline.engine.router import Engine
+
+        build_demo(root, customers=customers, train_rows=min(customers, 100_000),
+                   log=lambda *a: None)
+        self.engine = Engine(root / "registry", preload=True,
+                             log=f"sqlite:///{root / 'decisions.db'}")
+        self.plain = Engine(root / "registry", preload=True)  # no log
+        self.dep = self.engine.deployment(MODEL)
+        rng = np.random.default_rng(3)
+        keys = FIRST_CUSTOMER_ID + rng.choice(customers, size=BATCH_ROWS, replace=customers < BATCH_ROWS)
+        self.key = int(keys[0])
+        self.request = {"customer-id": self.key}
+        self.keys = pa.array(keys)
+        self.key_batch = pa.RecordBatch.from_pydict({"customer-id": self.keys})
+        table, _ = self.dep.store.lookup(self.keys, ["date-of-birth", "state", "account-balance",
+                                                     "postcode"])
+        self.inline_batch = pa.RecordBatch.from_arrays(
+            [self.keys, *[table.column(c).combine_chunks() for c in table.column_names]],
+            names=["customer-id", *table.column_names])
+        self.columns = list(table.column_names)
+        # The work matrices and feature matrices each stage starts from.
+        self.work1 = self.dep.plan.new_work(1)
+        self.work = self.dep.plan.new_work(BATCH_ROWS)
+        self.today = scoring_day()  # what the engine scores with
+        self._fill(self.work1, self.inline_batch.slice(0, 1))
+        self._fill(self.work, self.inline_batch)
+        self.X1 = np.asfortranarray(self.dep.plan.run(self.work1.copy(), self.today))
+        self.X = np.asfortranarray(self.dep.plan.run(self.work.copy(), self.today))
+        self.raw1 = self.dep.model.predict_matrix(self.X1)
+        self.raw = self.dep.model.predict_matrix(self.X)
+
+    def _fill(self, work, batch) -> None:
+        # The batch path's own input step (checks + codes), so stages start from real work.
+        errors: dict = {}
+        self.dep._fill(work, np.arange(batch.num_rows), batch, errors)
+        assert not errors
+
+    # --- single request stages ----------------------------------------------------------------
+    def model1(self):
+        return self.dep.model.predict_matrix(self.X1)
+
+    def lookup1(self):
+        return self.dep.store.lookup(np.array([self.key]), self.columns)
+
+    def transforms1(self):
+        return self.dep.plan.run(self.work1, self.today)
+
+    def decision1(self):
+        score = self.dep.decider.scores(self.raw1)
+        return self.dep.decider.decide(self.raw1, score)
+
+    def request1(self):
+        return self.plain.score(MODEL, self.request)
+
+    def logged1(self):
+        return self.engine.score(MODEL, self.request)
+
+    # --- batch stages -------------------------------------------------------------------------
+    def model(self):
+        return self.dep.model.predict_matrix(self.X)
+
+    def lookup(self):
+        return self.dep.store.lookup(self.keys, self.columns)
+
+    def transforms(self):
+        return self.dep.plan.run(self.work, self.today)
+
+    def decision(self):
+        score = self.dep.decider.scores(self.raw)
+        return self.dep.decider.decide(self.raw, score)
+
+    def batch_inline(self):
+        return self.plain.score_batch(MODEL, self.inline_batch)
+
+    def batch_keys(self):
+        return self.plain.score_batch(MODEL, self.key_batch)
+
+    def logged(self):
+        return self.engine.score_batch(MODEL, self.key_batch)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.plain.close()
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    pytest.importorskip("lightgbm")
+    b = Bench(tmp_path_factory.mktemp("pipeline"), CUSTOMERS)
+    yield b
+    b.close()
+
+
+def _check_one(out: dict, bench: Bench) -> None:
+    assert out["customer-id"] == bench.key and out["model-version"] == bench.dep.version
+    assert 0 < out["score"] <= 1 and out["product-sku"]
+
+
+def test_single_model_kernel(benchmark, bench):
+    assert benchmark(bench.model1).shape == (1, 5)
+
+
+def test_single_lookup(benchmark, bench):
+    table, found = benchmark(bench.lookup1)
+    assert found.all() and table.num_rows == 1
+
+
+def test_single_transforms(benchmark, bench):
+    np.testing.assert_array_equal(benchmark(bench.transforms1), bench.X1)
+
+
+def test_single_decision(benchmark, bench):
+    index, payload = benchmark(bench.decision1)
+    assert index[0] == bench.raw1[0].argmax() and payload[0] >= 0
+
+
+def test_single_request(benchmark, bench):
+    _check_one(benchmark(bench.request1), bench)
+
+
+def test_single_request_logged(benchmark, bench):
+    _check_one(benchmark(bench.logged1), bench)
+
+
+def test_batch_model_kernel(benchmark, bench):
+    assert benchmark(bench.model).shape == (BATCH_ROWS, 5)
+
+
+def test_batch_lookup(benchmark, bench):
+    table, found = benchmark(bench.lookup)
+    assert found.all() and table.num_rows == BATCH_ROWS
+
+
+def test_batch_transforms(benchmark, bench):
+    np.testing.assert_array_equal(benchmark(bench.transforms), bench.X)
+
+
+def test_batch_decision(benchmark, bench):
+    index, _ = benchmark(bench.decision)
+    np.testing.assert_array_equal(index, bench.raw.argmax(axis=1))
+
+
+def test_batch_inline(benchmark, bench):
+    out = benchmark(bench.batch_inline)
+    assert out.column("error").null_count == BATCH_ROWS
+    np.testing.assert_allclose(out.column("score").to_numpy(), bench.raw.max(axis=1), rtol=1e-12)
+
+
+def test_batch_keys(benchmark, bench):
+    out = benchmark(bench.batch_keys)
+    assert out.column("error").null_count == BATCH_ROWS
+    np.testing.assert_allclose(out.column("score").to_numpy(), bench.raw.max(axis=1), rtol=1e-12)
+
+
+def test_batch_logged(benchmark, bench):
+    assert benchmark(bench.logged).column("error").null_count == BATCH_ROWS
+
+
+# --- the stage table --------------------------------------------------------------------------
+
+SINGLE = ("model1", "lookup1", "transforms1", "decision1", "request1", "logged1")
+BATCH = ("model", "lookup", "transforms", "decision", "batch_inline", "batch_keys", "logged")
+
+
+def stage_table(b: Bench, rounds: int = 7, single_calls: int = 2000, batch_calls: int = 5) -> dict:
+    """Median microseconds per call of every stage, rounds interleaved across stages."""
+    times: dict[str, list[float]] = {name: [] for name in SINGLE + BATCH}
+    for _ in range(rounds):
+        for name in SINGLE + BATCH:
+            f = getattr(b, name)
+            calls = single_calls if name in SINGLE else batch_calls
+            f()
+            start = time.perf_counter()
+            for _ in range(calls):
+                f()
+            times[name].append((time.perf_counter() - start) / calls * 1e6)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def format_table(t: dict) -> str:
+    lines = ["one request (us):"]
+    for name in SINGLE:
+        lines.append(f"  {name:<14}{t[name]:>12.2f}")
+    lines.append(f"  overhead beyond the kernel: {t['request1'] - t['model1']:.2f} us "
+                 f"(logged: {t['logged1'] - t['model1']:.2f} us)")
+    lines.append(f"batch of {BATCH_ROWS:,} rows (us):")
+    for name in BATCH:
+        lines.append(f"  {name:<14}{t[name]:>12.0f}")
+    for name in ("batch_inline", "batch_keys", "logged"):
+        lines.append(f"  {name} overhead beyond the kernel: "
+                     f"{(t[name] / t['model'] - 1) * 100:.1f}%")
+    return "\n".join(lines)
+
+
+def test_stage_table_runs(bench):
+    t = stage_table(bench, rounds=1, single_calls=3, batch_calls=1)
+    assert set(t) == set(SINGLE + BATCH) and all(v > 0 for v in t.values())
+    assert "overhead" in format_table(t)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=CUSTOMERS)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Bench(Path(tmp), args.customers)
+        try:
+            print(format_table(stage_table(b, rounds=args.rounds)))
+        finally:
+            b.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
