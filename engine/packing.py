@@ -43,7 +43,7 @@ class PackedEnsemble:
     nodes: np.ndarray  # float64 (N, 2)
     leaf_value: np.ndarray  # float64 (N,), the leaf's output (0 on split nodes)
     leaf_index: np.ndarray  # int32 (N,), LightGBM's leaf number (-1 on split nodes)
-    trees: np.ndarray  # int64 (T, 3): root record, depth, output column
+    trees: np.ndarray  # int64 (T, 4): root record, depth, output column, has special splits
     cat_bits: np.ndarray  # uint32 bitset words of every categorical split
     linear: np.ndarray  # int64 (N, 2): start, count into linear_feature/linear_coeff; empty if none
     linear_const: np.ndarray  # float64 (N,)
@@ -113,7 +113,7 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
     meta = nodes.view(np.int64)  # column 1 holds integers; same memory
     leaf_value = np.zeros(total, dtype=np.float64)
     leaf_index = np.full(total, -1, dtype=np.int32)
-    trees = np.zeros((len(ir.trees), 3), dtype=np.int64)
+    trees = np.zeros((len(ir.trees), 4), dtype=np.int64)
     any_linear = any(t.is_linear for t in ir.trees)
     linear = np.zeros((total if any_linear else 0, 2), dtype=np.int64)
     linear_const = np.zeros(total if any_linear else 0, dtype=np.float64)
@@ -124,8 +124,10 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
     base = 0
     for t, tree in enumerate(ir.trees):
         slots_of_nodes, slots_of_leaves = _layout(tree, base)
-        trees[t] = (base, tree.depth, t % ir.num_tree_per_iteration)
+        trees[t, :3] = (base, tree.depth, t % ir.num_tree_per_iteration)
         _fill_splits(tree, slots_of_nodes, slots_of_leaves, nodes, meta, cat_used)
+        # Categorical and zero-as-missing splits take the kernels' slower general step.
+        trees[t, 3] = int(bool((meta[slots_of_nodes, 1] & (CATEGORICAL | ZERO_MISSING)).any()))
         leaves = slots_of_leaves
         nodes[leaves, 0] = np.inf
         meta[leaves, 1] = leaves  # a leaf is its own child, feature 0, no flags

@@ -16,7 +16,8 @@ __all__ = [
     "CATEGORICAL",
     "ZERO_MISSING",
     "DEFAULT_RIGHT",
-    "BLOCK_ROWS",
+    "GROUP_ROWS",
+    "TILE_ROWS",
     "predict_serial",
     "predict_parallel",
     "predict_linear_serial",
@@ -38,9 +39,14 @@ _SPECIAL = CATEGORICAL | ZERO_MISSING
 
 K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 
-# Rows that walk each tree together: their node loads overlap instead of waiting in turn.
-BLOCK_ROWS = 8
-
+# Rows that walk each tree together: eight independent chains of dependent loads keep the core
+# busy where one row alone waits on every node (measured 2.3x over a row at a time, 100 x 31).
+GROUP_ROWS = 8
+# Rows per tile: each block of trees is walked by this many rows before the next block, so a
+# block's nodes are fetched from memory once per tile instead of once per group.
+TILE_ROWS = 64
+# Node records per block of trees (16 bytes each: 256 KiB, about a core's L2).
+TILE_RECORDS = 16384
 
 @jit(inline="always")
 def _category_side(x, location, cat_bits):
@@ -60,7 +66,7 @@ def _category_side(x, location, cat_bits):
 
 @jit(inline="always")
 def _leaf_record(X, row, root, depth, thresholds, words, cat_bits):
-    """Record index of the leaf that ``X[row]`` reaches from ``root`` in ``depth`` steps."""
+    """Record index of the leaf that ``X[row]`` reaches from ``root`` in ``depth`` steps (any split)."""
     node = root
     for _ in range(depth):
         word = words[2 * node + 1]
@@ -79,19 +85,79 @@ def _leaf_record(X, row, root, depth, thresholds, words, cat_bits):
 
 
 @jit(inline="always")
-def _score_rows(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
-    """Rows start..stop-1: sum the trees in file order per output column, then transform."""
-    num_trees = trees.shape[0]
+def _step(X, row, node, thresholds, words):
+    """One numeric split without branches: right when x > t, or when x is NaN and NaN goes right.
+
+    A leaf is its own child with threshold +inf, so stepping from a leaf stays there. Branches
+    here cost 4-10x: the eight interleaved walks below stop being one straight-line block.
+    """
+    word = words[2 * node + 1]
+    x = X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK]
+    side = np.int64(x > thresholds[2 * node]) | (np.int64(x != x) & ((word >> NAN_SHIFT) & 1))
+    return (word & CHILD_MASK) + side
+
+
+@jit(inline="always")
+def _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out):
+    """Rows r..r+7 through one tree of numeric splits, in lockstep, adding the leaves to out."""
+    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = root
+    for _ in range(depth):
+        n0 = _step(X, r, n0, thresholds, words)
+        n1 = _step(X, r + 1, n1, thresholds, words)
+        n2 = _step(X, r + 2, n2, thresholds, words)
+        n3 = _step(X, r + 3, n3, thresholds, words)
+        n4 = _step(X, r + 4, n4, thresholds, words)
+        n5 = _step(X, r + 5, n5, thresholds, words)
+        n6 = _step(X, r + 6, n6, thresholds, words)
+        n7 = _step(X, r + 7, n7, thresholds, words)
+    out[r, column] += leaf_value[n0]
+    out[r + 1, column] += leaf_value[n1]
+    out[r + 2, column] += leaf_value[n2]
+    out[r + 3, column] += leaf_value[n3]
+    out[r + 4, column] += leaf_value[n4]
+    out[r + 5, column] += leaf_value[n5]
+    out[r + 6, column] += leaf_value[n6]
+    out[r + 7, column] += leaf_value[n7]
+
+
+@jit(inline="always")
+def _tree_block_end(trees, first):
+    """One past the last tree of the block starting at ``first``: trees whose records start
+    within TILE_RECORDS of the block's first record."""
+    end = first + 1
+    while end < trees.shape[0] and trees[end, 0] - trees[first, 0] < TILE_RECORDS:
+        end += 1
+    return end
+
+
+@jit(inline="always")
+def _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
+    """Rows start..stop-1 over every tree: per row the trees are added in file order (LightGBM's
+    summation order, so sums agree to the bit), a block of trees at a time, then transformed."""
     for row in range(start, stop):
         for k in range(out.shape[1]):
             out[row, k] = 0.0
-    for t in range(num_trees):
-        root = trees[t, 0]
-        depth = trees[t, 1]
-        column = trees[t, 2]
-        for row in range(start, stop):
-            leaf = _leaf_record(X, row, root, depth, thresholds, words, cat_bits)
-            out[row, column] += leaf_value[leaf]
+    num_trees = trees.shape[0]
+    grouped_end = start + (stop - start) // GROUP_ROWS * GROUP_ROWS
+    first = 0
+    while first < num_trees:
+        end = _tree_block_end(trees, first)
+        for t in range(first, end):
+            root = trees[t, 0]
+            depth = trees[t, 1]
+            column = trees[t, 2]
+            if trees[t, 3] == 0:  # numeric splits only: the lockstep walk
+                for r in range(start, grouped_end, GROUP_ROWS):
+                    _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out)
+                for row in range(grouped_end, stop):
+                    node = root
+                    for _ in range(depth):
+                        node = _step(X, row, node, thresholds, words)
+                    out[row, column] += leaf_value[node]
+            else:  # categorical or zero-as-missing splits: a row at a time
+                for row in range(start, stop):
+                    out[row, column] += leaf_value[_leaf_record(X, row, root, depth, thresholds, words, cat_bits)]
+        first = end
     for row in range(start, stop):
         if divisor != 0.0:
             for k in range(out.shape[1]):
@@ -103,25 +169,26 @@ def _score_rows(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, 
 def predict_serial(X, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
     """Score every row of X into out (n, num_class) on the calling thread.
 
-    thresholds and words are the float64 and int64 views of the packed node records; divisor is
+    thresholds and words are the float64 and int64 views of the packed node records; trees is
+    the (T, 4) table of root record, depth, output column and "has special splits"; divisor is
     the iteration count for average_output models (0.0 otherwise); link/param pick the transform
     (kernels/links.py). X is float64 or float32, C or F order.
     """
     n = X.shape[0]
-    for start in range(0, n, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, n)
-        _score_rows(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out)
+    for start in range(0, n, TILE_ROWS):
+        stop = min(start + TILE_ROWS, n)
+        _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out)
 
 
 @parallel_jit
 def predict_parallel(X, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
-    """``predict_serial`` with row blocks spread over Numba's threads."""
+    """``predict_serial`` with row tiles spread over Numba's threads."""
     n = X.shape[0]
-    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    for b in numba.prange(blocks):
-        start = b * BLOCK_ROWS
-        stop = min(start + BLOCK_ROWS, n)
-        _score_rows(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out)
+    tiles = (n + TILE_ROWS - 1) // TILE_ROWS
+    for tile in numba.prange(tiles):
+        start = tile * TILE_ROWS
+        stop = min(start + TILE_ROWS, n)
+        _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out)
 
 
 @jit(inline="always")
@@ -166,8 +233,8 @@ def predict_linear_serial(X, thresholds, words, leaf_value, trees, cat_bits, lin
                           linear_coeff, divisor, link, param, out):
     """``predict_serial`` for models with linear trees (is_linear=1)."""
     n = X.shape[0]
-    for start in range(0, n, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, n)
+    for start in range(0, n, TILE_ROWS):
+        stop = min(start + TILE_ROWS, n)
         _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
                            linear_feature, linear_coeff, divisor, link, param, out)
 
@@ -177,10 +244,10 @@ def predict_linear_parallel(X, thresholds, words, leaf_value, trees, cat_bits, l
                             linear_feature, linear_coeff, divisor, link, param, out):
     """``predict_linear_serial`` with row blocks spread over Numba's threads."""
     n = X.shape[0]
-    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    for b in numba.prange(blocks):
-        start = b * BLOCK_ROWS
-        stop = min(start + BLOCK_ROWS, n)
+    tiles = (n + TILE_ROWS - 1) // TILE_ROWS
+    for tile in numba.prange(tiles):
+        start = tile * TILE_ROWS
+        stop = min(start + TILE_ROWS, n)
         _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
                            linear_feature, linear_coeff, divisor, link, param, out)
 
