@@ -55,10 +55,10 @@ class Context:
 
 
 class Engine:
-    """Base adapter: subclasses give `_load` and `predictor(threads)`; timing is shared."""
+    """Base adapter: subclasses give `_load(model)` and `_make_predictor(threads)`; timing is shared."""
 
     name = "engine"
-    exact = True  # float64 all the way, so it must agree with LightGBM to ~1e-12
+    exact = True  # float64 all the way, so it must agree with LightGBM (kernels.EXACT_RTOL)
     version = ""
 
     def __init__(self, ctx: Context) -> None:
@@ -123,7 +123,7 @@ class ScorelineEngine(Engine):
             "cold_s": cold["load_s"] + cold["first_call_s"],
             "warm_s": warm["load_s"] + warm["first_call_s"],
             "detail": {"cold": cold, "warm": warm, "reload_in_process_s": in_process},
-            "what": "fresh process: load + first call; cold = empty Numba cache (kernels compile)",
+            "what": "fresh process: imports + load + first call; cold = empty Numba cache (kernels compile)",
         }
 
     def _make_predictor(self, threads):

@@ -286,6 +286,7 @@ def _grid_plot(plt, path, rows, x, y, xlabel, ylabel, log_x=True, log_y=True):
             ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
+        _plain_ticks(ax, sorted({r[x] for r in rows if r["model"] == model}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(model_names):]:
@@ -294,6 +295,15 @@ def _grid_plot(plt, path, rows, x, y, xlabel, ylabel, log_x=True, log_y=True):
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _plain_ticks(ax, xs) -> None:
+    """Ticks at the measured x values, written as plain numbers (not 2x10^0)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{x:,}" for x in xs], fontsize=8)
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _http_plot(plt, path, points):
@@ -307,6 +317,7 @@ def _http_plot(plt, path, points):
     axes[0].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="latency (ms)", title="HTTP latency")
     axes[1].set(xscale="log", xlabel="concurrency", ylabel="requests per second", title="HTTP throughput")
     for ax in axes:
+        _plain_ticks(ax, sorted({p["concurrency"] for p in points}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -323,6 +334,7 @@ def _scaling_plot(plt, path, points):
             pts = sorted((p["x"], p["ns_per_row"]) for p in points if p["sweep"] == sweep and p["engine"] == engine)
             ax.plot(*zip(*pts), marker="o", label=engine)
         ax.set(xscale="log", yscale="log", xlabel=sweep, ylabel="ns per row (one thread)", title=f"cost vs {sweep}")
+        _plain_ticks(ax, sorted({p["x"] for p in points if p["sweep"] == sweep}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

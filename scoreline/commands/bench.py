@@ -74,6 +74,8 @@ def run(args) -> int:
         overrides["compile_leaf_limit"] = {"lleaves": args.compile_leaf_limit, "treelite": args.compile_leaf_limit}
     cfg = Config.for_run(quick=args.quick, out=args.out, timing=not args.no_timing, **overrides)
     results = run_suite(cfg)
+    for line in results["skipped"]:
+        print(f"     skipped  {line}")
     for t in results["targets"]:
         verdict = {True: "reached", False: "MISSED", None: "not measured"}[t["reached"]]
         print(f"{verdict:>12}  {t['target']}: {t['figure'] or t.get('why') or '-'}")
