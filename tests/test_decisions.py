@@ -88,3 +88,65 @@ def test_select_score_top_class_of_a_nan_row_is_nan():
     out = np.empty(2)
     D.select_score(np.array([[0.3, np.nan, 0.5], [np.nan, 0.2, 0.1]]), -1, out)
     assert np.isnan(out).all()
+
+
+# --- the engine's one-row decision equals the kernels' ----------------------------------------
+
+DECISIONS = {
+    "bands": {"kind": "bands", "bands": [{"label": "hi", "min": 0.5}, {"label": "mid", "min": 0.2}],
+              "default": "lo"},
+    "argmax": {"kind": "argmax", "labels": ["a", "b", "c"]},
+    "top-k": {"kind": "top-k", "labels": ["a", "b", "c"], "k": 2},
+    "segment": {"kind": "segment", "labels": ["a", "b", "c"],
+                "payload": {"a": "P1", "b": "P2", "c": "P1"}, "payload-field": "sku"},
+}
+
+
+def _decider(kind: str, num_class: int, objective: str, score="auto"):
+    import json
+
+    from scoreline.engine.decide import Decider
+    from scoreline.registry.manifest import decode_manifest
+
+    decision = dict(DECISIONS[kind])
+    if num_class == 1 and kind != "bands":
+        decision["labels"] = decision["labels"][:2]
+        decision.get("payload", {}).pop("c", None)
+        if kind == "top-k":
+            decision["k"] = 1
+    m = decode_manifest(json.dumps({
+        "model-id": "m", "inputs": [], "entity": {"key": "id"}, "decision": decision,
+        "model": {"format": "lightgbm", "artifact": "m.txt", "score": score}}))
+    return Decider(m, num_class, objective)
+
+
+@given(
+    st.sampled_from(sorted(DECISIONS)),
+    st.lists(st.sampled_from([0.0, 0.2, 0.5, 0.7, 1.0, np.nan]) | st.floats(0, 1),
+             min_size=3, max_size=3),
+    st.sampled_from(["auto", 0, 2]),
+)
+def test_one_row_decision_equals_the_kernels(kind, row, score):
+    d = _decider(kind, 3, "multiclass", score)
+    raw = np.array([row])
+    s = d.scores(raw)
+    index, payload = d.decide(raw, s)
+    bad = np.zeros(1, dtype=bool)
+    label = d.label_column(index, bad)[0].as_py()
+    one_score, one_label, one_payload = d.decide_one(raw)
+    assert (one_score == s[0]) or (np.isnan(one_score) and np.isnan(s[0]))
+    assert one_label == label
+    assert one_payload == (-1 if payload is None else payload[0])
+
+
+@given(st.sampled_from(sorted(DECISIONS)), st.floats(0, 1) | st.just(np.nan), st.sampled_from(["auto", 0, 1]))
+def test_one_row_binary_decision_equals_the_kernels(kind, p, score):
+    d = _decider(kind, 1, "binary", score)
+    raw = np.array([p])
+    s = d.scores(raw)
+    index, payload = d.decide(raw, s)
+    label = d.label_column(index, np.zeros(1, dtype=bool))[0].as_py()
+    one_score, one_label, one_payload = d.decide_one(raw)
+    assert (one_score == s[0]) or (np.isnan(one_score) and np.isnan(s[0]))
+    assert one_label == label
+    assert one_payload == (-1 if payload is None else payload[0])
