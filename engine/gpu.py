@@ -347,7 +347,7 @@ class _DeviceModel:
         def jobs():
             checked = None
             for batch in batches:
-                if batch.schema is not checked:
+                if checked is None or not batch.schema.equals(checked):
                     to_matrix(batch.slice(0, 0), model.feature_names, model.categories)
                     checked = batch.schema
                 n = batch.num_rows
