@@ -218,6 +218,8 @@ def score_file(
 
     def score(item: tuple[int, int, pa.RecordBatch]):
         index, offset, batch = item
+        if isinstance(batch, _sources.Malformed):
+            return job.malformed(batch, srcs[index].path)
         text = tuple(srcs[index].column_types or ())
         return job.split(_score_one(job.scorer, batch, job.keep, text), srcs[index].path, offset)
 
@@ -265,6 +267,14 @@ class Job:
         the batch's first row number in that file, or None where it is not known (distributed).
         """
         return _split(scored, source, first_row, self.output_schema, self.rejects_schema)
+
+    def malformed(self, lines, source: str):
+        """(no output rows, one reject per malformed CSV line: kept columns null, row unknown)."""
+        n = lines.num_rows
+        arrays = [pa.nulls(n, f.type) for f in list(self.rejects_schema)[: -len(_REJECT_FIELDS)]]
+        arrays += [pa.array([source] * n, pa.string()), pa.nulls(n, pa.int64()), pa.array(lines.reasons, pa.string())]
+        empty = pa.RecordBatch.from_pylist([], schema=self.output_schema)
+        return empty, pa.RecordBatch.from_arrays(arrays, schema=self.rejects_schema)
 
     def sink(self, progress: Progress | None = None) -> "Sink":
         return Sink(self, progress)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from scoreline.errors import InputError
 
-__all__ = ["Source", "open_sources", "read_sources", "read_ahead", "output_format", "AtomicWriter", "FORMATS"]
+__all__ = ["Source", "Malformed", "open_sources", "read_sources", "read_ahead", "output_format", "AtomicWriter", "FORMATS"]
 
 FORMATS = ("parquet", "arrow")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -67,10 +67,35 @@ class Source:
                 yield batch.select(columns) if columns is not None else batch
 
     def _csv_batches(self, columns, batch_size):
-        reader = _open_csv(self.path, self.column_types, columns, block_rows=batch_size)
+        malformed: list[str] = []
+
+        def skip(row) -> str:
+            # Arrow calls this on its parsing thread; the line is reported after its block.
+            malformed.append(f"malformed CSV line: expected {row.expected_columns} fields, got "
+                             f"{row.actual_columns}: {row.text[:200]!r}")
+            return "skip"
+
+        reader = _open_csv(self.path, self.column_types, columns, block_rows=batch_size, on_invalid=skip)
         with reader:
             for batch in reader:
+                if malformed:
+                    yield Malformed(tuple(malformed))
+                    malformed.clear()
                 yield batch
+        if malformed:
+            yield Malformed(tuple(malformed))
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Lines of a CSV file that do not parse as rows (wrong number of fields): each is a row read
+    that becomes a reject, with this reason, instead of stopping the job."""
+
+    reasons: tuple[str, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.reasons)
 
 
 def open_sources(
@@ -125,7 +150,8 @@ def _open(path: str, column_types) -> Source:
         if fmt == "arrow-stream":
             with pa.memory_map(path) as f:
                 return Source(path, fmt, ipc.open_stream(f).schema, None)
-        with _open_csv(path, column_types, None, block_rows=1024) as reader:
+        # Only the schema: malformed lines are skipped here and reported when the rows are read.
+        with _open_csv(path, column_types, None, block_rows=1024, on_invalid=lambda row: "skip") as reader:
             schema = reader.schema
         return Source(path, "csv", schema, None, dict(column_types or {}))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
@@ -148,7 +174,7 @@ def _sniff(path: str) -> str:
     return "csv"
 
 
-def _open_csv(path, column_types, columns, *, block_rows: int):
+def _open_csv(path, column_types, columns, *, block_rows: int, on_invalid=None):
     # Arrow's CSV reader counts blocks in bytes: ~64 bytes a row turns a row budget into one.
     read = pacsv.ReadOptions(block_size=max(1 << 16, min(block_rows * 64, 64 << 20)))
     convert = pacsv.ConvertOptions(
@@ -157,19 +183,18 @@ def _open_csv(path, column_types, columns, *, block_rows: int):
         strings_can_be_null=True,
         include_columns=columns,
     )
-    parse = pacsv.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ",")
+    parse = pacsv.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ",", invalid_row_handler=on_invalid)
     return pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
     """Split batches larger than ``size`` (zero-copy slices); smaller ones pass as they are."""
     for batch in batches:
-        if batch.num_rows <= size:
-            if batch.num_rows:
-                yield batch
-            continue
-        for start in range(0, batch.num_rows, size):
-            yield batch.slice(start, size)
+        if isinstance(batch, Malformed) or 0 < batch.num_rows <= size:
+            yield batch
+        elif batch.num_rows > size:
+            for start in range(0, batch.num_rows, size):
+                yield batch.slice(start, size)
 
 
 def output_format(path: str | os.PathLike, explicit: str | None = None) -> str:
@@ -356,7 +381,8 @@ def read_sources(
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, int, pa.RecordBatch]]:
     """``(source index, first row's number in its file, batch)`` for every batch of every source,
-    ``parallel`` files read at once; batches of one file come in order."""
+    ``parallel`` files read at once; batches of one file come in order. A CSV file's malformed
+    lines come as ``Malformed`` items in place of a batch (they do not advance the row number)."""
 
     def producer(index: int) -> Callable[[], Iterator]:
         def batches():
@@ -364,7 +390,8 @@ def read_sources(
             src = sources[index]
             for batch in src.batches(batch_size, columns(src.schema)):
                 yield index, offset, batch
-                offset += batch.num_rows
+                if not isinstance(batch, Malformed):
+                    offset += batch.num_rows
 
         return batches
 

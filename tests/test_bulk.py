@@ -357,3 +357,20 @@ def test_scorers_pickle_to_plain_data_and_score_the_same(registry, booster):
     model = as_scorer(booster[1])
     features = _table(100).to_batches()[0]
     assert pickle.loads(pickle.dumps(model)).score(features).equals(model.score(features))
+
+
+def test_malformed_csv_lines_are_rejects_not_failures(booster, tmp_path):
+    b, model = booster
+    good = [[str(i), *[repr(0.1 * i + j) for j in range(len(FEATURES))]] for i in range(40)]
+    lines = [",".join(["id", *FEATURES])] + [",".join(r) for r in good]
+    lines.insert(11, "10,1,2")  # too few fields
+    lines.insert(31, "29,1,2,3,4,5,6")  # too many
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    result = scoreline.score_file(model, tmp_path / "in.csv", tmp_path / "out.parquet", keep=["id"], batch_size=8)
+    assert (result.rows_read, result.rows_scored, result.rows_rejected) == (42, 40, 2)
+    rejects = pq.read_table(result.rejects)
+    assert rejects["id"].null_count == 2 and rejects["row"].null_count == 2
+    assert sorted(r.split(":")[0] for r in rejects["reason"].to_pylist()) == ["malformed CSV line"] * 2
+    assert "expected 6 fields, got 3: '10,1,2'" in " ".join(rejects["reason"].to_pylist())
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out["id"].to_pylist() == list(range(40))
