@@ -338,3 +338,47 @@ def test_registration_refuses_a_corrupt_artifact(tmp_path, models):
     version = Repository(tmp_path / "r").add("m", manifest(BANDS), folder / "model.txt",
                                              validate=validate_version)
     assert version == 1
+
+
+def test_string_keys_and_a_changed_store_file(models, tmp_path):
+    """String keys go through the store's own lookup; integer keys through the converted view,
+    which follows the store when its file changes (converted in the background)."""
+    from scoreline.engine.entities import open_store
+    from scoreline.registry.manifest import ParquetStore
+
+    rows = random_rows(np.random.default_rng(10), 3)
+    folder, booster = models["regression"]
+    store = tmp_path / "store.parquet"
+    keyed = batch_of(rows, key=["a", "b", "c"])
+    pq.write_table(pa.Table.from_batches([keyed]), store)
+    body = json.loads(manifest(BANDS, store=str(store)))
+    body["entity"]["key-type"] = "string"
+    dep = Deployment(decode_manifest(json.dumps(body)), folder, version=1)
+    want = booster.predict(reference_features(rows))
+    assert dep.score_request({"customer-id": "c"}, now=TODAY)["score"] == pytest.approx(want[2])
+    out = dep.score(pa.RecordBatch.from_pydict({"customer-id": ["b", "zz"]}), now=TODAY)
+    assert out.column("score")[0].as_py() == pytest.approx(want[1])
+    assert out.column("error")[1].as_py() == "customer-id 'zz' not found in the entity store of model 'm'"
+
+    pq.write_table(pa.Table.from_batches([batch_of(rows, key=[1, 2, 3])]), store)
+    int_store = open_store(ParquetStore(path=str(store), key_column="customer-id"), tmp_path,
+                           reload_interval=0.0)
+    dep = Deployment(decode_manifest(manifest(BANDS, store=str(store))), folder, version=1,
+                     store=int_store)
+    before = dep.score_request({"customer-id": 2}, now=TODAY)["score"]
+    assert before == pytest.approx(want[1])
+    changed = [dict(r, state=STATES[(STATES.index(r["state"]) + 1) % 4], tier="gold") for r in rows]
+    pq.write_table(pa.Table.from_batches([batch_of(changed, key=[1, 2, 3])]), store)
+    expected = booster.predict(reference_features(changed))[1]
+    assert expected != pytest.approx(before)
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        after = dep.score_request({"customer-id": 2}, now=TODAY)["score"]
+        if after != before:
+            break
+        time.sleep(0.05)
+    assert after == pytest.approx(expected)
+    batch = dep.score(pa.RecordBatch.from_pydict({"customer-id": [2]}), now=TODAY)
+    assert batch.column("score")[0].as_py() == pytest.approx(expected)
