@@ -374,3 +374,21 @@ def test_malformed_csv_lines_are_rejects_not_failures(booster, tmp_path):
     assert "expected 6 fields, got 3: '10,1,2'" in " ".join(rejects["reason"].to_pylist())
     out = pq.read_table(tmp_path / "out.parquet")
     assert out["id"].to_pylist() == list(range(40))
+
+
+def test_linear_model_file(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, len(FEATURES)))
+    y = (X[:, 1] - X[:, 4] > 0).astype(int)
+    estimator = LogisticRegression().fit(X, y)
+    scoreline.load_linear(estimator, feature_names=FEATURES).save(tmp_path / "linear.json")
+    table = _table(500)
+    pq.write_table(table, tmp_path / "in.parquet")
+    result = scoreline.score_file(tmp_path / "linear.json", tmp_path / "in.parquet", tmp_path / "out.parquet")
+    assert result.rows_scored == 500
+    X = np.nan_to_num(_matrix(table))  # LinearModel's rule for missing values is its own; compare complete rows
+    complete = ~np.isnan(_matrix(table)).any(axis=1)
+    got = pq.read_table(tmp_path / "out.parquet")["score"].to_numpy()
+    np.testing.assert_allclose(got[complete], estimator.predict_proba(X[complete])[:, 1], rtol=1e-9, atol=1e-12)
