@@ -481,6 +481,14 @@ def _split(scored: pa.RecordBatch, source, first_row: int | None, out_schema: pa
 
 def _check_schema(scorer, schema: pa.Schema, keep: tuple[str, ...], text: tuple[str, ...], where: str) -> None:
     problems = [f"column {name!r} (kept) is missing" for name in keep if name not in schema.names]
+    # The entity key may be kept (the deployment echoes it anyway); any other clash would hide
+    # one of the two columns.
+    outputs = set(scorer.output_schema.names) | {"error"}
+    problems += [
+        f"kept column {name!r} has the name of one of the model's outputs"
+        for name in keep
+        if name in outputs and name != getattr(scorer, "key_name", None)
+    ]
     problems += scorer.problems(schema, text)
     if problems:
         raise InputError(f"{where} cannot be scored: " + "; ".join(problems), path=where)
@@ -649,6 +657,7 @@ class DeploymentScorer:
 
     def __init__(self, deployment) -> None:
         self.deployment = deployment
+        self.key_name = deployment.key_name
         self.output_schema = pa.schema([f for f in deployment.output_schema if f.name != "error"])
         manifest = deployment.manifest
         self._numeric = {

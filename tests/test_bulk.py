@@ -191,6 +191,14 @@ def test_unusable_files_stop_before_any_output(booster, tmp_path, change, names)
     assert _files(tmp_path) == ["bad.parquet", "good.parquet"]
 
 
+def test_a_kept_column_may_not_hide_an_output(booster, tmp_path):
+    _, model = booster
+    pq.write_table(_table(10).append_column("score", pa.array([1.0] * 10)), tmp_path / "in.parquet")
+    with pytest.raises(InputError, match="kept column 'score' has the name of one of the model's outputs"):
+        scoreline.score_file(model, tmp_path / "in.parquet", tmp_path / "out.parquet", keep=["id", "score"])
+    assert _files(tmp_path) == ["in.parquet"]
+
+
 def test_a_failure_midway_leaves_no_output(booster, tmp_path):
     _, model = booster
     table = _table(4000)
