@@ -16,6 +16,13 @@ __all__ = ["LogBuffer"]
 _TS = pa.timestamp("us", tz="UTC")
 
 
+def _schema() -> pa.Schema:
+    # The log's own schema: a batch that already matches it is queued without a conversion.
+    from scoreline.registry.decision_log import DECISION_SCHEMA
+
+    return DECISION_SCHEMA
+
+
 class LogBuffer:
     """Feeds a DecisionLog (or nothing, for `log=None`); see the module docstring.
 
@@ -65,15 +72,14 @@ class LogBuffer:
                 pa.array(now, _TS),
                 request_ids if request_ids is not None else pa.nulls(n, pa.string()),
                 out.column("model-id"),
-                out.column("model-version"),
+                out.column("model-version").cast(pa.int64()),
                 out.column(dep.key_name).cast(pa.string()),
                 out.column(names[3]),
                 out.column(names[4]),
                 pa.array(np.full(n, seconds * 1e6)),
                 out.column("error"),
             ],
-            names=["ts", "request_id", "model_id", "model_version", "entity_key", "score",
-                   "decision", "latency_us", "error"],
+            schema=_schema(),
         ))
 
     def flush(self) -> None:
@@ -124,6 +130,5 @@ class LogBuffer:
                 pa.array(latency, pa.float64()),
                 pa.array(error, pa.string()),
             ],
-            names=["ts", "request_id", "model_id", "model_version", "entity_key", "score",
-                   "decision", "latency_us", "error"],
+            schema=_schema(),
         ))

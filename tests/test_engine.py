@@ -44,6 +44,37 @@ def registry(demo, tmp_path):
     return tmp_path / "registry"
 
 
+def _signatures() -> dict:
+    """Every compiled signature of every Numba kernel loaded so far."""
+    import sys
+
+    from numba.core.registry import CPUDispatcher
+
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("scoreline.kernels"):
+            for attr, value in vars(module).items():
+                if isinstance(value, CPUDispatcher):
+                    found[f"{name}.{attr}"] = len(value.signatures)
+    return found
+
+
+def test_no_request_compiles_after_warm_up(engine):
+    """Warm-up at load covers every shape a request can take: one row, a few, a parallel-size
+    batch, keys and inline inputs, every decision kind of the demo."""
+    before = _signatures()
+    assert before
+    for model_id in ("customer-segmentation", "credit-risk"):
+        engine.score(model_id, {"customer-id": KEY})
+        engine.score(model_id, {"inputs": INLINE})
+        keys = [FIRST_CUSTOMER_ID + i for i in range(CUSTOMERS)] * 2
+        engine.score_batch(model_id, pa.RecordBatch.from_pydict({"customer-id": keys}))
+        engine.score_batch(model_id, pa.RecordBatch.from_pydict({"customer-id": keys[:3]}))
+        inline = {k: [v] * 5 for k, v in INLINE.items()}
+        engine.score_batch(model_id, pa.RecordBatch.from_pydict(inline))
+    assert _signatures() == before
+
+
 def test_the_call_and_its_contract(engine):
     assert engine.ready
     out = engine.score("customer-segmentation", {"customer-id": KEY})
