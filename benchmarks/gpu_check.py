@@ -74,8 +74,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_check.json")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every step")
     parser.add_argument("--only", nargs="*", help="model names to run (default: all four)")
+    parser.add_argument("--ptx", action="store_true",
+                        help="only compile the kernels to PTX for sm_90 (no GPU needed; needs libnvvm) and check "
+                             "that no float64 multiply-add was fused")
     args = parser.parse_args(argv)
     _import_scoreline()
+    if args.ptx:
+        result = check_ptx()
+        print(json.dumps(result, indent=1))
+        return 0 if result["fused_multiply_adds"] == 0 else 1
     from benchmarks.suite import models as bench_models
     from scoreline.engine import gpu
 
@@ -86,6 +93,9 @@ def main(argv=None) -> int:
         print("no usable CUDA device: nothing to check", flush=True)
         return 2
     started = time.perf_counter()
+    if not _simulated():
+        report["ptx"] = check_ptx()
+        print(f"PTX: {report['ptx']}", flush=True)
     specs = {s.name: s for s in bench_models.KERNEL_MODELS}
     names = args.only or list(MODELS)
     if args.quick:
@@ -110,7 +120,8 @@ def main(argv=None) -> int:
     report["seconds"] = time.perf_counter() - started
     _save(report, args.out)
     _print_summary(report)
-    return 0 if all(m["exact"]["identical"] for m in report["models"]) else 1
+    exact = all(m["exact"]["identical"] for m in report["models"]) and all(p["identical"] for p in report["parquet"])
+    return 0 if exact and report.get("ptx", {}).get("fused_multiply_adds", 0) == 0 else 1
 
 
 def _sizes(quick: bool) -> dict:
@@ -311,6 +322,50 @@ def _prefetch(batches, depth: int = 4):
         yield item
 
 
+# --- compiled code -----------------------------------------------------------------------------------
+
+
+def check_ptx(cc=(9, 0)) -> dict:
+    """Compile both kernels for float64 and float32 rows to PTX and count what exactness depends on:
+    no fused float64 multiply-add (``fma.rn.f64``), IEEE division (``div.rn.f64``)."""
+    import re
+
+    from numba import types
+
+    from scoreline.kernels import cuda_trees as kernels
+
+    if not cuda.is_available():
+        # Device functions compile for the current device's capability; without one, name it.
+        import numba.cuda.dispatcher as dispatcher
+
+        class _Target:
+            compute_capability = cc
+
+        dispatcher.get_current_device = lambda: _Target()
+    f64, i64 = types.float64, types.int64
+
+    def arr(t, ndim=1):
+        return types.Array(t, ndim, "C")
+
+    result = {"cc": f"{cc[0]}.{cc[1]}", "fused_multiply_adds": 0, "kernels": {}}
+    for rows in (f64, types.float32):
+        sig = (arr(rows), i64, i64, i64, arr(f64), arr(i64), arr(f64), arr(i64, 2), arr(types.uint32), arr(i64, 2),
+               arr(f64), arr(i64), arr(f64), i64, f64, arr(f64, 2))
+        for name in ("score_staged", "score_global"):
+            ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, sig, cc=cc)
+            counts = {op: len(re.findall(op.replace(".", r"\."), ptx))
+                      for op in ("fma.rn.f64", "mul.rn.f64", "div.rn.f64", "ld.shared.f64")}
+            result["kernels"][f"{name}[{rows}]"] = counts
+            result["fused_multiply_adds"] += counts["fma.rn.f64"]
+    return result
+
+
+def _simulated() -> bool:
+    from scoreline.kernels import cuda_trees as kernels
+
+    return kernels.SIMULATED
+
+
 # --- CUDA's exp against the host's ----------------------------------------------------------------
 
 
@@ -377,8 +432,8 @@ def _differing(a: np.ndarray, b: np.ndarray) -> int:
 def _vs_lightgbm(bench, X: np.ndarray, ours: np.ndarray) -> dict:
     try:
         import lightgbm as lgb
-    except ImportError:
-        return {"lightgbm": "not installed here"}
+    except Exception as exc:  # not installed, or its OpenMP runtime (libgomp) missing: an OSError
+        return {"lightgbm": f"not importable here: {exc}"}
     theirs = lgb.Booster(model_file=str(bench.path)).predict(X, num_threads=os.cpu_count())
     diff = np.abs(np.nan_to_num(ours - theirs))
     return {"lightgbm_rows": int(X.shape[0]), "lightgbm_identical": bool(_identical(ours, theirs)),
