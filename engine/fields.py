@@ -24,6 +24,7 @@ __all__ = ["check_column", "check_value", "check_default", "input_path", "EPOCH"
 
 EPOCH = dt.date(1970, 1, 1)
 _EPOCH_DT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_FIRST_DAY = (dt.date(1, 1, 1) - EPOCH).days
 _ARTICLE = {"int": "an int", "float": "a float", "string": "a string", "bool": "a bool",
             "date": "a date", "timestamp": "a timestamp"}
 
@@ -279,10 +280,12 @@ def _days(spec: Input, arr: pa.Array, null, report) -> np.ndarray:
             parsed = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
             # strptime rolls 2020-02-30 over to March and takes 1966-12-8: a round trip refuses both.
             same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), arr).fill_null(False)
-            report(~same.to_numpy(zero_copy_only=False) & _present(null, n),
-                   lambda v: _expected(spec, v))
             days = pc.cast(pc.cast(parsed, pa.date32()), pa.int32())
             out = days.to_numpy(zero_copy_only=False).astype(np.float64)
+            # ... and year 0, which Python's calendar (the one-row path) does not have.
+            with np.errstate(invalid="ignore"):
+                same = same.to_numpy(zero_copy_only=False) & (out >= _FIRST_DAY)
+            report(~same & _present(null, n), lambda v: _expected(spec, v))
             return out
         # ISO 8601 timestamps come in too many shapes for one format: parse like the one-row path.
         out = np.full(n, np.nan)

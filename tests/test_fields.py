@@ -1,0 +1,92 @@
+"""Input checks: the Arrow column path and the one-value path accept and refuse the same values,
+with the same numbers and the same messages (Hypothesis over mixed JSON-like values)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scoreline.engine.fields import check_column, check_value
+from scoreline.errors import InputError
+from scoreline.registry.manifest import Input
+
+SPECS = [
+    Input(name="i", type="int", minimum=-5, maximum=1e6),
+    Input(name="f", type="float", required=False),
+    Input(name="fn", type="float", allow_nan=True),
+    Input(name="fa", type="float", allowed=[1.5, 2, 7]),
+    Input(name="s", type="string", allowed=["NSW", "VIC"]),
+    Input(name="s2", type="string", default="x"),
+    Input(name="b", type="bool", required=False),
+    Input(name="d", type="date"),
+    Input(name="t", type="timestamp"),
+    Input(name="id", type="int", default=3),
+]
+
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**7),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["NSW", "VIC", "XX", "", "1200", "1966-12-08", "2020-02-29", "2021-02-29",
+                     "1966-12-8", "0000-01-01", "9999-12-31", "2024-01-01T10:00:00",
+                     "2024-01-01 10:00:00+02:00", "yesterday"]),
+    st.dates(dt.date(1, 1, 1), dt.date(9999, 12, 31)).map(lambda d: d.isoformat()),
+    st.dates(dt.date(1900, 1, 1), dt.date(2100, 1, 1)),
+)
+
+
+def one(spec, value):
+    try:
+        return ("ok", check_value(spec, value))
+    except InputError as exc:
+        return ("error", exc.message)
+
+
+def column(spec, value):
+    errors = {}
+    arr = pa.array([value])
+    numbers, keys = check_column(spec, arr, errors)
+    if errors:
+        return ("error", errors[0].message)
+    if spec.type == "string":
+        return ("ok", keys[0].as_py())
+    number = numbers[0]
+    return ("ok", None if math.isnan(number) and value is None and spec.default is None else number)
+
+
+@settings(max_examples=400)  # cheap: no kernels, and rare spellings need the examples
+@given(st.sampled_from(SPECS), values)
+def test_both_paths_agree(spec, value):
+    a, b = one(spec, value), column(spec, value)
+    if a[0] == "ok" and b[0] == "ok" and isinstance(a[1], float) and isinstance(b[1], float):
+        assert (a[1] == b[1]) or (math.isnan(a[1]) and math.isnan(b[1])), (a, b)
+    else:
+        assert a == b
+
+
+def test_messages_name_the_field_and_the_value():
+    assert one(SPECS[7], "yesterday") == (
+        "error", "expected a date (YYYY-MM-DD) at `$.inputs.d`, got 'yesterday'")
+    assert one(SPECS[0], 1e7) == (
+        "error", "expected an int between -5 and 1000000 at `$.inputs.i`, got 10000000")
+    assert one(SPECS[4], "XX") == ("error", "expected one of 'NSW', 'VIC' at `$.inputs.s`, got 'XX'")
+    assert one(SPECS[1], None) == ("ok", None)
+    assert one(SPECS[9], None) == ("ok", 3.0)
+    assert one(SPECS[2], math.nan)[1] != one(SPECS[2], math.nan)[1]  # NaN passes with allow-nan
+    assert one(SPECS[8], "2024-01-01T23:59:59-02:00") == ("ok", float(
+        (dt.date(2024, 1, 2) - dt.date(1970, 1, 1)).days))
+
+
+def test_a_column_with_many_rows_reports_each_bad_row():
+    errors = {}
+    arr = pa.array(["1966-12-08", None, "1966-13-01", "2000-02-29"])
+    numbers, _ = check_column(SPECS[7], arr, errors)
+    assert sorted(errors) == [1, 2]
+    assert errors[1].message == "missing required input `$.inputs.d` (a date)"
+    np.testing.assert_array_equal(numbers[[0, 3]], [-1120.0, 11016.0])
