@@ -95,7 +95,7 @@ def parse_lightgbm(text: str) -> EnsembleIR:
     """Parse and validate LightGBM's text format; raise ModelFormatError naming the tree and key."""
     if not text.startswith("tree"):
         raise ModelFormatError("Ill-formed LightGBM model: the text does not start with 'tree'", path="header")
-    end = text.find("\nend of trees")
+    end = text.rfind("\nend of trees")  # from the end: the trailer is short, the trees are not
     if end < 0:
         raise ModelFormatError("Ill-formed LightGBM model: 'end of trees' is missing (truncated file?)", path="trees")
     first_tree = text.find("\nTree=", 0, end)
@@ -107,8 +107,10 @@ def parse_lightgbm(text: str) -> EnsembleIR:
     trees = []
     if first_tree >= 0:
         blocks = text[first_tree + 1 : end].split("\nTree=")
-        for position, block in enumerate(blocks):
-            trees.append(_parse_tree(block if position == 0 else "Tree=" + block, position, num_features))
+        heads = [_tree_head(block if i == 0 else "Tree=" + block, i) for i, block in enumerate(blocks)]
+        batched = _parse_batched(heads)
+        for position, head in enumerate(heads):
+            trees.append(_parse_tree(head, position, num_features, batched))
     k = header["num_tree_per_iteration"]
     if len(trees) % k != 0:
         raise ModelFormatError(
@@ -225,7 +227,9 @@ def _array(values: dict[str, str], key: str, where: str, length: int | None) -> 
         raise _fail(f"{where} lacks {key}", f"{where}.{key}")
     dtype = _TREE_ARRAYS[key]
     try:
-        array = np.array(raw.split(), dtype=dtype)
+        # One C call per list; an unparsable token raises ValueError. Integers too large for
+        # int64 saturate and are caught by the range checks that follow.
+        array = np.fromstring(raw, dtype=dtype, sep=" ")
     except (ValueError, OverflowError):
         kind = "integers" if dtype is np.int64 else "numbers"
         raise _fail(f"{where} has a {key} that is not a list of {kind}", f"{where}.{key}") from None
@@ -234,27 +238,66 @@ def _array(values: dict[str, str], key: str, where: str, length: int | None) -> 
     return array
 
 
-def _parse_tree(block: str, position: int, num_features: int) -> TreeIR:
+# Keys parsed for all trees at once: one fromstring call per key instead of one per tree.
+_BATCHED = ("split_feature", "threshold", "decision_type", "left_child", "right_child", "leaf_value")
+
+
+def _tree_head(block: str, position: int) -> tuple[dict[str, str], int]:
     where = f"tree {position}"
     values = _key_values(block, where)
     if values.get("Tree") != str(position):
         raise _fail(f"tree block {position} is labelled Tree={values.get('Tree')}", where)
-    num_leaves = _int(values, "num_leaves", where, 1)
+    return values, _int(values, "num_leaves", where, 1)
+
+
+def _parse_batched(heads: list[tuple[dict[str, str], int]]) -> dict[str, list[np.ndarray]]:
+    """Each batched key of every tree, parsed in one call and cut per tree.
+
+    When the joined text does not parse or the counts disagree, nothing is returned for that
+    key and the trees parse it one by one, so the error names the tree at fault.
+    """
+    out = {}
+    for key in _BATCHED:
+        expected = [n if key == "leaf_value" else (n - 1 if n > 1 else 0) for _, n in heads]
+        raws = [values.get(key) for values, n in heads]
+        if any(raw is None for raw, count in zip(raws, expected) if count):
+            continue
+        joined = " ".join(raw for raw, count in zip(raws, expected) if count)
+        try:
+            flat = np.fromstring(joined, dtype=_TREE_ARRAYS[key], sep=" ")
+        except ValueError:
+            continue
+        if flat.size != sum(expected):
+            continue
+        out[key] = np.split(flat, np.cumsum(expected)[:-1])
+    return out
+
+
+def _parse_tree(head, position: int, num_features: int, batched: dict[str, list[np.ndarray]]) -> TreeIR:
+    where = f"tree {position}"
+    values, num_leaves = head
     num_cat = _int(values, "num_cat", where, 0)
     is_linear = values.get("is_linear", "0") not in ("0", "")
     internal = num_leaves - 1
-    leaf_value = _array(values, "leaf_value", where, num_leaves)
+
+    def array(key: str, length: int) -> np.ndarray:
+        parsed = batched.get(key)
+        if parsed is not None and values.get(key) is not None:
+            return parsed[position]
+        return _array(values, key, where, length)
+
+    leaf_value = array("leaf_value", num_leaves)
     if internal == 0:
         # A single leaf: LightGBM writes the split arrays empty and never reads them.
         empty_i = np.zeros(0, dtype=np.int64)
         split_feature = decision_type = left = right = empty_i
         threshold = np.zeros(0, dtype=np.float64)
     else:
-        split_feature = _array(values, "split_feature", where, internal)
-        threshold = _array(values, "threshold", where, internal)
-        decision_type = _array(values, "decision_type", where, internal)
-        left = _array(values, "left_child", where, internal)
-        right = _array(values, "right_child", where, internal)
+        split_feature = array("split_feature", internal)
+        threshold = array("threshold", internal)
+        decision_type = array("decision_type", internal)
+        left = array("left_child", internal)
+        right = array("right_child", internal)
     if num_cat > 0:
         boundaries = _array(values, "cat_boundaries", where, num_cat + 1)
         words = _array(values, "cat_threshold", where, None)
@@ -331,27 +374,28 @@ def _check_structure(where: str, num_leaves: int, left: np.ndarray, right: np.nd
                 f"node {bad[0]} has child {children[bad[0]]}, expected 1..{internal - 1} or -1..-{num_leaves}",
                 f"{where}.{key}",
             )
-    seen_nodes = np.zeros(internal, dtype=bool)
-    seen_leaves = np.zeros(num_leaves, dtype=bool)
-    left_list, right_list = left.tolist(), right.tolist()
-    depth = 0
-    stack = [(0, 0)]
-    while stack:
-        node, level = stack.pop()
-        if seen_nodes[node]:
-            raise _fail(f"node {node} is reached twice (the children form a cycle or a graph)", f"{where}.left_child")
-        seen_nodes[node] = True
-        for child in (left_list[node], right_list[node]):
-            if child >= 0:
-                stack.append((child, level + 1))
-            else:
-                if seen_leaves[~child]:
-                    raise _fail(f"leaf {~child} is reached twice", f"{where}.left_child")
-                seen_leaves[~child] = True
-                depth = max(depth, level + 1)
-    if not seen_nodes.all() or not seen_leaves.all():
+    children = np.concatenate((left, right))
+    parents = np.concatenate((np.arange(internal), np.arange(internal)))
+    is_node = children >= 0
+    node_refs = np.bincount(children[is_node], minlength=internal)
+    leaf_refs = np.bincount(~children[~is_node], minlength=num_leaves)
+    if node_refs.max() > 1 or leaf_refs.max() > 1:
+        twice = f"node {np.argmax(node_refs)}" if node_refs.max() > 1 else f"leaf {np.argmax(leaf_refs)}"
+        raise _fail(f"{twice} is reached twice (the children form a graph, not a tree)", f"{where}.left_child")
+    if node_refs[1:].min(initial=1) == 0 or leaf_refs.min() == 0:
         raise _fail("some nodes or leaves are not reachable from the root", f"{where}.left_child")
-    return depth
+    # Each node now has one parent; pointer jumping finds every node's depth in log2(n) rounds,
+    # and a node that never reaches the root sits on a cycle.
+    up = np.zeros(internal, dtype=np.int64)
+    up[children[is_node]] = parents[is_node]
+    dist = np.ones(internal, dtype=np.int64)
+    dist[0] = 0
+    for _ in range(max(1, int(internal).bit_length())):
+        dist = dist + dist[up]
+        up = up[up]
+    if up.any():
+        raise _fail("some nodes form a cycle that never reaches the root", f"{where}.left_child")
+    return int(dist[parents[~is_node]].max()) + 1
 
 
 def _parse_linear(values, where, num_leaves, num_features):

@@ -16,6 +16,9 @@ from scoreline.kernels.trees import (
     FEATURE_SHIFT,
     MAX_FEATURES,
     NAN_RIGHT,
+    TREE_CATEGORICAL,
+    TREE_GENERAL,
+    TREE_NUMERIC,
     ZERO_MISSING,
 )
 
@@ -43,7 +46,7 @@ class PackedEnsemble:
     nodes: np.ndarray  # float64 (N, 2)
     leaf_value: np.ndarray  # float64 (N,), the leaf's output (0 on split nodes)
     leaf_index: np.ndarray  # int32 (N,), LightGBM's leaf number (-1 on split nodes)
-    trees: np.ndarray  # int64 (T, 4): root record, depth, output column, has special splits
+    trees: np.ndarray  # int64 (T, 4): root record, depth, output column, walk kind (TREE_*)
     cat_bits: np.ndarray  # uint32 bitset words of every categorical split
     linear: np.ndarray  # int64 (N, 2): start, count into linear_feature/linear_coeff; empty if none
     linear_const: np.ndarray  # float64 (N,)
@@ -126,8 +129,7 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
         slots_of_nodes, slots_of_leaves = _layout(tree, base)
         trees[t, :3] = (base, tree.depth, t % ir.num_tree_per_iteration)
         _fill_splits(tree, slots_of_nodes, slots_of_leaves, nodes, meta, cat_used)
-        # Categorical and zero-as-missing splits take the kernels' slower general step.
-        trees[t, 3] = int(bool((meta[slots_of_nodes, 1] & (CATEGORICAL | ZERO_MISSING)).any()))
+        trees[t, 3] = _walk_kind(meta[slots_of_nodes, 1])
         leaves = slots_of_leaves
         nodes[leaves, 0] = np.inf
         meta[leaves, 1] = leaves  # a leaf is its own child, feature 0, no flags
@@ -154,7 +156,8 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
         leaf_value=leaf_value,
         leaf_index=leaf_index,
         trees=trees,
-        cat_bits=np.concatenate(cat_words).astype(np.uint32) if cat_words else np.zeros(0, np.uint32),
+        # One spare word: the branch-free categorical step reads word 0 when it has no set to read.
+        cat_bits=np.concatenate(cat_words + [np.zeros(1, np.uint32)]).astype(np.uint32),
         linear=linear,
         linear_const=linear_const,
         linear_feature=np.concatenate(linear_feature).astype(np.int64) if linear_feature else np.zeros(0, np.int64),
@@ -167,34 +170,38 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
     )
 
 
+def _walk_kind(words: np.ndarray) -> int:
+    """Which kernel walk a tree's split words need (kernels/trees.py TREE_*)."""
+    if (words & ZERO_MISSING).any():
+        return TREE_GENERAL
+    if (words & CATEGORICAL).any():
+        return TREE_CATEGORICAL
+    return TREE_NUMERIC
+
+
 def _layout(tree: TreeIR, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """Record index of every split node and leaf: breadth-first, each node's children adjacent."""
+    """Record index of every split node and leaf: the root first, then node i's two children at
+    ``base + 1 + 2i`` and the record after it (LightGBM numbers nodes in split order, so the
+    first splits, which every row walks, sit together at the front)."""
     internal = tree.num_leaves - 1
     node_slot = np.zeros(internal, dtype=np.int64)
     leaf_slot = np.zeros(tree.num_leaves, dtype=np.int64)
     if internal == 0:
         leaf_slot[0] = base
         return node_slot, leaf_slot
-    left, right = tree.left_child.tolist(), tree.right_child.tolist()
     node_slot[0] = base
-    queue = [0]
-    next_slot = base + 1
-    for node in queue:  # the list grows while we walk it: breadth-first order
-        for offset, child in enumerate((left[node], right[node])):
-            if child >= 0:
-                node_slot[child] = next_slot + offset
-                queue.append(child)
-            else:
-                leaf_slot[~child] = next_slot + offset
-        next_slot += 2
+    first = base + 1 + 2 * np.arange(internal)
+    for offset, children in ((0, tree.left_child), (1, tree.right_child)):
+        is_node = children >= 0
+        node_slot[children[is_node]] = first[is_node] + offset
+        leaf_slot[~children[~is_node]] = first[~is_node] + offset
     return node_slot, leaf_slot
 
 
 def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
     if tree.num_leaves == 1:
         return
-    left = tree.left_child
-    first_child = np.where(left >= 0, node_slot[np.maximum(left, 0)], leaf_slot[np.maximum(~left, 0)])
+    first_child = node_slot[0] + 1 + 2 * np.arange(tree.num_leaves - 1)
     decision = tree.decision_type
     categorical = (decision & 1) == 1
     default_left = (decision & 2) == 2

@@ -16,6 +16,9 @@ __all__ = [
     "CATEGORICAL",
     "ZERO_MISSING",
     "DEFAULT_RIGHT",
+    "TREE_NUMERIC",
+    "TREE_CATEGORICAL",
+    "TREE_GENERAL",
     "GROUP_ROWS",
     "TILE_ROWS",
     "predict_serial",
@@ -36,6 +39,11 @@ CATEGORICAL = 1 << 57  # column 0 is a category set (start << 32 | words), not a
 ZERO_MISSING = 1 << 58  # |x| <= kZeroThreshold and NaN go to the default side
 DEFAULT_RIGHT = 1 << 59  # the default side is right
 _SPECIAL = CATEGORICAL | ZERO_MISSING
+
+# Column 3 of the trees table: which walk a tree needs.
+TREE_NUMERIC = 0  # numeric splits only: the branch-free lockstep walk
+TREE_CATEGORICAL = 1  # also categorical splits: the lockstep walk with the set lookup
+TREE_GENERAL = 2  # zero-as-missing splits that need the band test: a row at a time
 
 K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 
@@ -65,14 +73,18 @@ def _category_side(x, location, cat_bits):
 
 
 @jit(inline="always")
-def _leaf_record(X, row, root, depth, thresholds, words, cat_bits):
-    """Record index of the leaf that ``X[row]`` reaches from ``root`` in ``depth`` steps (any split)."""
+def _leaf_record(X, row, root, thresholds, words, cat_bits):
+    """Record index of the leaf that ``X[row]`` reaches from ``root`` (any kind of split).
+
+    One row alone is a chain of dependent loads; stopping at the leaf (a record that is its own
+    child) saves the steps a fixed-depth walk would spend there, which outweighs the one
+    mispredicted exit.
+    """
     node = root
-    for _ in range(depth):
+    while True:
         word = words[2 * node + 1]
         x = X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK]
-        threshold = thresholds[2 * node]
-        side = np.int64(x > threshold)
+        side = np.int64(x > thresholds[2 * node])
         if x != x:
             side = (word >> NAN_SHIFT) & 1
         if word & _SPECIAL:
@@ -80,8 +92,10 @@ def _leaf_record(X, row, root, depth, thresholds, words, cat_bits):
                 side = _category_side(x, words[2 * node], cat_bits)
             elif x != x or abs(x) <= K_ZERO:
                 side = (word >> 59) & 1  # zero as missing: NaN and the zero band go to the default side
-        node = (word & CHILD_MASK) + side
-    return node
+        child = (word & CHILD_MASK) + side
+        if child == node:
+            return node
+        node = child
 
 
 @jit(inline="always")
@@ -95,6 +109,46 @@ def _step(X, row, node, thresholds, words):
     x = X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK]
     side = np.int64(x > thresholds[2 * node]) | (np.int64(x != x) & ((word >> NAN_SHIFT) & 1))
     return (word & CHILD_MASK) + side
+
+
+@jit(inline="always")
+def _step_categorical(X, row, node, thresholds, words, cat_bits):
+    """``_step`` that also evaluates categorical splits without branches (see _category_side)."""
+    word = words[2 * node + 1]
+    x = np.float64(X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK])
+    numeric_side = np.int64(x > thresholds[2 * node]) | (np.int64(x != x) & ((word >> NAN_SHIFT) & 1))
+    location = words[2 * node]
+    valid = (x > -1.0) & (x < 2147483648.0) & ((word & CATEGORICAL) != 0)
+    category = np.int64(x if valid else 0.0)
+    slot = category >> 5
+    inside = valid & (slot < (location & CHILD_MASK))
+    # cat_bits always holds at least one word, so index 0 is a safe dummy read.
+    bit = (np.int64(cat_bits[((location >> 32) + slot) if inside else 0]) >> (category & 31)) & np.int64(inside)
+    side = (1 - bit) if (word & CATEGORICAL) else numeric_side
+    return (word & CHILD_MASK) + side
+
+
+@jit(inline="always")
+def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, cat_bits, out):
+    """``_walk_group`` for trees with categorical splits."""
+    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = root
+    for _ in range(depth):
+        n0 = _step_categorical(X, r, n0, thresholds, words, cat_bits)
+        n1 = _step_categorical(X, r + 1, n1, thresholds, words, cat_bits)
+        n2 = _step_categorical(X, r + 2, n2, thresholds, words, cat_bits)
+        n3 = _step_categorical(X, r + 3, n3, thresholds, words, cat_bits)
+        n4 = _step_categorical(X, r + 4, n4, thresholds, words, cat_bits)
+        n5 = _step_categorical(X, r + 5, n5, thresholds, words, cat_bits)
+        n6 = _step_categorical(X, r + 6, n6, thresholds, words, cat_bits)
+        n7 = _step_categorical(X, r + 7, n7, thresholds, words, cat_bits)
+    out[r, column] += leaf_value[n0]
+    out[r + 1, column] += leaf_value[n1]
+    out[r + 2, column] += leaf_value[n2]
+    out[r + 3, column] += leaf_value[n3]
+    out[r + 4, column] += leaf_value[n4]
+    out[r + 5, column] += leaf_value[n5]
+    out[r + 6, column] += leaf_value[n6]
+    out[r + 7, column] += leaf_value[n7]
 
 
 @jit(inline="always")
@@ -146,17 +200,20 @@ def _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, 
             root = trees[t, 0]
             depth = trees[t, 1]
             column = trees[t, 2]
-            if trees[t, 3] == 0:  # numeric splits only: the lockstep walk
+            kind = trees[t, 3]
+            if kind == TREE_NUMERIC:
                 for r in range(start, grouped_end, GROUP_ROWS):
                     _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out)
                 for row in range(grouped_end, stop):
-                    node = root
-                    for _ in range(depth):
-                        node = _step(X, row, node, thresholds, words)
-                    out[row, column] += leaf_value[node]
-            else:  # categorical or zero-as-missing splits: a row at a time
+                    out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
+            elif kind == TREE_CATEGORICAL:
+                for r in range(start, grouped_end, GROUP_ROWS):
+                    _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, cat_bits, out)
+                for row in range(grouped_end, stop):
+                    out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
+            else:  # zero-as-missing splits (rare): a row at a time
                 for row in range(start, stop):
-                    out[row, column] += leaf_value[_leaf_record(X, row, root, depth, thresholds, words, cat_bits)]
+                    out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
         first = end
     for row in range(start, stop):
         if divisor != 0.0:
@@ -170,7 +227,7 @@ def predict_serial(X, thresholds, words, leaf_value, trees, cat_bits, divisor, l
     """Score every row of X into out (n, num_class) on the calling thread.
 
     thresholds and words are the float64 and int64 views of the packed node records; trees is
-    the (T, 4) table of root record, depth, output column and "has special splits"; divisor is
+    the (T, 4) table of root record, depth, output column and walk kind (TREE_*); divisor is
     the iteration count for average_output models (0.0 otherwise); link/param pick the transform
     (kernels/links.py). X is float64 or float32, C or F order.
     """
@@ -218,7 +275,7 @@ def _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat
         depth = trees[t, 1]
         column = trees[t, 2]
         for row in range(start, stop):
-            leaf = _leaf_record(X, row, root, depth, thresholds, words, cat_bits)
+            leaf = _leaf_record(X, row, root, thresholds, words, cat_bits)
             out[row, column] += _linear_value(X, row, leaf, leaf_value, linear, linear_const, linear_feature,
                                               linear_coeff)
     for row in range(start, stop):
@@ -257,5 +314,5 @@ def leaf_indices(X, thresholds, words, leaf_index, trees, cat_bits, out):
     """LightGBM's pred_leaf: out[row, t] = the leaf number tree t sends row to (int32)."""
     for row in range(X.shape[0]):
         for t in range(trees.shape[0]):
-            leaf = _leaf_record(X, row, trees[t, 0], trees[t, 1], thresholds, words, cat_bits)
+            leaf = _leaf_record(X, row, trees[t, 0], thresholds, words, cat_bits)
             out[row, t] = leaf_index[leaf]
