@@ -171,17 +171,14 @@ class Deployment:
         today = scoring_day(now)
         errors: dict[int, ScorelineError] = {}
         keys = batch.column(self.key_name) if has_key else pa.nulls(n, self.key_type)
-        keys = _as_key_column(keys, self.key_type, self.key_name, errors)
+        keys = _as_key_column(keys, self.key_type, self.key_name)
 
         # Which rows come from the entity store: those with no inline input at all.
-        if not present:
-            looked_up = np.ones(n, dtype=bool)
-        else:
-            looked_up = np.ones(n, dtype=bool)
-            for name in present:
-                col = batch.column(name)
-                if col.null_count < n:
-                    looked_up &= col.is_null().to_numpy(zero_copy_only=False)
+        looked_up = np.ones(n, dtype=bool)
+        for name in present:
+            col = batch.column(name)
+            if col.null_count < n:
+                looked_up &= col.is_null().to_numpy(zero_copy_only=False)
         work = self.plan.new_work(n)
         inline_rows = np.flatnonzero(~looked_up)
         lookup_rows = np.flatnonzero(looked_up)
@@ -217,9 +214,10 @@ class Deployment:
             errors.setdefault(int(rows[row]), error)
 
     def _fill_from_store(self, work, rows: np.ndarray, keys: pa.Array, errors: dict) -> None:
+        """Fill rows `rows` from the entity store by their keys; unknown keys are row errors."""
         wanted = keys if len(rows) == len(keys) else keys.take(pa.array(rows))
         if self.store is None:
-            for i, row in enumerate(rows.tolist()):
+            for row in rows.tolist():
                 errors.setdefault(row, InputError(
                     f"no inputs given and model {self.model_id!r} has no entity store: send "
                     "`$.inputs`", path="$.inputs"))
@@ -228,37 +226,40 @@ class Deployment:
         for row in rows[null_key].tolist():
             errors.setdefault(row, InputError(
                 f"expected `$.{self.key_name}` or `$.inputs`, got neither", path=f"$.{self.key_name}"))
-        view = self._view
-        if view is not None:
-            current = view.snapshot()
-            ids = wanted.fill_null(0).to_numpy(zero_copy_only=False) if wanted.null_count \
-                else wanted.to_numpy(zero_copy_only=False)
-            found_rows, found = view.find(current, ids.astype(np.int64, copy=False), ~null_key)
+        if self._view is not None:
+            found = self._fill_from_view(work, rows, wanted, null_key, errors)
         else:
             table, found = self.store.lookup(wanted, self._lookup_columns)
-        found = np.asarray(found, dtype=bool)
-        missing = ~found & ~null_key
+            # Store columns seen through the manifest's input names (entity.columns renames).
+            renamed = pa.table({name: table.column(column)
+                                for name, column in self._store_columns.items()})
+            self._fill(work, rows, renamed, errors)
+        missing = ~np.asarray(found, dtype=bool) & ~null_key
         if missing.any():
             values = wanted.filter(pa.array(missing)).to_pylist()
             for row, key in zip(rows[missing].tolist(), values):
-                errors.setdefault(row, NotFoundError(
+                # Set, not setdefault: a row of nulls for an unknown key is "not found", first.
+                errors[row] = NotFoundError(
                     f"{self.key_name} {key!r} not found in the entity store of model "
-                    f"{self.model_id!r}", path=f"$.{self.key_name}"))
-        if view is not None:
-            full = len(rows) == work.shape[0]
-            for j, slot in enumerate(view.slots.tolist()):
-                if full:
-                    work[:, slot] = current.values[found_rows, j]
-                else:
-                    work[rows, slot] = current.values[found_rows, j]
-            if current.errors:
-                for i in np.flatnonzero(current.bad[found_rows] & found).tolist():
-                    errors.setdefault(int(rows[i]), current.errors[int(found_rows[i])])
-            return
-        # Store columns seen through the manifest's input names (entity.columns renames).
-        renamed = pa.table({name: table.column(column)
-                            for name, column in self._store_columns.items()})
-        self._fill(work, rows, renamed, errors)
+                    f"{self.model_id!r}", path=f"$.{self.key_name}")
+
+    def _fill_from_view(self, work, rows, wanted: pa.Array, null_key, errors) -> np.ndarray:
+        """The converted store's values for `wanted` keys into rows `rows`; returns found."""
+        current = self._view.snapshot()
+        ids = wanted.fill_null(0) if wanted.null_count else wanted
+        stored, found = current.index.find(
+            ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), ~null_key)
+        values = current.values[stored]
+        full = len(rows) == work.shape[0]
+        for j, slot in enumerate(self._view.slots.tolist()):
+            if full:
+                work[:, slot] = values[:, j]
+            else:
+                work[rows, slot] = values[:, j]
+        if current.errors:
+            for i in np.flatnonzero(current.bad[stored] & found).tolist():
+                errors.setdefault(int(rows[i]), current.errors[int(stored[i])])
+        return found
 
     def _finish(self, work, today: int, keys: pa.Array, errors: dict) -> pa.RecordBatch:
         n = work.shape[0]
@@ -426,7 +427,7 @@ def _check_key(key, key_type: str, name: str):
     return key
 
 
-def _as_key_column(keys, key_type: pa.DataType, name: str, errors: dict) -> pa.Array:
+def _as_key_column(keys, key_type: pa.DataType, name: str) -> pa.Array:
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks()
     if keys.type.equals(key_type):

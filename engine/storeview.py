@@ -81,10 +81,6 @@ class StoreView:
                                      name="scoreline-store-view").start()
         return current
 
-    def find(self, current: _Converted, keys: np.ndarray, valid: np.ndarray):
-        """(rows, found) of int64 `keys` in the snapshot."""
-        return current.index.find(keys, valid)
-
     def _rebuild(self, state) -> None:
         try:
             self.current = self._convert(state)
