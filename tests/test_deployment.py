@@ -382,3 +382,27 @@ def test_string_keys_and_a_changed_store_file(models, tmp_path):
     assert after == pytest.approx(expected)
     batch = dep.score(pa.RecordBatch.from_pydict({"customer-id": [2]}), now=TODAY)
     assert batch.column("score")[0].as_py() == pytest.approx(expected)
+
+
+def test_a_linear_model_and_a_non_finite_score(tmp_path):
+    """A linear artifact through the same pipeline; a score that is not finite (here from an
+    infinite input the manifest allows) is that row's error, never a number in the answer."""
+    (tmp_path / "model.json").write_text(json.dumps({
+        "format": "scoreline-linear", "version": 1, "objective": "regression",
+        "feature_names": ["x", "log_y"], "coefficients": [2.0, -0.5], "intercept": 1.0}))
+    m = decode_manifest(json.dumps({
+        "model-id": "lin", "entity": {"key": "id"},
+        "inputs": [{"name": "x", "type": "float", "allow-nan": True},
+                   {"name": "y", "type": "float", "minimum": 0}],
+        "transforms": [{"kind": "log1p", "input": "y", "output": "log-y"}],
+        "model": {"format": "linear", "artifact": "model.json", "features": {"log_y": "log-y"}},
+        "decision": BANDS}))
+    dep = Deployment(m, tmp_path, version=1, store=False)
+    out = dep.score(pa.RecordBatch.from_pydict({"x": [1.5, math.inf, 0.0], "y": [3.0, 1.0, 0.0]}))
+    want = 1.0 + 2.0 * 1.5 - 0.5 * math.log1p(3.0)
+    assert out.column("score").to_pylist() == [pytest.approx(want), None, pytest.approx(1.0)]
+    assert out.column("error").to_pylist() == [
+        None, "the model gave a non-finite score (inf) for this row", None]
+    assert out.column("application-decision").to_pylist() == ["decline", None, "decline"]
+    with pytest.raises(InputError, match="non-finite score"):
+        dep.score_request({"inputs": {"x": math.inf, "y": 1.0}})
