@@ -32,18 +32,20 @@ _FETCHED_LOCK = threading.Lock()
 class _ScoreBlock:
     """The map_batches function: a pyarrow Table in, keep + outputs + ``error`` out."""
 
-    def __init__(self, scorer_ref, keep: tuple[str, ...], text: tuple[str, ...], output_schema: pa.Schema) -> None:
+    def __init__(self, scorer_ref, keep: tuple[str, ...], text: tuple[str, ...]) -> None:
         self.scorer_ref = scorer_ref
         self.keep = keep
         self.text = text
-        self.output_schema = output_schema
 
     def __call__(self, table: pa.Table) -> pa.Table:
         scorer = _fetch(self.scorer_ref)
         outs = [bulk.score_batch(scorer, b, self.keep, self.text) for b in table.to_batches() if b.num_rows]
-        if not outs:
-            return self.output_schema.empty_table()
-        return pa.Table.from_batches(outs)
+        if outs:
+            return pa.Table.from_batches(outs)
+        # An empty block still has to have the output's columns.
+        fields = [table.schema.field(n) for n in self.keep if n in table.schema.names]
+        fields += [f for f in scorer.output_schema if f.name not in self.keep] + [pa.field("error", pa.string())]
+        return pa.schema(fields).empty_table()
 
 
 def _fetch(ref):
@@ -94,14 +96,7 @@ def score_dataset(
     import ray
 
     scorer = bulk.as_scorer(model, raw_score=raw_score, registry=registry, version=version)
-    keep = tuple(keep)
-    schema = ds.schema(fetch_if_missing=True)
-    names = list(schema.names) if schema is not None else []
-    types = list(schema.types) if schema is not None else []
-    kept = [pa.field(n, t) for n, t in zip(names, types) if n in keep and isinstance(t, pa.DataType)]
-    output_schema = pa.schema(kept + [f for f in scorer.output_schema if f.name not in keep]
-                              + [pa.field("error", pa.string())])
-    fn = _ScoreBlock(ray.put(scorer), keep, tuple(text_columns), output_schema)
+    fn = _ScoreBlock(ray.put(scorer), tuple(keep), tuple(text_columns))
     options = dict(batch_format="pyarrow", zero_copy_batch=True, batch_size=batch_size, num_cpus=num_cpus)
     if concurrency is not None:
         options["concurrency"] = concurrency
