@@ -79,13 +79,15 @@ class Engine:
     def _resolve(self, model_id: str, version) -> int:
         if type(version) is int:
             return version
+        if isinstance(version, str) and version.isdigit():
+            return int(version)
         entry = self._live.get(model_id)
         if entry is not None:
             if version is None:
                 v = entry["aliases"].get(DEFAULT_ALIAS, entry["latest"])
                 if v is not None:
                     return v
-            elif isinstance(version, str) and not version.isdigit():
+            elif isinstance(version, str):
                 v = entry["aliases"].get(version)
                 if v is not None:
                     return v
@@ -112,6 +114,8 @@ class Engine:
             try:
                 dep = self._compile(model_id, version)
             except NotFoundError:
+                with self._lock:
+                    self._compiling.pop(key, None)  # not a version: nothing to remember
                 raise
             except ScorelineError as exc:
                 self._failed[key] = exc

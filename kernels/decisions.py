@@ -7,14 +7,14 @@ A row whose score is not finite gets -1 here; the engine reports it as a per-row
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from .policy import jit
 
 __all__ = ["bands", "argmax", "top_k", "gather_index", "select_score"]
 
-_JIT = dict(nogil=True, cache=True, error_model="numpy")  # no ZeroDivisionError checks
 
 
-@njit(**_JIT)
+@jit
 def bands(score, mins, default, out):
     """Index of the first band whose `min` <= score (bands ordered by descending min), else
     `default` (the engine passes len(mins), the index of the default label); NaN gives -1."""
@@ -32,7 +32,7 @@ def bands(score, mins, default, out):
         out[i] = label
 
 
-@njit(**_JIT)
+@jit
 def argmax(probs, out):
     """The most probable class per row; ties go to the lower class index (as np.argmax).
     A row holding NaN gives -1."""
@@ -51,7 +51,7 @@ def argmax(probs, out):
         out[i] = -1 if bad else best
 
 
-@njit(**_JIT)
+@jit
 def top_k(probs, out):
     """The `out.shape[1]` most probable classes per row, best first; ties go to the lower class
     index (a stable descending sort). A row holding NaN gives -1 in every position.
@@ -82,7 +82,7 @@ def top_k(probs, out):
             out[i, r] = best
 
 
-@njit(**_JIT)
+@jit
 def gather_index(index, table, out):
     """`table[index]` per row (a segment's payload from its label index); -1 stays -1."""
     for i in range(index.shape[0]):
@@ -90,7 +90,7 @@ def gather_index(index, table, out):
         out[i] = -1 if j < 0 else table[j]
 
 
-@njit(**_JIT)
+@jit
 def select_score(raw, column, out):
     """The score per row from an (n, k) prediction: column `column`, or for column -1 the top
     class's probability (the maximum; NaN if the row holds NaN)."""

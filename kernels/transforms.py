@@ -14,7 +14,8 @@ dispatch for all its transforms rather than one per transform.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from .policy import jit
 
 __all__ = [
     "OP_COPY", "OP_AGE_YEARS", "OP_DAYS_SINCE", "OP_GATHER", "OP_ONE_HOT", "OP_STANDARDIZE",
@@ -23,10 +24,9 @@ __all__ = [
     "min_max", "log1p", "clip", "bucketize", "fill_missing", "ratio", "copy", "run_plan",
 ]
 
-_JIT = dict(nogil=True, cache=True, error_model="numpy")  # no ZeroDivisionError checks
 
 
-@njit(**_JIT)
+@jit
 def civil_from_days(days):
     """(year, month, day) of a day number (days since 1970-01-01, proleptic Gregorian).
 
@@ -45,7 +45,7 @@ def civil_from_days(days):
     return year, month, day
 
 
-@njit(**_JIT)
+@jit
 def age_years(days, today, out):
     """Whole years from each date in `days` to the day `today`: the years between the two
     calendar dates, less one if the anniversary has not come yet this year.
@@ -67,14 +67,14 @@ def age_years(days, today, out):
         out[i] = age
 
 
-@njit(**_JIT)
+@jit
 def days_since(days, today, out):
     """`today - days` for each date: positive for dates in the past."""
     for i in range(days.shape[0]):
         out[i] = today - days[i]
 
 
-@njit(**_JIT)
+@jit
 def gather_codes(codes, table, unseen, out):
     """`table[code]` for each category code; an unseen value (-1) gives `unseen`, NaN gives NaN.
 
@@ -90,7 +90,7 @@ def gather_codes(codes, table, unseen, out):
             out[i] = table[np.int64(c)]
 
 
-@njit(**_JIT)
+@jit
 def one_hot(codes, out):
     """One 0/1 column per category in `out[:, j]`; an unseen value (-1) gives all zeros and a
     missing one (NaN) all NaN, so a model still sees 'missing' rather than 'none of these'."""
@@ -107,14 +107,14 @@ def one_hot(codes, out):
                 out[i, np.int64(c)] = 1.0
 
 
-@njit(**_JIT)
+@jit
 def standardize(x, mean, std, out):
     """`(x - mean) / std` (the engine refuses std == 0 when it compiles the plan)."""
     for i in range(x.shape[0]):
         out[i] = (x[i] - mean) / std
 
 
-@njit(**_JIT)
+@jit
 def min_max(x, lo, hi, out):
     """`(x - lo) / (hi - lo)`, not clipped: values outside [lo, hi] fall outside [0, 1]."""
     scale = hi - lo
@@ -122,7 +122,7 @@ def min_max(x, lo, hi, out):
         out[i] = (x[i] - lo) / scale
 
 
-@njit(**_JIT)
+@jit
 def log1p(x, out):
     """`log(1 + x)` as numpy computes it: -1 gives -inf and below -1 gives NaN."""
     for i in range(x.shape[0]):
@@ -133,7 +133,7 @@ def log1p(x, out):
             out[i] = np.log1p(v)
 
 
-@njit(**_JIT)
+@jit
 def clip(x, lo, hi, out):
     """`x` limited to [lo, hi] (pass -inf / inf for an open side); NaN stays NaN, as np.clip."""
     for i in range(x.shape[0]):
@@ -145,7 +145,7 @@ def clip(x, lo, hi, out):
         out[i] = v
 
 
-@njit(**_JIT)
+@jit
 def bucketize(x, edges, out):
     """The number of `edges` <= x, i.e. `np.searchsorted(edges, x, side="right")` for ascending
     edges: below the first edge 0, on an edge the bucket it opens, from the last edge len(edges).
@@ -166,7 +166,7 @@ def bucketize(x, edges, out):
         out[i] = lo
 
 
-@njit(**_JIT)
+@jit
 def fill_missing(x, value, out):
     """NaN becomes `value`; infinities are values, not missing, and stay."""
     for i in range(x.shape[0]):
@@ -174,7 +174,7 @@ def fill_missing(x, value, out):
         out[i] = value if np.isnan(v) else v
 
 
-@njit(**_JIT)
+@jit
 def ratio(num, den, out):
     """`num / den`; a zero denominator gives NaN (missing) whatever the numerator."""
     for i in range(num.shape[0]):
@@ -182,7 +182,7 @@ def ratio(num, den, out):
         out[i] = np.nan if d == 0.0 else num[i] / d
 
 
-@njit(**_JIT)
+@jit
 def copy(x, out):
     """`out[:] = x` (passthrough, and a feature fed from a column that lives elsewhere)."""
     for i in range(x.shape[0]):
@@ -206,7 +206,7 @@ OP_FILL_MISSING = 10  # params: the value
 OP_RATIO = 11
 
 
-@njit(**_JIT)
+@jit
 def run_plan(ops, params, today, work):
     """Run a transform program over `work` (rows x columns, any layout) for scoring day `today`."""
     for s in range(ops.shape[0]):
