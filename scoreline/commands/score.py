@@ -25,21 +25,22 @@ def register(subparsers) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="model id (id, id@version, id@alias) or a model file")
     p.add_argument("input", metavar="INPUT", nargs="+", help="Parquet/Arrow/CSV file, directory or glob")
-    p.add_argument("-o", "--output", required=True, help="output file (.parquet or .arrow)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output file (.parquet or .arrow)")
     p.add_argument(
         "--registry",
+        metavar="DIR",
         default=os.environ.get("SCORELINE_REGISTRY"),
         help="model registry folder (default: $SCORELINE_REGISTRY)",
     )
-    p.add_argument("--version", dest="model_version", help="version number or alias (default: production, else latest)")
-    p.add_argument("--keep", action="append", default=[], help="input columns to copy to the output, comma-separated")
-    p.add_argument("--rejects", help="file for rows that could not be scored (default: OUTPUT's stem + .rejects)")
-    p.add_argument("--batch-size", type=int, default=65_536, help="rows per batch (memory scales with it)")
-    p.add_argument("--threads", type=int, default=None, help="scoring threads (default: all CPUs)")
+    p.add_argument("--version", dest="model_version", metavar="V", help="version number or alias (default: production, else latest)")
+    p.add_argument("--keep", action="append", default=[], metavar="COLS", help="input columns to copy to the output, comma-separated")
+    p.add_argument("--rejects", metavar="FILE", help="file for rows that could not be scored (default: OUTPUT's stem + .rejects)")
+    p.add_argument("--batch-size", type=int, default=65_536, metavar="N", help="rows per batch (memory scales with it)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="scoring threads (default: all CPUs)")
     p.add_argument("--format", choices=("parquet", "arrow"), help="output format (default: from OUTPUT's extension)")
     p.add_argument("--raw-score", action="store_true", help="model files only: raw margins, not probabilities")
     p.add_argument("--engine", choices=("local", "ray", "spark"), default="local", help="where to score")
-    p.add_argument("--address", help="Ray cluster address (ray://host:10001, auto) or Spark master URL")
+    p.add_argument("--address", metavar="URL", help="Ray cluster address (ray://host:10001, auto) or Spark master URL")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
 
