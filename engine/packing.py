@@ -19,6 +19,7 @@ from scoreline.kernels.trees import (
     TREE_CATEGORICAL,
     TREE_GENERAL,
     TREE_NUMERIC,
+    WIDE_SET,
     ZERO_MISSING,
 )
 
@@ -37,7 +38,8 @@ class PackedEnsemble:
     """Flat arrays for the kernels; plain numpy + scalars, so it pickles and travels to workers.
 
     nodes: float64 (N, 2). Column 0 is the threshold (numeric node), the category-set location
-    (categorical node, read as int64: start << 32 | words) or +inf (leaf). Column 1, read as
+    (categorical node, read as int64: the set of categories 0..63 as 64 bits, or for a wider
+    set start << 32 | words into cat_bits) or +inf (leaf). Column 1, read as
     int64, packs the left child's index (the right child is the next record), the feature and
     the flags in kernels/trees.py. A leaf is its own child, so walking ``depth`` levels from a
     tree's root always ends on that tree's leaf.
@@ -156,8 +158,7 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
         leaf_value=leaf_value,
         leaf_index=leaf_index,
         trees=trees,
-        # One spare word: the branch-free categorical step reads word 0 when it has no set to read.
-        cat_bits=np.concatenate(cat_words + [np.zeros(1, np.uint32)]).astype(np.uint32),
+        cat_bits=np.concatenate(cat_words).astype(np.uint32) if cat_words else np.zeros(0, np.uint32),
         linear=linear,
         linear_const=linear_const,
         linear_feature=np.concatenate(linear_feature).astype(np.int64) if linear_feature else np.zeros(0, np.int64),
@@ -172,7 +173,7 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
 
 def _walk_kind(words: np.ndarray) -> int:
     """Which kernel walk a tree's split words need (kernels/trees.py TREE_*)."""
-    if (words & ZERO_MISSING).any():
+    if (words & (ZERO_MISSING | WIDE_SET)).any():
         return TREE_GENERAL
     if (words & CATEGORICAL).any():
         return TREE_CATEGORICAL
@@ -222,11 +223,17 @@ def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
     )
     meta[node_slot, 1] = first_child | (tree.split_feature << FEATURE_SHIFT) | flags
     nodes[node_slot, 0] = _effective_thresholds(thr)
-    if categorical.any():
-        cat_index = thr[categorical].astype(np.int64)
-        starts = cat_base + tree.cat_boundaries[cat_index]
-        words = tree.cat_boundaries[cat_index + 1] - tree.cat_boundaries[cat_index]
-        meta[node_slot[categorical], 0] = (starts << 32) | words
+    for node in np.flatnonzero(categorical):
+        index = int(thr[node])
+        low, high = int(tree.cat_boundaries[index]), int(tree.cat_boundaries[index + 1])
+        bits = tree.cat_threshold[low:high].astype(np.uint64)
+        if (bits[2:] == 0).all():
+            # Categories 0..63 only: the set itself goes in the record, no second lookup.
+            packed = (int(bits[1]) << 32 if bits.size > 1 else 0) | (int(bits[0]) if bits.size else 0)
+            meta[node_slot[node], 0] = np.uint64(packed).view(np.int64)
+        else:
+            meta[node_slot[node], 1] |= WIDE_SET
+            meta[node_slot[node], 0] = ((cat_base + low) << 32) | (high - low)
 
 
 def _effective_thresholds(thr: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ __all__ = [
     "CATEGORICAL",
     "ZERO_MISSING",
     "DEFAULT_RIGHT",
+    "WIDE_SET",
     "TREE_NUMERIC",
     "TREE_CATEGORICAL",
     "TREE_GENERAL",
@@ -35,15 +36,16 @@ FEATURE_MASK = (1 << 24) - 1
 MAX_FEATURES = 1 << 24
 NAN_SHIFT = 56
 NAN_RIGHT = 1 << 56  # a NaN goes right
-CATEGORICAL = 1 << 57  # column 0 is a category set (start << 32 | words), not a threshold
+CATEGORICAL = 1 << 57  # column 0 is the 64-bit set of categories 0..63 that go left
 ZERO_MISSING = 1 << 58  # |x| <= kZeroThreshold and NaN go to the default side
 DEFAULT_RIGHT = 1 << 59  # the default side is right
+WIDE_SET = 1 << 60  # with CATEGORICAL: a set reaching past 63, column 0 = start << 32 | words
 _SPECIAL = CATEGORICAL | ZERO_MISSING
 
 # Column 3 of the trees table: which walk a tree needs.
 TREE_NUMERIC = 0  # numeric splits only: the branch-free lockstep walk
-TREE_CATEGORICAL = 1  # also categorical splits: the lockstep walk with the set lookup
-TREE_GENERAL = 2  # zero-as-missing splits that need the band test: a row at a time
+TREE_CATEGORICAL = 1  # also categorical splits on categories < 64: lockstep with a bit test
+TREE_GENERAL = 2  # wider category sets or zero-as-missing band tests: a row at a time
 
 K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 
@@ -57,13 +59,17 @@ TILE_ROWS = 64
 TILE_RECORDS = 16384
 
 @jit(inline="always")
-def _category_side(x, location, cat_bits):
+def _category_side(x, word, location, cat_bits):
     """0 (left) when x's category is in the split's set, else 1 (right)."""
     # LightGBM: NaN, negatives and values beyond int range go right; others truncate to int,
     # so -0.5 is category 0.
     if not (x > -1.0 and x < 2147483648.0):
         return 1
     category = np.int64(x)
+    if not (word & WIDE_SET):
+        if category < 64 and (location >> category) & 1:
+            return 0
+        return 1
     start = location >> 32
     words = location & CHILD_MASK
     slot = category >> 5
@@ -89,7 +95,7 @@ def _leaf_record(X, row, root, thresholds, words, cat_bits):
             side = (word >> NAN_SHIFT) & 1
         if word & _SPECIAL:
             if word & CATEGORICAL:
-                side = _category_side(x, words[2 * node], cat_bits)
+                side = _category_side(x, word, words[2 * node], cat_bits)
             elif x != x or abs(x) <= K_ZERO:
                 side = (word >> 59) & 1  # zero as missing: NaN and the zero band go to the default side
         child = (word & CHILD_MASK) + side
@@ -112,35 +118,31 @@ def _step(X, row, node, thresholds, words):
 
 
 @jit(inline="always")
-def _step_categorical(X, row, node, thresholds, words, cat_bits):
-    """``_step`` that also evaluates categorical splits without branches (see _category_side)."""
+def _step_categorical(X, row, node, thresholds, words):
+    """``_step`` that also evaluates categorical splits whose sets fit in 64 bits, branch-free."""
     word = words[2 * node + 1]
     x = np.float64(X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK])
     numeric_side = np.int64(x > thresholds[2 * node]) | (np.int64(x != x) & ((word >> NAN_SHIFT) & 1))
-    location = words[2 * node]
-    valid = (x > -1.0) & (x < 2147483648.0) & ((word & CATEGORICAL) != 0)
+    valid = (x > -1.0) & (x < 64.0)
     category = np.int64(x if valid else 0.0)
-    slot = category >> 5
-    inside = valid & (slot < (location & CHILD_MASK))
-    # cat_bits always holds at least one word, so index 0 is a safe dummy read.
-    bit = (np.int64(cat_bits[((location >> 32) + slot) if inside else 0]) >> (category & 31)) & np.int64(inside)
-    side = (1 - bit) if (word & CATEGORICAL) else numeric_side
+    category_side = 1 - ((words[2 * node] >> category) & np.int64(valid))
+    side = category_side if (word & CATEGORICAL) else numeric_side
     return (word & CHILD_MASK) + side
 
 
 @jit(inline="always")
-def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, cat_bits, out):
+def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, out):
     """``_walk_group`` for trees with categorical splits."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = root
     for _ in range(depth):
-        n0 = _step_categorical(X, r, n0, thresholds, words, cat_bits)
-        n1 = _step_categorical(X, r + 1, n1, thresholds, words, cat_bits)
-        n2 = _step_categorical(X, r + 2, n2, thresholds, words, cat_bits)
-        n3 = _step_categorical(X, r + 3, n3, thresholds, words, cat_bits)
-        n4 = _step_categorical(X, r + 4, n4, thresholds, words, cat_bits)
-        n5 = _step_categorical(X, r + 5, n5, thresholds, words, cat_bits)
-        n6 = _step_categorical(X, r + 6, n6, thresholds, words, cat_bits)
-        n7 = _step_categorical(X, r + 7, n7, thresholds, words, cat_bits)
+        n0 = _step_categorical(X, r, n0, thresholds, words)
+        n1 = _step_categorical(X, r + 1, n1, thresholds, words)
+        n2 = _step_categorical(X, r + 2, n2, thresholds, words)
+        n3 = _step_categorical(X, r + 3, n3, thresholds, words)
+        n4 = _step_categorical(X, r + 4, n4, thresholds, words)
+        n5 = _step_categorical(X, r + 5, n5, thresholds, words)
+        n6 = _step_categorical(X, r + 6, n6, thresholds, words)
+        n7 = _step_categorical(X, r + 7, n7, thresholds, words)
     out[r, column] += leaf_value[n0]
     out[r + 1, column] += leaf_value[n1]
     out[r + 2, column] += leaf_value[n2]
@@ -208,7 +210,7 @@ def _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, 
                     out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
             elif kind == TREE_CATEGORICAL:
                 for r in range(start, grouped_end, GROUP_ROWS):
-                    _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, cat_bits, out)
+                    _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, out)
                 for row in range(grouped_end, stop):
                     out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
             else:  # zero-as-missing splits (rare): a row at a time
