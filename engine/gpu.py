@@ -49,7 +49,11 @@ GPU_MIN_ROWS = int(os.environ.get("SCORELINE_GPU_MIN_ROWS", "100000"))
 _BATCH_ROWS = 1 << 19
 _BATCH_BYTES = 64 << 20
 _STREAMS = 2
+_KEEP_SLOTS = 32  # free slots kept per model (bulk scoring runs a thread per CPU, a slot each)
 _BLOCK = 128  # threads (rows) per block; rows staged in shared memory cap it below for wide models
+
+
+_SIMULATOR_LOCK = threading.Lock()
 
 
 class GpuUnavailableWarning(RuntimeWarning):
@@ -290,18 +294,21 @@ class _DeviceModel:
 
     # -- slots: a stream with pinned and device buffers, reused across calls -------------------
 
-    def _take(self, rows: int, dtype: np.dtype) -> _Slot:
+    def _take(self, rows: int, limit: int, dtype: np.dtype) -> _Slot:
+        """A free slot for ``rows`` rows, or a new one sized to the next power of two (at most
+        ``limit``), so bulk threads asking for 64k-row batches do not pin 512k-row buffers."""
         with self._lock:
             for i, slot in enumerate(self._free):
                 if slot.dtype == dtype and slot.capacity >= rows:
                     return self._free.pop(i)
-        return _Slot(rows, self.num_features, self.num_class, dtype)
+        capacity = min(limit, max(rows, 1 << max(10, (rows - 1).bit_length())))
+        return _Slot(capacity, self.num_features, self.num_class, dtype)
 
     def _give(self, slots) -> None:
         with self._lock:
             self._free.extend(slots)
-            # Keep a few for the next call; pinned memory is a scarce, slow-to-allocate resource.
-            del self._free[: max(0, len(self._free) - 4 * _STREAMS)]
+            # Pinning memory is slow: keep enough slots for every bulk thread's next batch.
+            del self._free[: max(0, len(self._free) - _KEEP_SLOTS)]
 
     # -- scoring -------------------------------------------------------------------------------
 
@@ -392,9 +399,9 @@ class _DeviceModel:
                     yield self._finish(in_flight.popleft(), link, k, num_threads)
                 m, dtype, _, _, _ = job
                 busy = {id(s) for s, _ in in_flight}
-                slot = next((s for s in taken if id(s) not in busy and s.dtype == dtype), None)
+                slot = next((s for s in taken if id(s) not in busy and s.dtype == dtype and s.capacity >= m), None)
                 if slot is None:
-                    slot = self._take(rows, dtype)
+                    slot = self._take(m, rows, dtype)
                     taken.append(slot)
                 self._launch(slot, job, divisor, k)
                 in_flight.append((slot, job))
@@ -416,10 +423,16 @@ class _DeviceModel:
                 self.num_class, divisor, slot.dev_out)
         if self.block:
             grid = (m + self.block - 1) // self.block
-            k.score_staged[grid, self.block, stream, self.block * width * 8](*args)
+            launch = k.score_staged[grid, self.block, stream, self.block * width * 8]
         else:
             grid = (m + _BLOCK - 1) // _BLOCK
-            k.score_global[grid, _BLOCK, stream](*args)
+            launch = k.score_global[grid, _BLOCK, stream]
+        if k.SIMULATED:
+            # The simulator runs a kernel by swapping module globals: one launch at a time.
+            with _SIMULATOR_LOCK:
+                launch(*args)
+        else:
+            launch(*args)
         slot.dev_out[:m].copy_to_host(slot.host_out[:m], stream=stream)
 
     def _finish(self, entry, link: int, k, num_threads: int | None):

@@ -31,6 +31,7 @@ from numba import cuda
 
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
+from scoreline.kernels import trees as _cpu
 from scoreline.kernels.trees import CATEGORICAL, CHILD_MASK, FEATURE_SHIFT, NAN_RIGHT, ZERO_MISSING
 
 __all__ = ["SIMULATED", "SHARED_BYTES", "score_staged", "score_global", "link_rows", "link_rows_parallel"]
@@ -47,6 +48,11 @@ _DEFAULT_SHIFT = 59
 _SPECIAL = CATEGORICAL | ZERO_MISSING
 _K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 assert NAN_RIGHT == 1 << _NAN_SHIFT and FEATURE_SHIFT == 32  # the layout these kernels decode
+# Category sets within 0..63 sit in the record itself (column 0, a 64-bit set) unless WIDE_SET
+# marks a set in cat_bits (column 0 = start << 32 | words); packings without WIDE_SET put every
+# set in cat_bits.
+_WIDE_SET = getattr(_cpu, "WIDE_SET", 0)
+_INLINE_SETS = _WIDE_SET != 0
 
 _device = cuda.jit(device=True)
 _kernel = cuda.jit if SIMULATED else cuda.jit(cache=True)
@@ -67,11 +73,15 @@ else:
 
 
 @_device
-def _category_side(x, location, cat_bits):
+def _category_side(x, word, location, cat_bits):
     """0 (left) when x's category is in the split's set, else 1 (right); as kernels/trees.py."""
     if not (x > -1.0 and x < 2147483648.0):
         return 1  # NaN, negatives, beyond int range (INT_MIN on x86): right
     category = np.int64(x)
+    if _INLINE_SETS and not (word & _WIDE_SET):
+        if category < 64 and (location >> category) & 1:
+            return 0
+        return 1
     start = location >> 32
     words = location & CHILD_MASK
     slot = category >> 5
@@ -94,7 +104,7 @@ def _leaf(src, base, stride, root, depth, thresholds, words, cat_bits):
             side = (word >> _NAN_SHIFT) & 1
         if word & _SPECIAL:
             if word & CATEGORICAL:
-                side = _category_side(x, words[2 * node], cat_bits)
+                side = _category_side(x, word, words[2 * node], cat_bits)
             elif x != x or abs(x) <= _K_ZERO:
                 side = (word >> _DEFAULT_SHIFT) & 1  # zero as missing: NaN and the zero band
         node = (word & CHILD_MASK) + side

@@ -253,6 +253,23 @@ def test_score_batches_yields_each_batch_in_order():
 
 
 @needs_device
+def test_bulk_scoring_through_the_gpu_model(tmp_path):
+    # What `scoreline score --device cuda` does: the bulk pipeline's threads call predict_matrix
+    # on the GPU model at once, each with its own streams and buffers.
+    import pyarrow.parquet as pq
+
+    from scoreline.engine.bulk import score_file
+
+    model, _, X = _train("multiclass", seed=13)
+    pq.write_table(pa.Table.from_pandas(_frame(model, X), preserve_index=False), tmp_path / "rows.parquet")
+    on_cpu = score_file(model, tmp_path / "rows.parquet", tmp_path / "cpu.parquet", batch_size=40, threads=3)
+    on_gpu = score_file(gpu.on_gpu(model), tmp_path / "rows.parquet", tmp_path / "gpu.parquet", batch_size=40,
+                        threads=3)
+    assert on_gpu.rows_scored == on_cpu.rows_scored == X.shape[0]
+    assert pq.read_table(tmp_path / "gpu.parquet").equals(pq.read_table(tmp_path / "cpu.parquet"))
+
+
+@needs_device
 def test_category_column_maps_through_the_model_categories():
     import pandas as pd
 
