@@ -103,6 +103,9 @@ def _run_model(cfg, log, spec, engines, result) -> None:
         result["load"].append({"model": model.name, "engine": name, "version": engine.version, **info})
         live[name] = engine
 
+    if "lightgbm" not in live:
+        cfg.skip(f"kernels: {model.name} not timed: LightGBM, the reference, could not load it")
+        return
     # Agreement before any timing: an engine that disagrees with LightGBM is not timed at all.
     rows = _agreement_rows(model, X, cfg.agreement_rows)
     ref = live["lightgbm"].predict(rows, 1)
@@ -134,6 +137,9 @@ def _run_model(cfg, log, spec, engines, result) -> None:
                 "round_medians_us": [float(np.median(r)) / 1e3 for r in per_round],
             })
 
+    for threads in cfg.threads:  # untimed warm-up: thread pools, a parallel kernel's first call
+        for engine in timed.values():
+            engine.time_bulk(X[:2000], path, threads, 1)
     for n in bulk_sizes:
         Xn = X[:n]
         for threads in cfg.threads:
