@@ -296,15 +296,16 @@ def test_every_decision_type_and_categorical_edge():
         for default_left in (0, 2):
             for threshold in thresholds:
                 trees.append(((missing << 2) | default_left, 0, repr(threshold), ""))
-    for words in ("5 1", "0 0 4294967295", "4294967295", "1"):
+    # Sets within 0..63 live in the record (bit 63, category 63, is its sign bit); wider ones apart.
+    for words in ("5 1", "0 0 4294967295", "4294967295", "1", "0 2147483648", "1 2147483648 1"):
         count = len(words.split())
         trees.append((1, 1, "0", f"cat_boundaries=0 {count}\ncat_threshold={words}\n"))
     text = _ensemble_text(trees)
     values = [np.nan, -np.inf, np.inf, -1.5, np.nextafter(-1.5, 0), -K_ZERO, np.nextafter(-K_ZERO, -1),
               np.nextafter(-K_ZERO, 1), -K_ZERO / 2, -1e-300, -0.0, 0.0, 1e-300, K_ZERO / 2, K_ZERO,
               np.nextafter(K_ZERO, 1), 2.5, np.nextafter(2.5, 3), 1e300, 1.7e308]
-    categories = [np.nan, -np.inf, np.inf, -1.0, -0.99, -0.5, -0.0, 0.7, 2.9, 31.0, 32.0, 33.0, 63.0, 64.0,
-                  95.0, 96.0, 1e9, 2.0**31 - 1, 2.0**31, 1e10]
+    categories = [np.nan, -np.inf, np.inf, -1.0, -0.99, -0.5, -0.0, 0.7, 2.9, 31.0, 32.0, 33.0, 62.0, 63.0,
+                  63.9, 64.0, 95.0, 96.0, 1e9, 2.0**31 - 1, 2.0**31, 1e10]
     X = np.array([[v, c] for v in values for c in categories[:: 7]] + [[0.5, c] for c in categories])
     model = scoreline.load_lightgbm(text)
     ours = gpu.predict_gpu(model, X, fallback=False)
