@@ -5,6 +5,7 @@ and batches streamed through pinned host buffers with copies overlapped with com
     predict_gpu(model, data, raw_score=False)   # numpy / Arrow / pandas, like model.predict
     score_batches_gpu(model, batches)           # Arrow RecordBatches in, one result per batch out
     on_gpu(model) -> GpuLightGBM                # the model's interface, scoring on the GPU
+    for_bulk(model, device)                     # what `scoreline score --device` scores with
     choose_device(device, rows) -> "cuda" | "cpu"
 
 Results equal the CPU path's bit for bit: the kernels (kernels/cuda_trees.py) follow the same
@@ -34,6 +35,7 @@ __all__ = [
     "GpuLightGBM",
     "cuda_available",
     "choose_device",
+    "for_bulk",
     "on_gpu",
     "predict_gpu",
     "score_batches_gpu",
@@ -153,6 +155,41 @@ def score_batches_gpu(model, batches, raw_score: bool = False, *, batch_rows: in
 def on_gpu(model) -> GpuLightGBM:
     """``model`` with its arrays uploaded, scoring on the GPU behind the usual model interface."""
     return model if isinstance(model, GpuLightGBM) else GpuLightGBM(model)
+
+
+def for_bulk(model, device: str | None):
+    """What bulk scoring (``score_file``, ``scoreline score --device``) should score with.
+
+    ``model`` is a model file, a loaded model or a registered model id. For ``"cpu"`` it comes back
+    as is; for ``"cuda"`` or ``"auto"`` a LightGBM model (file or loaded) comes back as a
+    ``GpuLightGBM`` when a GPU is usable. Otherwise ``model`` comes back unchanged, with a
+    ``GpuUnavailableWarning`` saying why when ``"cuda"`` was asked for (no GPU; a registered
+    deployment or a linear model, which score on the CPU).
+    """
+    explicit = (device or os.environ.get("SCORELINE_DEVICE") or "cpu").lower() == "cuda"
+    if choose_device(device, GPU_MIN_ROWS) == "cpu":
+        return model
+    ok, reason = cuda_available()
+    if not ok:
+        if explicit:
+            _warn_once(reason)
+        return model
+    loaded = model
+    if isinstance(model, (str, os.PathLike)):
+        if not os.path.isfile(model):
+            if explicit:
+                warnings.warn("scoring on the CPU: registered deployments score on the CPU; give a model file "
+                              "to score on the GPU", GpuUnavailableWarning, stacklevel=2)
+            return model
+        from scoreline.engine.bulk import load_model_file
+
+        loaded = load_model_file(model)
+    if getattr(loaded, "kind", None) != "lightgbm" or not hasattr(loaded, "packed"):
+        if explicit:
+            warnings.warn(f"scoring on the CPU: only LightGBM models score on the GPU, not {type(loaded).__name__}",
+                          GpuUnavailableWarning, stacklevel=2)
+        return model
+    return on_gpu(loaded)
 
 
 class GpuLightGBM:

@@ -66,6 +66,15 @@ if not SIMULATOR:
         with pytest.raises(NotReadyError):
             next(gpu.score_batches_gpu(model, [pa.RecordBatch.from_pandas(_frame(model, X))]))
 
+    @pytest.mark.skipif(AVAILABLE, reason="a GPU is present")
+    def test_bulk_without_a_gpu_keeps_the_model(tiny_model, tmp_path, monkeypatch):
+        model, _ = tiny_model
+        monkeypatch.setattr(gpu, "_warned", False)
+        assert gpu.for_bulk(model, "cpu") is model
+        assert gpu.for_bulk(model, "auto") is model  # silently: auto means "if there is one"
+        with pytest.warns(gpu.GpuUnavailableWarning, match="scoring on the CPU"):
+            assert gpu.for_bulk(model, "cuda") is model
+
     def test_missing_numba_cuda_is_reported_not_raised():
         # A fresh interpreter in which importing numba.cuda fails, as without the gpu extra.
         code = (
@@ -267,6 +276,22 @@ def test_bulk_scoring_through_the_gpu_model(tmp_path):
                         threads=3)
     assert on_gpu.rows_scored == on_cpu.rows_scored == X.shape[0]
     assert pq.read_table(tmp_path / "gpu.parquet").equals(pq.read_table(tmp_path / "cpu.parquet"))
+
+
+@needs_device
+def test_bulk_device_choice(tmp_path):
+    from sklearn.linear_model import LinearRegression
+
+    model, booster, _ = _train("binary", seed=17, rounds=2)
+    booster.save_model(tmp_path / "model.txt")
+    assert isinstance(gpu.for_bulk(str(tmp_path / "model.txt"), "cuda"), gpu.GpuLightGBM)
+    assert isinstance(gpu.for_bulk(model, "auto"), gpu.GpuLightGBM)
+    assert gpu.for_bulk(model, "cpu") is model
+    with pytest.warns(gpu.GpuUnavailableWarning, match="registered deployments"):
+        assert gpu.for_bulk("customer-segmentation@3", "cuda") == "customer-segmentation@3"
+    linear = scoreline.load_linear(LinearRegression().fit(np.eye(3), [1.0, 2.0, 3.0]))
+    with pytest.warns(gpu.GpuUnavailableWarning, match="only LightGBM"):
+        assert gpu.for_bulk(linear, "cuda") is linear
 
 
 @needs_device
