@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scoreline.engine import sources as _sources
-from scoreline.registry.manifest import decode_manifest, encode_manifest
 from scoreline.errors import InputError, NotFoundError
+from scoreline.registry.manifest import decode_manifest, encode_manifest
 
 __all__ = [
     "score_file",
