@@ -31,8 +31,7 @@ from numba import cuda
 
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
-from scoreline.kernels import trees as _cpu
-from scoreline.kernels.trees import CATEGORICAL, CHILD_MASK, FEATURE_SHIFT, NAN_RIGHT, ZERO_MISSING
+from scoreline.kernels.trees import CATEGORICAL, CHILD_MASK, FEATURE_SHIFT, NAN_RIGHT, WIDE_SET, ZERO_MISSING
 
 __all__ = ["SIMULATED", "SHARED_BYTES", "score_staged", "score_global", "link_rows", "link_rows_parallel"]
 
@@ -48,11 +47,6 @@ _DEFAULT_SHIFT = 59
 _SPECIAL = CATEGORICAL | ZERO_MISSING
 _K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 assert NAN_RIGHT == 1 << _NAN_SHIFT and FEATURE_SHIFT == 32  # the layout these kernels decode
-# Category sets within 0..63 sit in the record itself (column 0, a 64-bit set) unless WIDE_SET
-# marks a set in cat_bits (column 0 = start << 32 | words); packings without WIDE_SET put every
-# set in cat_bits.
-_WIDE_SET = getattr(_cpu, "WIDE_SET", 0)
-_INLINE_SETS = _WIDE_SET != 0
 
 _device = cuda.jit(device=True)
 _kernel = cuda.jit if SIMULATED else cuda.jit(cache=True)
@@ -68,7 +62,7 @@ else:
 
     @_device
     def _mul(a, b):
-        # __nv_dmul_rn is never contracted into an FMA, as LightGBM's (non-FMA) x86 build does not.
+        # __nv_dmul_rn is never contracted into an FMA: the product is rounded first, as on the CPU.
         return libdevice.dmul_rn(a, b)
 
 
@@ -78,7 +72,7 @@ def _category_side(x, word, location, cat_bits):
     if not (x > -1.0 and x < 2147483648.0):
         return 1  # NaN, negatives, beyond int range (INT_MIN on x86): right
     category = np.int64(x)
-    if _INLINE_SETS and not (word & _WIDE_SET):
+    if not (word & WIDE_SET):  # categories 0..63: the set is the record's 64-bit column 0
         if category < 64 and (location >> category) & 1:
             return 0
         return 1
