@@ -60,6 +60,7 @@ class Decider:
             self.payload_list = values
             self.payload_index = np.array([values.index(d.payload[lab]) for lab in labels],
                                           dtype=np.int64)
+            self.payload_index_list = self.payload_index.tolist()
             self.payload_field = d.payload_field
         self.labels = pa.array(labels, pa.string())
         self.label_list = labels
@@ -113,10 +114,14 @@ class Decider:
             probs = [1.0 - p, p] if self.binary else [p]
         else:
             probs = row[0]
+        # A sum is NaN whenever a term is (and also for inf - inf: then look term by term).
+        total = sum(probs)
+        has_nan = total != total and any(q != q for q in probs)
+        if raw.ndim == 2:
             if self.column >= 0:
                 score = probs[self.column]
             else:
-                score = math.nan if any(q != q for q in probs) else max(probs)
+                score = math.nan if has_nan else max(probs)
         if self.kind == "bands":
             if score != score:
                 return score, None, -1
@@ -124,13 +129,13 @@ class Decider:
                 if score >= low:
                     return score, self.label_list[b], -1
             return score, self.label_list[-1], -1
-        if any(q != q for q in probs):
+        if has_nan:
             return score, None, -1
         if self.kind == "top-k":
             order = sorted(range(len(probs)), key=lambda j: -probs[j])[: self.k]  # stable
             return score, ",".join(self.label_list[j] for j in order), -1
-        best = max(range(len(probs)), key=probs.__getitem__)  # the first maximum, as np.argmax
-        payload = int(self.payload_index[best]) if self.kind == "segment" else -1
+        best = probs.index(max(probs))  # the first maximum, as np.argmax
+        payload = self.payload_index_list[best] if self.kind == "segment" else -1
         return score, self.label_list[best], payload
 
     def label_column(self, index: np.ndarray, bad: np.ndarray) -> pa.Array:
