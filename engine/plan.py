@@ -137,7 +137,8 @@ def compile_plan(manifest: M.Manifest, feature_names, categories) -> Plan:
             per_input[keys] = CodeSlot(keys, b.scratch(), {k: i for i, k in enumerate(keys)})
         return per_input[keys].slot
 
-    for spec in manifest.inputs:
+    for i, spec in enumerate(manifest.inputs):
+        _check_input(spec, f"$.inputs[{i}]")
         if spec.type == "string":
             columns[spec.name] = _Column("keyed-string", -1, spec.name)
         elif spec.type in _DATE_TYPES:
@@ -179,6 +180,19 @@ def compile_plan(manifest: M.Manifest, feature_names, categories) -> Plan:
     ops = np.array(b.ops, dtype=np.int64).reshape(-1, 6)
     return Plan(b.width, len(feature_names), tuple(inputs), ops,
                 np.array(b.params, dtype=np.float64))
+
+
+def _check_input(spec: M.Input, path: str) -> None:
+    """Input settings that its type cannot honour are refused rather than silently ignored."""
+    if spec.allowed is not None and spec.type in _DATE_TYPES:
+        raise SchemaError(f"input {spec.name!r}: allowed values apply to int, float, string and "
+                          "bool inputs, not to dates", path=f"{path}.allowed")
+    if (spec.minimum is not None or spec.maximum is not None) and spec.type not in ("int", "float"):
+        raise SchemaError(f"input {spec.name!r}: minimum and maximum apply to int and float "
+                          f"inputs, not to {spec.type}", path=f"{path}.minimum")
+    if spec.minimum is not None and spec.maximum is not None and spec.minimum > spec.maximum:
+        raise SchemaError(f"input {spec.name!r}: minimum {spec.minimum} is above maximum "
+                          f"{spec.maximum}", path=f"{path}.minimum")
 
 
 def _compile_transform(i, t, b: _Builder, columns, slot_for, codes_of) -> None:

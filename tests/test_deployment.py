@@ -312,6 +312,10 @@ def test_entity_lookup_mixes_with_inline_rows(models, tmp_path):
      "$.decision.labels"),
     (lambda m: {**m, "transforms": [{"kind": "log1p", "input": "state", "output": "x"}]},
      "$.transforms[0]"),
+    (lambda m: {**m, "inputs": [{**m["inputs"][0], "allowed": ["2000-01-01"]}, *m["inputs"][1:]]},
+     "$.inputs[0].allowed"),
+    (lambda m: {**m, "inputs": [*m["inputs"][:5], {**m["inputs"][5], "default": 1.5},
+                                *m["inputs"][6:]]}, "$.inputs[5].default"),
 ])
 def test_registration_refuses_a_broken_version(models, tmp_path, change, path):
     folder, _ = models["binary"]
