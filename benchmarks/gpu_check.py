@@ -210,7 +210,7 @@ def time_kernels(model, X: np.ndarray, reps: int) -> list[dict]:
         for layout, d_x in layouts.items():
             args = (d_x, n, width, 1 if layout == "feature-major" else 0, device.thresholds, device.words,
                     device.leaf_value, device.trees, device.cat_bits, device.linear, device.linear_const,
-                    device.linear_feature, device.linear_coeff, k, 0.0, d_out)
+                    device.linear_feature, device.linear_coeff, device.is_linear, k, 0.0, d_out)
             grid = (n + block - 1) // block
             launch = (kernels.score_global[grid, block] if kind == "global"
                       else kernels.score_staged[grid, block, 0, shared])
@@ -350,7 +350,7 @@ def check_ptx(cc=(9, 0)) -> dict:
     result = {"cc": f"{cc[0]}.{cc[1]}", "fused_multiply_adds": 0, "kernels": {}}
     for rows in (f64, types.float32):
         sig = (arr(rows), i64, i64, i64, arr(f64), arr(i64), arr(f64), arr(i64, 2), arr(types.uint32), arr(i64, 2),
-               arr(f64), arr(i64), arr(f64), i64, f64, arr(f64, 2))
+               arr(f64), arr(i64), arr(f64), i64, i64, f64, arr(f64, 2))
         for name in ("score_staged", "score_global"):
             ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, sig, cc=cc)
             counts = {op: len(re.findall(op.replace(".", r"\."), ptx))

@@ -315,14 +315,14 @@ class _DeviceModel:
         # Kernels index these only where the model uses them; a one-element array stands in for an
         # empty one so no zero-size allocation reaches the driver.
         self.cat_bits = cuda.to_device(p.cat_bits if p.cat_bits.size else np.zeros(1, np.uint32))
+        self.is_linear = 1 if p.is_linear else 0
         if p.is_linear:
             self.linear = cuda.to_device(p.linear)
             self.linear_const = cuda.to_device(p.linear_const)
             self.linear_feature = cuda.to_device(p.linear_feature if p.linear_feature.size else np.zeros(1, np.int64))
             self.linear_coeff = cuda.to_device(p.linear_coeff if p.linear_coeff.size else np.zeros(1))
         else:
-            # linear.shape[0] == 0 tells the kernel there are no linear leaves.
-            self.linear = _empty_linear(cuda)
+            self.linear = cuda.to_device(np.zeros((1, 2), np.int64))  # never read: is_linear is 0
             self.linear_const = self.linear_coeff = cuda.to_device(np.zeros(1))
             self.linear_feature = cuda.to_device(np.zeros(1, np.int64))
         self._free: list[_Slot] = []
@@ -457,7 +457,7 @@ class _DeviceModel:
         slot.dev_in[: m * width].copy_to_device(slot.host_in[: m * width], stream=stream)
         args = (slot.dev_in, m, width, 1 if feature_major else 0, self.thresholds, self.words, self.leaf_value,
                 self.trees, self.cat_bits, self.linear, self.linear_const, self.linear_feature, self.linear_coeff,
-                self.num_class, divisor, slot.dev_out)
+                self.is_linear, self.num_class, divisor, slot.dev_out)
         if self.block:
             grid = (m + self.block - 1) // self.block
             launch = k.score_staged[grid, self.block, stream, self.block * width * 8]
@@ -505,11 +505,6 @@ def _launch_shape(width: int) -> tuple[int, int]:
     limit = _kernels().SHARED_BYTES // (8 * max(1, width))
     block = min(_BLOCK, limit // 32 * 32)
     return (block, block * width * 8) if block >= 32 else (0, 0)
-
-
-def _empty_linear(cuda):
-    # A (0, 2) device array without a zero-byte allocation: a view of a one-row array.
-    return cuda.to_device(np.zeros((1, 2), np.int64))[:0]
 
 
 def _copy_pool():

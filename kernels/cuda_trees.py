@@ -123,10 +123,9 @@ def _linear_value(src, base, stride, leaf, leaf_value, linear, linear_const, lin
 
 @_device
 def _score_row(src, base, stride, row, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
-               linear_feature, linear_coeff, num_class, divisor, out):
+               linear_feature, linear_coeff, is_linear, num_class, divisor, out):
     """All outputs of one row: class k sums trees k, k + K, ... (file order), then divides."""
     num_trees = trees.shape[0]
-    is_linear = linear.shape[0] > 0
     for k in range(num_class):
         total = 0.0
         for t in range(k, num_trees, num_class):
@@ -143,12 +142,14 @@ def _score_row(src, base, stride, row, thresholds, words, leaf_value, trees, cat
 
 @_kernel
 def score_staged(X, n, num_features, feature_major, thresholds, words, leaf_value, trees, cat_bits, linear,
-                 linear_const, linear_feature, linear_coeff, num_class, divisor, out):
+                 linear_const, linear_feature, linear_coeff, is_linear, num_class, divisor, out):
     """Raw scores of rows 0..n-1 into out (n, num_class), one thread per row, rows staged in shared memory.
 
     X is the flat input (float64 or float32): ``X[row * num_features + f]`` when ``feature_major`` is
-    0, ``X[f * n + row]`` when it is 1. Launch with blocks of B threads and B * num_features * 8
-    bytes of dynamic shared memory.
+    0, ``X[f * n + row]`` when it is 1. The model arrays are engine/packing.py's; ``is_linear`` is 1
+    when the leaves are linear (else the linear arrays are never read), ``divisor`` the iteration
+    count of an average_output model or 0.0. Launch with blocks of B threads and
+    B * num_features * 8 bytes of dynamic shared memory.
     """
     staged = cuda.shared.array(0, numba.float64)  # a Numba type: the simulator needs one too
     block = cuda.blockDim.x
@@ -171,12 +172,12 @@ def score_staged(X, n, num_features, feature_major, thresholds, words, leaf_valu
     cuda.syncthreads()
     if tid < count:
         _score_row(staged, tid, block, first + tid, thresholds, words, leaf_value, trees, cat_bits, linear,
-                   linear_const, linear_feature, linear_coeff, num_class, divisor, out)
+                   linear_const, linear_feature, linear_coeff, is_linear, num_class, divisor, out)
 
 
 @_kernel
 def score_global(X, n, num_features, feature_major, thresholds, words, leaf_value, trees, cat_bits, linear,
-                 linear_const, linear_feature, linear_coeff, num_class, divisor, out):
+                 linear_const, linear_feature, linear_coeff, is_linear, num_class, divisor, out):
     """``score_staged`` reading each value from global memory (any width, no shared memory)."""
     row = cuda.grid(1)
     if row < n:
@@ -185,7 +186,7 @@ def score_global(X, n, num_features, feature_major, thresholds, words, leaf_valu
         else:
             base, stride = row * num_features, 1
         _score_row(X, base, stride, row, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
-                   linear_feature, linear_coeff, num_class, divisor, out)
+                   linear_feature, linear_coeff, is_linear, num_class, divisor, out)
 
 
 # --- host half: the output transform, with the CPU's exp ----------------------------------------
