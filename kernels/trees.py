@@ -187,16 +187,79 @@ def _tree_block_end(trees, first):
 
 
 @jit(inline="always")
+def _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out):
+    """One row through trees t..t+7 in lockstep (the single-row counterpart of _walk_group),
+    adding their leaves in tree order."""
+    depth = trees[t, 1]
+    categorical = trees[t, 3]
+    for i in range(t + 1, t + GROUP_ROWS):
+        depth = max(depth, trees[i, 1])
+        categorical = max(categorical, trees[i, 3])
+    n0, n1, n2, n3 = trees[t, 0], trees[t + 1, 0], trees[t + 2, 0], trees[t + 3, 0]
+    n4, n5, n6, n7 = trees[t + 4, 0], trees[t + 5, 0], trees[t + 6, 0], trees[t + 7, 0]
+    if categorical == TREE_NUMERIC:
+        for _ in range(depth):
+            n0 = _step(X, row, n0, thresholds, words)
+            n1 = _step(X, row, n1, thresholds, words)
+            n2 = _step(X, row, n2, thresholds, words)
+            n3 = _step(X, row, n3, thresholds, words)
+            n4 = _step(X, row, n4, thresholds, words)
+            n5 = _step(X, row, n5, thresholds, words)
+            n6 = _step(X, row, n6, thresholds, words)
+            n7 = _step(X, row, n7, thresholds, words)
+    else:
+        for _ in range(depth):
+            n0 = _step_categorical(X, row, n0, thresholds, words)
+            n1 = _step_categorical(X, row, n1, thresholds, words)
+            n2 = _step_categorical(X, row, n2, thresholds, words)
+            n3 = _step_categorical(X, row, n3, thresholds, words)
+            n4 = _step_categorical(X, row, n4, thresholds, words)
+            n5 = _step_categorical(X, row, n5, thresholds, words)
+            n6 = _step_categorical(X, row, n6, thresholds, words)
+            n7 = _step_categorical(X, row, n7, thresholds, words)
+    out[row, trees[t, 2]] += leaf_value[n0]
+    out[row, trees[t + 1, 2]] += leaf_value[n1]
+    out[row, trees[t + 2, 2]] += leaf_value[n2]
+    out[row, trees[t + 3, 2]] += leaf_value[n3]
+    out[row, trees[t + 4, 2]] += leaf_value[n4]
+    out[row, trees[t + 5, 2]] += leaf_value[n5]
+    out[row, trees[t + 6, 2]] += leaf_value[n6]
+    out[row, trees[t + 7, 2]] += leaf_value[n7]
+
+
+@jit(inline="always")
+def _score_row(X, row, thresholds, words, leaf_value, trees, cat_bits, out):
+    """One row over every tree in file order, eight trees at a time where their splits allow."""
+    num_trees = trees.shape[0]
+    t = 0
+    while t < num_trees:
+        if t + GROUP_ROWS <= num_trees:
+            general = False
+            for i in range(t, t + GROUP_ROWS):
+                general = general or trees[i, 3] == TREE_GENERAL
+            if not general:
+                _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out)
+                t += GROUP_ROWS
+                continue
+        out[row, trees[t, 2]] += leaf_value[_leaf_record(X, row, trees[t, 0], thresholds, words, cat_bits)]
+        t += 1
+
+
+@jit(inline="always")
 def _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
     """Rows start..stop-1 over every tree: per row the trees are added in file order (LightGBM's
-    summation order, so sums agree to the bit), a block of trees at a time, then transformed."""
+    summation order, so sums agree to the bit), then the row is transformed.
+
+    Whole groups of eight rows walk each block of trees together; the rows left over (a single
+    row, the end of a batch) walk eight trees at a time instead.
+    """
     for row in range(start, stop):
         for k in range(out.shape[1]):
             out[row, k] = 0.0
     num_trees = trees.shape[0]
     grouped_end = start + (stop - start) // GROUP_ROWS * GROUP_ROWS
     first = 0
-    while first < num_trees:
+    while first < num_trees and grouped_end > start:
         end = _tree_block_end(trees, first)
         for t in range(first, end):
             root = trees[t, 0]
@@ -206,17 +269,15 @@ def _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, 
             if kind == TREE_NUMERIC:
                 for r in range(start, grouped_end, GROUP_ROWS):
                     _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out)
-                for row in range(grouped_end, stop):
-                    out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
             elif kind == TREE_CATEGORICAL:
                 for r in range(start, grouped_end, GROUP_ROWS):
                     _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, out)
-                for row in range(grouped_end, stop):
-                    out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
-            else:  # zero-as-missing splits (rare): a row at a time
-                for row in range(start, stop):
+            else:  # wide category sets, zero-as-missing band tests (rare): a row at a time
+                for row in range(start, grouped_end):
                     out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
         first = end
+    for row in range(grouped_end, stop):
+        _score_row(X, row, thresholds, words, leaf_value, trees, cat_bits, out)
     for row in range(start, stop):
         if divisor != 0.0:
             for k in range(out.shape[1]):
