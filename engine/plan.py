@@ -122,14 +122,10 @@ def compile_plan(manifest: M.Manifest, feature_names, categories) -> Plan:
     b = _Builder(len(feature_names))
     columns: dict[str, _Column] = {}
     code_slots: dict[str, dict[tuple, CodeSlot]] = {}
-    placed: set[int] = set()
 
     def slot_for(name: str) -> int:
         j = preferred.get(name)
-        if j is None:
-            return b.scratch()
-        placed.add(j)
-        return j
+        return b.scratch() if j is None else j
 
     def codes_of(name: str, keys: tuple[str, ...]) -> int:
         per_input = code_slots.setdefault(name, {})

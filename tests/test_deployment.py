@@ -410,3 +410,37 @@ def test_a_linear_model_and_a_non_finite_score(tmp_path):
     assert out.column("application-decision").to_pylist() == ["decline", None, "decline"]
     with pytest.raises(InputError, match="non-finite score"):
         dep.score_request({"inputs": {"x": math.inf, "y": 1.0}})
+
+
+def test_a_string_input_feeds_a_pandas_categorical_feature(tmp_path):
+    """A model trained on a pandas category column takes the raw string: its position in the
+    model's own category list (unseen -> missing), exactly as LightGBM does with pandas."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(11)
+    n = 2000
+    df = pd.DataFrame({
+        "state": pd.Categorical(rng.choice(STATES, n), categories=["WA", "NSW", "QLD", "VIC"]),
+        "balance": rng.normal(0, 1, n),
+    })
+    y = (df["state"].isin(["VIC", "QLD"]).to_numpy() + df["balance"].to_numpy() > 0.7).astype(int)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1,
+                         "min_data_per_group": 5, "cat_smooth": 1}, lgb.Dataset(df, y), 10)
+    booster.save_model(str(tmp_path / "model.txt"))
+    m = decode_manifest(json.dumps({
+        "model-id": "cat", "entity": {"key": "id"},
+        "inputs": [{"name": "state", "type": "string", "required": False},
+                   {"name": "balance", "type": "float"}],
+        "model": {"format": "lightgbm", "artifact": "model.txt"}, "decision": BANDS}))
+    dep = Deployment(m, tmp_path, version=1, store=False)
+    states = ["VIC", "WA", "TAS", None, "QLD"]
+    balances = [0.1, -0.3, 0.5, 0.2, 1.0]
+    out = dep.score(pa.RecordBatch.from_pydict({"state": states, "balance": balances}))
+    seen = [s if s in STATES else None for s in states]  # pandas' own code for unseen: missing
+    frame = pd.DataFrame({"state": pd.Categorical(seen, categories=["WA", "NSW", "QLD", "VIC"]),
+                          "balance": balances})
+    want = booster.predict(frame)
+    np.testing.assert_allclose(out.column("score").to_numpy(), want, rtol=1e-12)
+    assert want[0] != pytest.approx(want[1])  # the category really matters
+    one = [dep.score_request({"inputs": {"state": s, "balance": v}})["score"]
+           for s, v in zip(states, balances)]
+    np.testing.assert_allclose(one, want, rtol=1e-12)
