@@ -285,8 +285,10 @@ class TreeliteEngine(Engine):
             t0 = time.perf_counter()
             tl_model = treelite.frontend.load_lightgbm_model(str(model.path))
             tmp = so.with_name(f"{so.stem}.{os.getpid()}.tmp.so")
+            # Many small source files: gcc -O3's time grows faster than linearly with a file's
+            # size, and two files of 500 deep trees each did not compile in 27 minutes here.
             tl2cgen.export_lib(tl_model, toolchain="gcc", libpath=str(tmp),
-                               params={"parallel_comp": os.cpu_count() or 1}, nthread=os.cpu_count())
+                               params={"parallel_comp": max(2, model.stats["trees"] // 8)}, nthread=os.cpu_count())
             os.replace(tmp, so)
             compile_s = time.perf_counter() - t0
             record.write_text(json.dumps({"compile_s": compile_s, "when": time.strftime("%Y-%m-%d %H:%M")}))
