@@ -37,15 +37,21 @@ _ALIAS = re.compile(ALIAS_PATTERN)
 
 
 class Rows:
-    """Some rows of one request, column-wise: keys, raw inputs (only the names given) and request ids."""
+    """Some rows of one request, column-wise: keys, raw inputs (only the names given) and request ids.
 
-    __slots__ = ("keys", "inputs", "request_ids", "n")
+    `request` is set for a one-entity call: the checked request as the engine's one-row path
+    (`Engine.score`) takes it, used when this request ends up alone in its batch.
+    """
 
-    def __init__(self, keys: list, inputs: dict[str, list] | None, request_ids: list[str]) -> None:
+    __slots__ = ("keys", "inputs", "request_ids", "n", "request")
+
+    def __init__(self, keys: list, inputs: dict[str, list] | None, request_ids: list[str],
+                 request: dict | None = None) -> None:
         self.keys = keys
         self.inputs = inputs
         self.request_ids = request_ids
         self.n = len(keys)
+        self.request = request
 
 
 def check_model_ref(model_id: object, version: object, *, path: str = "$") -> tuple[str, int | str | None]:
@@ -81,7 +87,12 @@ class RowShape:
     def parse_request(self, body: dict, request_id: str) -> Rows:
         """One `/v1/score` body (already known to be an object) as a one-row Rows."""
         key, inputs, rid = self._parse(body, "$", self.top_level, request_id)
-        return Rows([key], None if inputs is None else {k: [v] for k, v in inputs.items()}, [rid])
+        one = {"request-id": rid}
+        if key is not None:
+            one[self.key] = key
+        if inputs:
+            one["inputs"] = body["inputs"]  # as sent (checked above): the engine parses dates itself
+        return Rows([key], None if inputs is None else {k: [v] for k, v in inputs.items()}, [rid], one)
 
     def parse_rows(self, rows: object, path: str, make_id) -> Rows:
         """The `rows` list of a `/v1/score/batch` body; `make_id()` supplies absent request ids."""

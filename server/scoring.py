@@ -32,12 +32,20 @@ class Scored:
 
     __slots__ = ("batch", "columns", "offset", "n", "batch_rows")
 
-    def __init__(self, batch: pa.RecordBatch, columns: dict[str, list], offset: int, n: int) -> None:
+    def __init__(self, batch: pa.RecordBatch | None, columns: dict[str, list], offset: int, n: int,
+                 batch_rows: int) -> None:
         self.batch = batch
         self.columns = columns
         self.offset = offset
         self.n = n
-        self.batch_rows = batch.num_rows
+        self.batch_rows = batch_rows
+
+    @classmethod
+    def one(cls, answer: dict) -> Scored:
+        """The answer of the engine's one-row path, as a scored batch of one row."""
+        columns = {name: [value] for name, value in answer.items()}
+        columns["error"] = [None]
+        return cls(None, columns, 0, 1, 1)
 
     def row(self, i: int, fields: tuple[str, ...]) -> dict:
         """Row `i` of this request as a dict of `fields` (the contract)."""
@@ -50,6 +58,8 @@ class Scored:
 
     def arrow(self) -> pa.RecordBatch:
         """This request's rows of the output batch (zero-copy slice)."""
+        if self.batch is None:
+            return pa.RecordBatch.from_pydict(self.columns)
         return self.batch.slice(self.offset, self.n)
 
 
@@ -162,6 +172,16 @@ class Scorer:
 
     def _score_parts(self, deployment, parts: list[Rows]) -> list:
         """Runs in the executor: one engine call for all parts, results split back per part."""
+        if len(parts) == 1 and parts[0].request is not None:
+            # Alone in its batch (an idle service): the engine's one-row path skips building
+            # Arrow arrays and is several times faster than a batch of one (same kernels, same
+            # values: the engine checks both paths agree when a version loads). It logs the row
+            # and raises a row's error with the engine's own field path.
+            try:
+                answer = self.engine.score(deployment.model_id, parts[0].request, version=deployment.version)
+            except ScorelineError as exc:
+                return [exc]
+            return [Scored.one(answer)]
         shape = self._entries_shape(deployment)
         try:
             batch, ids = shape.to_batch(parts)
@@ -181,7 +201,7 @@ class Scorer:
         columns = {name: out.column(i).to_pylist() for i, name in enumerate(out.schema.names)}
         results, offset = [], 0
         for part in parts:
-            results.append(Scored(out, columns, offset, part.n))
+            results.append(Scored(out, columns, offset, part.n, out.num_rows))
             offset += part.n
         return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 import pytest
@@ -17,8 +18,8 @@ from test_server_support import KEY, MODEL_ID, build_registry, live_server, make
 
 
 class GatedEngine:
-    """The real engine, with its first `score_batch` call held until the test opens the gate, and
-    the size of every batch recorded. Everything else is delegated unchanged."""
+    """The real engine, with its first scoring call (one-row `score` or `score_batch`) held until
+    the test opens the gate, and the rows of every call recorded. Everything else is delegated."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -26,11 +27,18 @@ class GatedEngine:
         self.first_started = threading.Event()
         self.batch_sizes: list[int] = []
 
-    def score_batch(self, model_id, batch, version=None, request_ids=None):
-        self.batch_sizes.append(batch.num_rows)
+    def _hold(self, rows: int) -> None:
+        self.batch_sizes.append(rows)
         if len(self.batch_sizes) == 1:
             self.first_started.set()
             self.gate.wait(30)
+
+    def score(self, model_id, request, version=None):
+        self._hold(1)
+        return self.engine.score(model_id, request, version=version)
+
+    def score_batch(self, model_id, batch, version=None, request_ids=None):
+        self._hold(batch.num_rows)
         return self.engine.score_batch(model_id, batch, version=version, request_ids=request_ids)
 
     def __getattr__(self, name):
@@ -59,7 +67,9 @@ def test_coalesced_requests_match_unbatched_and_a_bad_one_fails_alone(registry):
             async def main():
                 async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                     first = asyncio.ensure_future(client.post("/v1/score", json={"model-id": MODEL_ID, KEY: 1000}))
+                    deadline = time.monotonic() + 30  # a broken gate fails the test, never hangs it
                     while not gated.first_started.is_set():
+                        assert time.monotonic() < deadline, "the first request never reached the engine"
                         await asyncio.sleep(0.005)
                     rest = [asyncio.ensure_future(client.post("/v1/score", json=b)) for b in bodies]
                     while True:  # wait until all are queued (visible in /metrics)
@@ -67,6 +77,7 @@ def test_coalesced_requests_match_unbatched_and_a_bad_one_fails_alone(registry):
                         line = [l for l in text.splitlines() if l.startswith("scoreline_queue_rows{")]
                         if line and float(line[0].rsplit(" ", 1)[1]) == len(bodies):
                             break
+                        assert time.monotonic() < deadline, f"requests were not all queued: {line}"
                         await asyncio.sleep(0.01)
                     gated.gate.set()
                     return await first, await asyncio.gather(*rest)
