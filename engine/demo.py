@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scoreline.errors import SchemaError
-from scoreline.kernels.transforms import age_years
+from scoreline.kernels.transforms import age_years, clip, log1p
 
 __all__ = ["build_demo", "STATES", "SEGMENTS"]
 
@@ -147,7 +147,11 @@ def _features(table: pa.Table, today: dt.date) -> dict[str, np.ndarray]:
     age_years(days, (today - dt.date(1970, 1, 1)).days, age)
     state = np.asarray(table.column("state").combine_chunks().indices, dtype=np.float64)
     balance = table.column("account-balance").to_numpy()
-    out = {"age": age, "state_code": state, "log_balance": np.log1p(np.maximum(balance, 0.0)),
+    floor = np.empty(len(balance))
+    clip(balance, 0.0, np.inf, floor)
+    log_balance = np.empty(len(balance))
+    log1p(floor, log_balance)  # the kernel, not np.log1p: numpy's SIMD log1p can differ by an ulp
+    out = {"age": age, "state_code": state, "log_balance": log_balance,
            "postcode": table.column("postcode").to_numpy().astype(np.float64)}
     for i, s in enumerate(STATES):
         out[f"state_{s}"] = (state == i).astype(np.float64)

@@ -124,7 +124,9 @@ def min_max(x, lo, hi, out):
 
 @jit
 def log1p(x, out):
-    """`log(1 + x)` as numpy computes it: -1 gives -inf and below -1 gives NaN."""
+    """`log(1 + x)` as the C library's log1p computes it (Python's math.log1p): -1 gives -inf
+    and below -1 NaN, as numpy; numpy's own SIMD log1p can differ from it in the last bit, so
+    training code should compute this feature with this kernel (engine/demo.py does)."""
     for i in range(x.shape[0]):
         v = x[i]
         if v < -1.0:
