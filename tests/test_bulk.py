@@ -400,3 +400,18 @@ def test_linear_model_file(tmp_path):
     complete = ~np.isnan(_matrix(table)).any(axis=1)
     got = pq.read_table(tmp_path / "out.parquet")["score"].to_numpy()
     np.testing.assert_allclose(got[complete], estimator.predict_proba(X[complete])[:, 1], rtol=1e-9, atol=1e-12)
+
+
+def test_arrow_memory_stays_flat_as_a_parquet_file_grows(tmp_path):
+    """Reading holds a row group or so, not every row group read so far."""
+    from scoreline.engine.sources import open_sources
+
+    table = _table(2000)
+    with pq.ParquetWriter(tmp_path / "in.parquet", table.schema) as w:
+        for _ in range(40):  # 40 row groups
+            w.write_table(table)
+    before = pa.total_allocated_bytes()
+    held = [pa.total_allocated_bytes() - before for _ in open_sources(tmp_path / "in.parquet")[0].batches(2000)]
+    assert len(held) == 40
+    # pyarrow's default (pre_buffer=True) ends at ~40 row groups' worth here.
+    assert max(held) < 8 * table.nbytes, (max(held), table.nbytes)
