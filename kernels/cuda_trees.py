@@ -157,18 +157,26 @@ def score_staged(X, n, num_features, feature_major, thresholds, words, leaf_valu
     first = cuda.blockIdx.x * block
     count = min(block, n - first)
     total = count * num_features
-    # Consecutive threads copy consecutive input values: one coalesced sweep over the block's rows.
+    # Consecutive threads copy consecutive input values: coalesced sweeps over the block's rows.
     if feature_major:
-        for i in range(tid, total, block):
-            f = i // count
-            r = i - f * count
-            staged[f * block + r] = X[f * n + first + r]
+        if tid < count:
+            for f in range(num_features):
+                staged[f * block + tid] = X[f * n + first + tid]
     else:
+        # Value i of the block's rows is row i // F, feature i % F. Integer division is a long
+        # software routine on the GPU, so divide once and then step (r, f) by the block size.
         start = first * num_features
+        r = tid // num_features
+        f = tid - r * num_features
+        step_rows = block // num_features
+        step_features = block - step_rows * num_features
         for i in range(tid, total, block):
-            r = i // num_features
-            f = i - r * num_features
             staged[f * block + r] = X[start + i]
+            r += step_rows
+            f += step_features
+            if f >= num_features:
+                f -= num_features
+                r += 1
     cuda.syncthreads()
     if tid < count:
         _score_row(staged, tid, block, first + tid, thresholds, words, leaf_value, trees, cat_bits, linear,
