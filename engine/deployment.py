@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -124,20 +125,14 @@ class Deployment:
         self._payload_name = self._names[5] if len(self._names) > 5 else None
         self._store_columns = {n: manifest.entity.columns.get(n, n) for n in self.input_names}
         self._lookup_columns = list(dict.fromkeys(self._store_columns.values()))
-        if store is None and manifest.entity.store is not None:
-            store = open_store(manifest.entity.store, self.version_dir.parent.parent)
-        self.store = store or None
-        if self.store is not None:
-            have = set(self.store.schema.names)
-            for name, column in self._store_columns.items():
-                if column not in have:
-                    raise SchemaError(
-                        f"input {name!r} reads column {column!r}, which the entity store lacks "
-                        f"(columns: {', '.join(self.store.schema.names)}); map it in "
-                        "entity.columns", path=f"$.entity.columns.{name}")
-        # Stored rows converted once per store snapshot (see engine/storeview.py).
-        self._view = StoreView(self.store, self.plan, self._store_columns, _codes) \
-            if self.store is not None and StoreView.supports(self.store) else None
+        # store=None: the manifest's store, opened on the first lookup (a bulk job over files of
+        # raw inputs never opens it); a store object: attached (and converted) now.
+        self._store_spec = manifest.entity.store if store is None else None
+        self._store_lock = threading.Lock()
+        self.store = None
+        self._view = None
+        if store:
+            self._attach_store(store)
         self._request_fields = frozenset(
             (self.key_name, "inputs", "request-id", "model-id", "model-version"))
         self.compile_seconds = time.perf_counter() - started
@@ -149,6 +144,27 @@ class Deployment:
 
     def __repr__(self) -> str:
         return f"<Deployment {self.model_id} v{self.version}>"
+
+    def _attach_store(self, store) -> None:
+        have = set(store.schema.names)
+        for name, column in self._store_columns.items():
+            if column not in have:
+                raise SchemaError(
+                    f"input {name!r} reads column {column!r}, which the entity store lacks "
+                    f"(columns: {', '.join(store.schema.names)}); map it in entity.columns",
+                    path=f"$.entity.columns.{name}")
+        # Stored rows converted once per store snapshot (see engine/storeview.py).
+        self._view = StoreView(store, self.plan, self._store_columns, _codes) \
+            if StoreView.supports(store) else None
+        self.store = store
+
+    def _need_store(self) -> bool:
+        """Open the manifest's store if it is not open yet; whether there is a store at all."""
+        if self.store is None and self._store_spec is not None:
+            with self._store_lock:
+                if self.store is None:
+                    self._attach_store(open_store(self._store_spec, self.version_dir.parent.parent))
+        return self.store is not None
 
     # --- the batch path -----------------------------------------------------------------------
 
@@ -216,7 +232,7 @@ class Deployment:
     def _fill_from_store(self, work, rows: np.ndarray, keys: pa.Array, errors: dict) -> None:
         """Fill rows `rows` from the entity store by their keys; unknown keys are row errors."""
         wanted = keys if len(rows) == len(keys) else keys.take(pa.array(rows))
-        if self.store is None:
+        if not self._need_store():
             for row in rows.tolist():
                 errors.setdefault(row, InputError(
                     f"no inputs given and model {self.model_id!r} has no entity store: send "
@@ -315,7 +331,8 @@ class Deployment:
         if key is not None:
             key = _check_key(key, self.manifest.entity.key_type, self.key_name)
         if not inputs or all(inputs.get(name) is None for name in self.input_names):
-            if self._view is not None and type(key) is int:
+            if key is not None and self._need_store() and self._view is not None \
+                    and type(key) is int:
                 work = np.empty((1, self.plan.width), dtype=np.float64)
                 self._fill_one_from_view(key, work)
                 return self._finish_one(key, work, now)
@@ -363,7 +380,7 @@ class Deployment:
         if key is None:
             raise SchemaError(f"expected `$.{self.key_name}` or `$.inputs`, got neither",
                               path=f"$.{self.key_name}")
-        if self.store is None:
+        if not self._need_store():
             raise InputError(f"no inputs given and model {self.model_id!r} has no entity store: "
                              "send `$.inputs`", path="$.inputs")
         keys = np.array([key], dtype=np.int64) if type(key) is int else [key]

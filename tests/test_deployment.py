@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 lgb = pytest.importorskip("lightgbm")
 
 from scoreline.engine.deployment import Deployment, validate_version  # noqa: E402
-from scoreline.errors import InputError, NotFoundError, RegistrationError, SchemaError  # noqa: E402
+from scoreline.errors import (  # noqa: E402
+    InputError, NotFoundError, RegistrationError, SchemaError, ScorelineError,
+)
 from scoreline.registry.manifest import decode_manifest  # noqa: E402
 from scoreline.registry.repository import Repository  # noqa: E402
 
@@ -444,3 +446,16 @@ def test_a_string_input_feeds_a_pandas_categorical_feature(tmp_path):
     one = [dep.score_request({"inputs": {"state": s, "balance": v}})["score"]
            for s, v in zip(states, balances)]
     np.testing.assert_allclose(one, want, rtol=1e-12)
+
+
+def test_the_store_opens_on_first_lookup(models, tmp_path):
+    """A deployment built straight from a manifest (as bulk jobs do) opens its entity store only
+    when a row needs it: inline rows score even where the store is out of reach."""
+    folder, booster = models["binary"]
+    dep = Deployment(decode_manifest(manifest(BANDS, store="no/such/store.parquet")), folder,
+                     version=1)
+    rows = random_rows(np.random.default_rng(12), 4)
+    out = dep.score(batch_of(rows), now=TODAY)
+    assert out.column("error").null_count == 4
+    with pytest.raises(ScorelineError):
+        dep.score_request({"customer-id": 5}, now=TODAY)
