@@ -86,22 +86,30 @@ def _category_side(x, word, location, cat_bits):
 
 @_device
 def _leaf(src, base, stride, root, depth, thresholds, words, cat_bits):
-    """Record index of the leaf that the row at ``src[base + feature * stride]`` reaches."""
-    node = root
+    """Record index of the leaf that the row at ``src[base + feature * stride]`` reaches.
+
+    Indices are unsigned on purpose: Numba wraps negative indices around for signed ones, three
+    extra instructions per array read, on every level of every tree.
+    """
+    node = np.uint64(root)
+    first = np.uint64(base)
+    step = np.uint64(stride)
     for _ in range(depth):
-        word = words[2 * node + 1]
-        if (word & CHILD_MASK) == node:
+        at = node + node
+        word = words[at + np.uint64(1)]
+        child = np.uint64(word & CHILD_MASK)
+        if child == node:
             break  # a leaf (its own child): the warp stops once all its rows stand on leaves
-        x = np.float64(src[base + ((word >> FEATURE_SHIFT) & _FEATURE_MASK) * stride])
-        side = np.int64(x > thresholds[2 * node])
+        x = np.float64(src[first + np.uint64((word >> FEATURE_SHIFT) & _FEATURE_MASK) * step])
+        side = np.uint64(x > thresholds[at])
         if x != x:
-            side = (word >> _NAN_SHIFT) & 1
+            side = np.uint64((word >> _NAN_SHIFT) & 1)
         if word & _SPECIAL:
             if word & CATEGORICAL:
-                side = _category_side(x, word, words[2 * node], cat_bits)
+                side = np.uint64(_category_side(x, word, words[at], cat_bits))
             elif x != x or abs(x) <= _K_ZERO:
-                side = (word >> _DEFAULT_SHIFT) & 1  # zero as missing: NaN and the zero band
-        node = (word & CHILD_MASK) + side
+                side = np.uint64((word >> _DEFAULT_SHIFT) & 1)  # zero as missing: NaN and the zero band
+        node = child + side
     return node
 
 
