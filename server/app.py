@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 
 import msgspec
@@ -207,6 +208,8 @@ def app_from_env() -> Starlette:
     settings = msgspec.convert(config.get("settings", {}), ServerSettings)
     registry, log_url = config["registry"], config.get("log")
     interval = config.get("reload_interval")
+    if config.get("switch_interval_us"):
+        sys.setswitchinterval(config["switch_interval_us"] / 1e6)
 
     def load():
         import scoreline

@@ -35,7 +35,12 @@ def register(subparsers) -> None:
                    help="wait budget of a micro-batch while another runs, in microseconds (default: 500)")
     p.add_argument("--max-queue", type=int, default=4096,
                    help="waiting rows per model version before answering 503 (default: 4096)")
+    p.add_argument("--max-in-flight", type=int, default=2,
+                   help="micro-batches of one model version scoring at once (default: 2)")
     p.add_argument("--threads", type=int, default=2, help="scoring threads per worker (default: 2)")
+    p.add_argument("--switch-interval-us", type=int, default=None,
+                   help="Python's GIL switch interval in the workers (default: Python's 5000); smaller "
+                        "lets the event loop take the GIL back sooner from a scoring thread")
     p.add_argument("--timeout", type=float, default=5.0, help="per-request deadline in seconds (default: 5)")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="request body limit (default: 16 MiB)")
     p.add_argument("--max-rows", type=int, default=10_000, help="rows per JSON or v2 request (default: 10000)")
@@ -68,6 +73,7 @@ def run(args) -> int:
     log = args.log or os.environ.get("SCORELINE_LOG") or f"sqlite:///{registry / 'decisions.db'}"
     settings = {
         "max_batch": args.max_batch, "max_wait_us": args.max_wait_us, "max_queue": args.max_queue,
+        "max_in_flight": args.max_in_flight,
         "threads": args.threads, "request_timeout_s": args.timeout, "max_body_bytes": args.max_body_bytes,
         "max_rows": args.max_rows, "max_arrow_rows": args.max_arrow_rows,
         "api_keys": _keys(args.api_key, "SCORELINE_API_KEYS"),
@@ -89,7 +95,8 @@ def run(args) -> int:
 
     os.environ[ENV_CONFIG] = msgspec.json.encode(
         {"registry": str(registry), "log": None if log == "none" else log,
-         "reload_interval": args.reload_interval, "settings": settings}).decode()
+         "reload_interval": args.reload_interval, "switch_interval_us": args.switch_interval_us,
+         "settings": settings}).decode()
     uvicorn.run("scoreline.server.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, http="httptools", loop=_loop(), log_level=args.log_level,
                 access_log=False, lifespan="on", timeout_graceful_shutdown=10)
