@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 import time
 
+import msgspec
+
 import pyarrow as pa
 
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError, ScorelineError
@@ -46,11 +48,11 @@ class Engine:
         self._failed: dict[tuple[str, int], ScorelineError] = {}
         self._compiling: dict[tuple[str, int], threading.Lock] = {}
         self._stores: dict[bytes, object] = {}
-        self._live: dict[str, dict] = {}  # model id -> {"aliases": {...}, "latest": int}
         self._log = LogBuffer(log)
         self._closed = False
         self._token = None
-        self._live = self._scan()
+        # model id -> {"versions", "aliases", "latest"}: replaced whole, never edited in place
+        self._live: dict[str, dict] = self._scan()
         if preload:
             self.reload()
         self._watcher = None
@@ -134,8 +136,6 @@ class Engine:
         store = False
         spec = manifest.entity.store
         if spec is not None:
-            import msgspec
-
             store_key = msgspec.json.encode(spec) + str(self.repository.root).encode()
             with self._lock:
                 store = self._stores.get(store_key)
