@@ -36,7 +36,8 @@ from scoreline.kernels.trees import CATEGORICAL, CHILD_MASK, FEATURE_SHIFT, NAN_
 __all__ = ["SIMULATED", "SHARED_BYTES", "score_staged", "score_global", "link_rows", "link_rows_parallel"]
 
 # Under NUMBA_ENABLE_CUDASIM=1 kernels run as Python threads on numpy arrays: no libdevice there.
-SIMULATED = bool(numba.cuda.config.ENABLE_CUDASIM) if hasattr(numba.cuda, "config") else False
+# (numba-cuda keeps its own config module; older releases read numba's.)
+SIMULATED = bool(getattr(getattr(cuda, "config", None) or numba.config, "ENABLE_CUDASIM", 0))
 
 # Static per-block shared memory every CUDA device offers without an opt-in.
 SHARED_BYTES = 48 * 1024
