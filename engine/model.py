@@ -40,6 +40,10 @@ class LightGBMModel:
     kind = "lightgbm"
 
     def __init__(self, packed: PackedEnsemble, *, feature_names, objective: str, categories: dict[int, tuple]):
+        # Arrays that arrive read-only (Ray's object store, a memory map) are copied once: Numba
+        # treats read-only arrays as other types, and a new specialization costs ~10 s to compile
+        # while the copy of even a 1000 x 255 model takes milliseconds. Kernels never write them.
+        packed = _writable(packed)
         self._packed = packed
         self.feature_names = tuple(feature_names)
         self.num_features = packed.num_features
@@ -141,6 +145,14 @@ class LightGBMModel:
             raise InputError(f"expected a (rows, {self.num_features}) matrix, got {shape}", path="X")
         if X.dtype not in _FLOATS or not (X.flags.c_contiguous or X.flags.f_contiguous):
             raise InputError(f"expected a C- or F-contiguous float64/float32 matrix, got {X.dtype}", path="X")
+
+
+def _writable(packed: PackedEnsemble) -> PackedEnsemble:
+    arrays = {name: getattr(packed, name) for name in PackedEnsemble.__dataclass_fields__}
+    if all(not isinstance(a, np.ndarray) or a.flags.writeable for a in arrays.values()):
+        return packed
+    return PackedEnsemble(**{n: a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
+                             for n, a in arrays.items()})
 
 
 def _lightgbm_dtype(data):

@@ -27,7 +27,7 @@ LINK_SIGNED_SQUARE = 5  # regression family trained with reg_sqrt
 LINK_LOG1P_EXP = 6  # cross_entropy_lambda
 
 
-@jit(inline="always")
+@jit
 def apply_link(row, link, param):
     """Transform one row of raw scores (length num_class) in place.
 

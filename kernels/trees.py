@@ -49,6 +49,9 @@ TREE_GENERAL = 2  # wider category sets or zero-as-missing band tests: a row at 
 
 K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 
+# Helpers are plain @jit functions that LLVM inlines into the kernels: Numba-level inlining
+# (inline="always") gave the same speed but took 40-80 s to compile each kernel here, 4-8x more.
+
 # Rows that walk each tree together: eight independent chains of dependent loads keep the core
 # busy where one row alone waits on every node (measured 2.3x over a row at a time, 100 x 31).
 GROUP_ROWS = 8
@@ -58,7 +61,7 @@ TILE_ROWS = 64
 # Node records per block of trees (16 bytes each: 256 KiB, about a core's L2).
 TILE_RECORDS = 16384
 
-@jit(inline="always")
+@jit
 def _category_side(x, word, location, cat_bits):
     """0 (left) when x's category is in the split's set, else 1 (right)."""
     # LightGBM: NaN, negatives and values beyond int range go right; others truncate to int,
@@ -78,7 +81,7 @@ def _category_side(x, word, location, cat_bits):
     return 1
 
 
-@jit(inline="always")
+@jit
 def _leaf_record(X, row, root, thresholds, words, cat_bits):
     """Record index of the leaf that ``X[row]`` reaches from ``root`` (any kind of split).
 
@@ -104,7 +107,7 @@ def _leaf_record(X, row, root, thresholds, words, cat_bits):
         node = child
 
 
-@jit(inline="always")
+@jit
 def _step(X, row, node, thresholds, words):
     """One numeric split without branches: right when x > t, or when x is NaN and NaN goes right.
 
@@ -117,7 +120,7 @@ def _step(X, row, node, thresholds, words):
     return (word & CHILD_MASK) + side
 
 
-@jit(inline="always")
+@jit
 def _step_categorical(X, row, node, thresholds, words):
     """``_step`` that also evaluates categorical splits whose sets fit in 64 bits, branch-free."""
     word = words[2 * node + 1]
@@ -130,7 +133,7 @@ def _step_categorical(X, row, node, thresholds, words):
     return (word & CHILD_MASK) + side
 
 
-@jit(inline="always")
+@jit
 def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, out):
     """``_walk_group`` for trees with categorical splits."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = root
@@ -153,7 +156,7 @@ def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_v
     out[r + 7, column] += leaf_value[n7]
 
 
-@jit(inline="always")
+@jit
 def _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out):
     """Rows r..r+7 through one tree of numeric splits, in lockstep, adding the leaves to out."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = root
@@ -176,7 +179,7 @@ def _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out):
     out[r + 7, column] += leaf_value[n7]
 
 
-@jit(inline="always")
+@jit
 def _tree_block_end(trees, first):
     """One past the last tree of the block starting at ``first``: trees whose records start
     within TILE_RECORDS of the block's first record."""
@@ -186,7 +189,7 @@ def _tree_block_end(trees, first):
     return end
 
 
-@jit(inline="always")
+@jit
 def _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out):
     """One row through trees t..t+7 in lockstep (the single-row counterpart of _walk_group),
     adding their leaves in tree order."""
@@ -227,7 +230,7 @@ def _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out):
     out[row, trees[t + 7, 2]] += leaf_value[n7]
 
 
-@jit(inline="always")
+@jit
 def _score_row(X, row, thresholds, words, leaf_value, trees, cat_bits, out):
     """One row over every tree in file order, eight trees at a time where their splits allow."""
     num_trees = trees.shape[0]
@@ -245,7 +248,7 @@ def _score_row(X, row, thresholds, words, leaf_value, trees, cat_bits, out):
         t += 1
 
 
-@jit(inline="always")
+@jit
 def _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out):
     """Rows start..stop-1 over every tree: per row the trees are added in file order (LightGBM's
     summation order, so sums agree to the bit), then the row is transformed.
@@ -311,7 +314,7 @@ def predict_parallel(X, thresholds, words, leaf_value, trees, cat_bits, divisor,
         _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, divisor, link, param, out)
 
 
-@jit(inline="always")
+@jit
 def _linear_value(X, row, leaf, leaf_value, linear, linear_const, linear_feature, linear_coeff):
     """LightGBM's linear leaf: const + sum(coeff * x) over its features; any NaN -> plain leaf value."""
     start = linear[leaf, 0]
@@ -327,7 +330,7 @@ def _linear_value(X, row, leaf, leaf_value, linear, linear_const, linear_feature
     return total
 
 
-@jit(inline="always")
+@jit
 def _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, linear, linear_const,
                        linear_feature, linear_coeff, divisor, link, param, out):
     for row in range(start, stop):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import scoreline
+from scoreline.engine.model import LightGBMModel
 
 lgb = pytest.importorskip("lightgbm")
 
@@ -214,12 +215,24 @@ def test_layouts_threads_and_readonly_arrays_agree(categorical_binary):
     np.testing.assert_allclose(model.predict(X), expected, rtol=RTOL, atol=0)
     np.testing.assert_allclose(model.predict(X, num_threads=1), expected, rtol=RTOL, atol=0)
     np.testing.assert_allclose(model.predict(np.asfortranarray(X)), expected, rtol=RTOL, atol=0)
-    frozen = pickle.loads(pickle.dumps(model))
-    frozen.packed.readonly()
-    X.flags.writeable = False
+    # Arrays that arrive read-only (Ray workers, memory maps) score the same.
+    packed = pickle.loads(pickle.dumps(model)).packed.readonly()
+    frozen = LightGBMModel(packed, feature_names=model.feature_names, objective=model.objective,
+                           categories=model.categories)
     np.testing.assert_allclose(frozen.predict(X), expected, rtol=RTOL, atol=0)
-    np.testing.assert_allclose(frozen.predict(X[:3], num_threads=1), expected[:3], rtol=RTOL, atol=0)
     np.testing.assert_array_equal(frozen.predict(X[:50], pred_leaf=True), booster.predict(X[:50], pred_leaf=True))
+    X.flags.writeable = False
+    np.testing.assert_allclose(frozen.predict(X[:3], num_threads=1), expected[:3], rtol=RTOL, atol=0)
+
+
+def test_kernels_never_write_model_arrays(categorical_binary):
+    _, model, X = categorical_binary
+    before = {name: getattr(model.packed, name).copy() for name in ("nodes", "leaf_value", "trees", "cat_bits")}
+    model.predict(X)
+    model.predict(X[:5], raw_score=True)
+    model.predict(X[:5], pred_leaf=True)
+    for name, array in before.items():
+        np.testing.assert_array_equal(getattr(model.packed, name), array, err_msg=name)
 
 
 def test_predict_matrix_writes_into_out(categorical_binary):
