@@ -58,10 +58,12 @@ def run(args) -> int:
         raw_score=args.raw_score,
     )
     if args.engine == "ray":
+        _require("ray", "ray")
         from scoreline.distributed.ray import score_files
 
         result = score_files(args.model, inputs, args.output, address=args.address, **common)
     elif args.engine == "spark":
+        _require("pyspark", "spark")
         from scoreline.distributed.spark import score_files
 
         result = score_files(args.model, inputs, args.output, master=args.address, **common)
@@ -73,6 +75,15 @@ def run(args) -> int:
     if not args.quiet:
         print(result.summary())
     return 0
+
+
+def _require(module: str, extra: str) -> None:
+    import importlib.util
+
+    from scoreline.errors import NotReadyError
+
+    if importlib.util.find_spec(module) is None:
+        raise NotReadyError(f"--engine {extra} needs {module}: pip install 'scoreline[{extra}]'", path="--engine")
 
 
 def _bar():
