@@ -26,7 +26,13 @@ SIZES = {
     "500x63-cat": (500, 63, 30, 5, "binary"),
     "1000x255": (1000, 255, 50, 0, "regression"),
 }
-BATCHES = [1, 16, 256, 100_000]
+# The bulk batch per size: about a second of LightGBM's time on one core, so a benchmark round
+# stays short while the batch is far beyond the parallel threshold.
+LARGE = {"100x31": 100_000, "500x63-cat": 20_000, "1000x255": 4_000}
+BATCHES = [1, 16, 256, "large"]
+# Distinct tree shapes generated per model; further trees reuse them with new leaf values
+# (the records are still separate in memory), which keeps generating 1000 x 255 to seconds.
+SHAPES = 100
 NUM_CATEGORIES = 32
 
 
@@ -49,7 +55,13 @@ def generate_model(trees: int, leaves: int, features: int, categorical: int, obj
         "feature_infos=" + " ".join(["0:1:2"] * categorical + ["[-5:5]"] * (features - categorical)),
         "",
     ]
+    shapes = []
     for t in range(trees):
+        if t >= SHAPES:
+            shape = shapes[t % SHAPES]
+            values = " ".join(repr(float(v)) for v in np.round(rng.normal(scale=0.1, size=leaves), 8))
+            out += [f"Tree={t}"] + shape[1:8] + [f"leaf_value={values}"] + shape[9:]
+            continue
         left, right, feature, threshold, decision, cats = [], [], [], [], [], []
         members = {0: np.arange(len(sample))}  # leaf -> sample rows that reach it
         parent_slot = {0: None}  # leaf -> (node, side) that points at it
@@ -101,6 +113,7 @@ def generate_model(trees: int, leaves: int, features: int, categorical: int, obj
             block += ["cat_boundaries=" + " ".join(str(i * len(cats[0])) for i in range(len(cats) + 1)),
                       "cat_threshold=" + " ".join(str(int(w)) for w in words)]
         block += ["is_linear=0", "shrinkage=1", "", ""]
+        shapes.append(block)
         out += block
     out += ["end of trees", "", "pandas_categorical:null", ""]
     return "\n".join(out)
@@ -124,19 +137,28 @@ def case(request, tmp_path_factory):
     if not path.exists():
         path.write_text(generate_model(trees, leaves, features, categorical, objective))
     text = path.read_text()
-    X = generate_rows(max(BATCHES), features, categorical)
+    X = generate_rows(LARGE[name], features, categorical)
     return name, scoreline.load_lightgbm(text), lgb.Booster(model_str=text), X
 
 
-@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"batch={b}")
-@pytest.mark.parametrize("engine", ["scoreline", "lightgbm"])
-def test_bulk_prediction(benchmark, case, batch, engine):
+# One thread for every batch size; all threads for the bulk batch only.
+RUNS = [(engine, batch) for batch in BATCHES for engine in ("scoreline", "lightgbm")] + [
+    ("scoreline-all-threads", "large"),
+    ("lightgbm-all-threads", "large"),
+]
+
+
+@pytest.mark.parametrize(("engine", "batch"), RUNS, ids=[f"{e}-batch={b}" for e, b in RUNS])
+def test_bulk_prediction(benchmark, case, engine, batch):
     name, model, booster, X = case
+    batch = LARGE[name] if batch == "large" else batch
     rows = np.ascontiguousarray(X[:batch])
+    threads = None if engine.endswith("all-threads") else 1
     benchmark.group = f"{name} batch={batch}"
-    if engine == "scoreline":
-        result = benchmark(model.predict_matrix, rows, num_threads=1)
+    if engine.startswith("scoreline"):
+        result = benchmark(model.predict_matrix, rows, num_threads=threads)
+        expected = booster.predict(rows, num_threads=1)
     else:
-        result = benchmark(booster.predict, rows, num_threads=1)
-    expected = booster.predict(rows, num_threads=1) if engine == "scoreline" else model.predict(rows)
+        result = benchmark(booster.predict, rows, num_threads=threads or 0)
+        expected = model.predict(rows, num_threads=1)
     np.testing.assert_allclose(result, expected, rtol=1e-12, atol=0)
