@@ -5,6 +5,11 @@ Flush policy (all times from `time.monotonic()`):
 - busy: submissions collect while a batch runs; the collected ones go as soon as a batch slot frees,
   when they reach `max_rows`, or when the wait budget `max_wait` (measured from the oldest waiting
   submission) runs out, whichever comes first; at most `max_in_flight` batches run at once;
+- regrouping: when a batch finishes and fewer rows wait than it carried, its own clients are about
+  to send their next requests, so the waiting rows get `max_wait` more (from the finish) to be
+  joined by them. Under a steady closed-loop load this merges the cohorts that "go at once when
+  idle" would otherwise keep apart (a stable cycle of small batches, each paying the engine's fixed
+  cost per call). It never applies at low load: nothing waits when a lone request's batch ends;
 - over `max_queue` waiting rows a submission fails at once with `OverloadedError` (503 +
   Retry-After) instead of letting latency grow without bound;
 - a submission that waits past its own deadline fails with `OverloadedError` and is not scored.
@@ -73,6 +78,7 @@ class MicroBatcher(Generic[T, R]):
         self._queued_rows = 0
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._regroup_until = 0.0
 
     @property
     def queued_rows(self) -> int:
@@ -112,8 +118,12 @@ class MicroBatcher(Generic[T, R]):
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._pending and self._in_flight < self.max_in_flight:
-            if self._in_flight and self._queued_rows < self.max_rows:
-                wait = self._pending[0].queued_at + self.max_wait - time.monotonic()
+            if self._queued_rows < self.max_rows and (self._in_flight or self._regroup_until):
+                now = time.monotonic()
+                if self._in_flight:
+                    wait = self._pending[0].queued_at + self.max_wait - now
+                else:
+                    wait = self._regroup_until - now
                 if wait > 0:
                     if self._timer is None:
                         self._timer = loop.call_later(wait, self._on_timer, loop)
@@ -122,12 +132,15 @@ class MicroBatcher(Generic[T, R]):
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
+        if self._regroup_until and time.monotonic() >= self._regroup_until:
+            self._regroup_until = 0.0
         self._schedule(loop)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._regroup_until = 0.0
         batch: list[_Waiter] = []
         rows = 0
         while self._pending and (not batch or rows + self._pending[0].rows <= self.max_rows):
@@ -166,6 +179,10 @@ class MicroBatcher(Generic[T, R]):
                     waiter.future.set_exception(result)
                 else:
                     waiter.future.set_result(result)
+        if self._pending and not self._in_flight and self.max_wait > 0:
+            finished = sum(w.rows for w in batch)
+            if self._queued_rows < finished:
+                self._regroup_until = time.monotonic() + self.max_wait
         self._schedule(loop)
 
 

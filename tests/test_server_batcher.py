@@ -199,3 +199,50 @@ def test_a_request_past_its_deadline_fails_and_is_not_scored(executor):
 def test_bad_parameters_are_refused():
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, max_rows=0)
+
+
+class Gated:
+    """A score function whose n-th call waits for gates[n] (calls past the gates run freely)."""
+
+    def __init__(self, gates: int) -> None:
+        self.gates = [threading.Event() for _ in range(gates)]
+        self.started = [threading.Event() for _ in range(gates)]
+        self.batches: list[list] = []
+
+    def __call__(self, items):
+        n = len(self.batches)
+        self.batches.append(list(items))
+        if n < len(self.gates):
+            self.started[n].set()
+            self.gates[n].wait(5)
+        return [item * 10 for item in items]
+
+
+async def _started(event: threading.Event) -> None:
+    deadline = time.monotonic() + 5
+    while not event.is_set():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+
+
+def test_rows_waiting_when_a_bigger_batch_ends_are_regrouped_with_its_returning_clients(executor):
+    score = Gated(2)
+    batcher = MicroBatcher(score, max_rows=64, max_wait=0.05, max_in_flight=1, executor=executor)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(0))
+        await _started(score.started[0])
+        cohort = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.005)
+        score.gates[0].set()  # [0] ends with 3 rows waiting (more than it carried): they go at once
+        await first
+        await _started(score.started[1])
+        straggler = asyncio.ensure_future(batcher.submit(20))
+        await asyncio.sleep(0.005)
+        score.gates[1].set()  # [1, 2, 3] ends with 1 row waiting: it is held for the returning clients
+        await asyncio.gather(*cohort)
+        returning = [asyncio.ensure_future(batcher.submit(i)) for i in (21, 22)]
+        return await asyncio.gather(straggler, *returning)
+
+    assert run(main()) == [200, 210, 220]
+    assert score.batches == [[0], [1, 2, 3], [20, 21, 22]]

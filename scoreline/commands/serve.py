@@ -35,8 +35,8 @@ def register(subparsers) -> None:
                    help="wait budget of a micro-batch while another runs, in microseconds (default: 500)")
     p.add_argument("--max-queue", type=int, default=4096,
                    help="waiting rows per model version before answering 503 (default: 4096)")
-    p.add_argument("--max-in-flight", type=int, default=2,
-                   help="micro-batches of one model version scoring at once (default: 2)")
+    p.add_argument("--max-in-flight", type=int, default=1,
+                   help="micro-batches of one model version scoring at once (default: 1)")
     p.add_argument("--threads", type=int, default=2, help="scoring threads per worker (default: 2)")
     p.add_argument("--switch-interval-us", type=int, default=None,
                    help="Python's GIL switch interval in the workers (default: Python's 5000); smaller "
