@@ -1,1 +1,0 @@
-"""HTTP benchmark of the Scoreline server against a bare Starlette floor and a plain LightGBM app."""
