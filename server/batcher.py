@@ -61,7 +61,7 @@ class MicroBatcher(Generic[T, R]):
         max_rows: int = 64,
         max_wait: float = 0.0005,
         max_queue: int = 2048,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         executor: Executor | None = None,
         retry_after: float = 1.0,
     ) -> None:

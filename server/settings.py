@@ -11,7 +11,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Limits, micro-batching and API keys; `scoreline serve` fills it from its flags.
 
     Batching: `max_batch` rows per engine call, `max_wait_us` wait budget measured from the oldest
-    waiting request (only while another batch is running: an idle service scores at once),
+    waiting request while another batch runs (an idle service scores at once), and the time rows
+    waiting at the end of a bigger batch are held for its clients' next requests (see batcher.py),
     `max_queue` waiting rows per deployment before answering 503, `max_in_flight` batches per
     deployment scoring at once, `threads` executor threads for scoring. `request_timeout_s` is the
     per-request deadline. Limits: `max_body_bytes` per request body, `max_rows` rows per JSON or v2
