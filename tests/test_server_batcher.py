@@ -115,7 +115,8 @@ def test_waiting_rows_go_when_the_running_batch_finishes(executor):
 
 def test_multi_row_items_fill_batches_by_rows(executor):
     score = Recorder(hold=True)
-    batcher = MicroBatcher(score, max_rows=10, max_wait=10.0, max_in_flight=1, executor=executor)
+    # max_wait=0: no regrouping, so the leftover item goes as soon as the slot frees
+    batcher = MicroBatcher(score, max_rows=10, max_wait=0.0, max_in_flight=1, executor=executor)
 
     async def main():
         first = asyncio.ensure_future(batcher.submit(0, rows=3))
