@@ -20,7 +20,17 @@ import pyarrow.parquet as pq
 
 from scoreline.errors import InputError
 
-__all__ = ["Source", "Malformed", "open_sources", "read_sources", "read_ahead", "output_format", "AtomicWriter", "FORMATS"]
+__all__ = [
+    "Source",
+    "Malformed",
+    "open_sources",
+    "read_sources",
+    "read_ahead",
+    "output_format",
+    "AtomicWriter",
+    "FORMATS",
+    "CSV_NULL_VALUES",
+]
 
 FORMATS = ("parquet", "arrow")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -45,7 +55,8 @@ class Source:
         """The file's rows as RecordBatches of at most ``batch_size`` rows.
 
         Memory held at once is one batch plus what the format needs to produce it (a Parquet
-        row group's column chunks, a CSV block), never the whole file.
+        row group's column chunks, a CSV block), never the whole file. A CSV file's malformed
+        lines (wrong number of fields) come as ``Malformed`` items between its batches.
         """
         if self.format == "parquet":
             # pre_buffer=False: with pyarrow's default (True) the reader keeps every row group it
@@ -59,8 +70,9 @@ class Source:
             yield from _rebatch(self._csv_batches(columns, batch_size), batch_size)
 
     def _ipc_batches(self, columns):
-        # Memory-mapped: a batch's buffers are pages of the file, read when touched.
-        with pa.memory_map(self.path) as source:
+        # Read, not memory-mapped: mapped pages stay resident once touched, so the process's
+        # memory would grow with the file; read batches are freed when their rows are written.
+        with pa.OSFile(self.path) as source:
             if self.format == "arrow-file":
                 reader = ipc.open_file(source)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
