@@ -6,9 +6,7 @@ import logging
 import math
 import re
 
-import msgspec
-
-from scoreline.errors import InputError, NotFoundError, SchemaError, ScorelineError
+from scoreline.errors import InputError, SchemaError, ScorelineError
 
 __all__ = [
     "MalformedBody",
@@ -16,7 +14,6 @@ __all__ = [
     "UnsupportedMediaType",
     "RowError",
     "row_error",
-    "not_found",
     "status_for",
     "error_body",
     "error_headers",
@@ -112,7 +109,3 @@ def error_headers(exc: BaseException) -> dict[str, str]:
         return {"www-authenticate": 'Bearer realm="scoreline"'}
     return {}
 
-
-def not_found(what: str, value: object, *, path: str | None = None) -> NotFoundError:
-    """An unknown model, version or route, with the value shown as the client sent it."""
-    return NotFoundError(f"unknown {what} {msgspec.json.encode(value).decode()}", path=path)
