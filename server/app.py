@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from scoreline.errors import NotFoundError, SchemaError, ScorelineError
 
-from .asgi import JSON, Endpoint, encode_json, read_body, send_bytes, send_json
+from .asgi import JSON, Endpoint, encode_json, read_body, send_bytes, send_error, send_json
 from .auth import ApiKeyMiddleware
 from .errors import MalformedBody, error_body, error_headers, status_for
 from .metrics import Metrics, MetricsMiddleware
@@ -148,7 +148,10 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     def route(path, handler, methods=("GET",)):
         return Route(path, Endpoint(handler), methods=list(methods))
 
+    scoring = v1_routes(scorer)
     routes = [
+        *scoring,  # first: the router tries routes in order
+        *v2_routes(scorer),
         route("/healthz", healthz),
         route("/readyz", readyz),
         route("/metrics", metrics_text),
@@ -157,8 +160,6 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
         route("/v1/models/{model_id}", model),
         route("/admin/reload", reload, ("POST",)),
         route("/admin/promote", promote, ("POST",)),
-        *v1_routes(scorer),
-        *v2_routes(scorer),
     ]
 
     def on_error(request: Request, exc: Exception) -> Response:
@@ -177,6 +178,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(ApiKeyMiddleware, api_keys=settings.api_keys, admin_keys=settings.admin_keys),
+            Middleware(ScoreFastPath, route=scoring[0], metrics=metrics),
         ],
         exception_handlers={ScorelineError: on_error, HTTPException: on_error, Exception: on_error},
         lifespan=lifespan,
@@ -184,6 +186,38 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     app.state.scorer = scorer
     app.state.metrics = metrics
     return app
+
+
+class ScoreFastPath:
+    """Pure ASGI middleware: `POST /v1/score`, the hot call, goes straight to its handler, skipping
+    Starlette's router and exception middleware (the same error answers come from `send_error`).
+    Everything else, and every other method on that path, goes through the app as usual."""
+
+    def __init__(self, app, *, route: Route, metrics: Metrics) -> None:
+        self.app = app
+        self.route = route
+        self.handler = route.endpoint
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route  # what the metrics middleware labels the request with
+        started = False
+
+        async def send_noting(message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.handler(scope, receive, send_noting)
+        except Exception as exc:
+            if started:  # an answer is under way: nothing sensible can follow it
+                raise
+            self.metrics.errors.inc((getattr(exc, "kind", "internal"),))
+            await send_error(send, exc)
 
 
 class _MethodNotAllowed(ScorelineError):
