@@ -2,8 +2,10 @@
 
 Single requests (v1 JSON, v2 tensors) go through one MicroBatcher per deployment; each batch is one
 `engine.score_batch(model_id, batch, version=<resolved int>, request_ids=...)` call, which scores
-with `Deployment.score` and logs every row once with its own request id. Arrow IPC bodies are
-already batches and go straight to the engine. Engine work always runs in the executor.
+with `Deployment.score` and logs every row once with its own request id. A `/v1/score` request
+alone in its batch (an idle service) takes the engine's one-row path, `engine.score`, instead.
+Arrow IPC bodies are already batches and go straight to the engine. Engine work always runs in
+the executor, off the event loop.
 """
 
 from __future__ import annotations
