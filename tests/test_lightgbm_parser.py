@@ -53,6 +53,13 @@ def test_model_metadata(model_text):
     assert model.categories == {}
 
 
+def test_warm_then_predict(model_text):
+    model = scoreline.load_lightgbm(model_text)
+    model.warm(orders="C", parallel=False)
+    X = np.random.default_rng(5).normal(size=(3, 4))
+    np.testing.assert_allclose(model.predict(X), lgb.Booster(model_str=model_text).predict(X), rtol=1e-12)
+
+
 def test_missing_file_is_a_model_format_error(tmp_path):
     with pytest.raises(ModelFormatError, match="does not exist"):
         scoreline.load_lightgbm(tmp_path / "absent.txt")
