@@ -101,6 +101,7 @@ class Engine:
         dep = self._deployments.get(key)
         if dep is not None:
             return dep
+        self._check_version(model_id, version)
         failed = self._failed.get(key)
         if failed is not None:
             raise NotReadyError(f"model {model_id!r} version {version} failed to load: "
@@ -129,6 +130,15 @@ class Engine:
                 raise error from exc
             self._deployments[key] = dep
             return dep
+
+    def _check_version(self, model_id: str, version: int) -> None:
+        """Raise SchemaError (invalid id) or NotFoundError (unknown model or version) unless the
+        registry holds this version, so that the failure and compile tables are only ever keyed
+        by real versions, never by whatever a client sent."""
+        entry = self._live.get(model_id)
+        if entry is not None and version in entry["versions"]:
+            return
+        self.repository.resolve(model_id, version)  # raises; or a version added since the scan
 
     def _compile(self, model_id: str, version: int) -> Deployment:
         manifest = self.repository.load_manifest(model_id, version)

@@ -120,6 +120,27 @@ def test_errors_are_raised_with_their_kind_and_path(engine):
         engine.score("credit-risk", {})
 
 
+@pytest.mark.parametrize("model_id, version, kind", [
+    ("1WC_", 4984, SchemaError),             # found by a fuzzer: was NotReadyError (503)
+    ("1WC_", "4984", SchemaError),
+    ("../registry", 1, SchemaError),
+    ("no-such-model", 4984, NotFoundError),
+    ("credit-risk", 4984, NotFoundError),
+    ("credit-risk", -1, NotFoundError),
+    ("credit-risk", True, SchemaError),
+])
+def test_a_bad_model_or_version_is_refused_before_any_compilation(registry, model_id, version,
+                                                                  kind):
+    """Client input never reaches the table of versions that failed to load: the same request
+    is refused the same way every time, never as 'failed to load' (503), and nothing is listed."""
+    with Engine(registry) as e:
+        for _ in range(3):
+            with pytest.raises(kind) as err:
+                e.deployment(model_id, version)
+            assert not isinstance(err.value, NotReadyError)
+        assert all(v["state"] == "not-loaded" for m in e.models() for v in m["versions"])
+
+
 def test_models_lists_versions_states_and_contract(engine):
     models = {m["model-id"]: m for m in engine.models()}
     seg = models["customer-segmentation"]
