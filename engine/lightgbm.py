@@ -108,9 +108,11 @@ def parse_lightgbm(text: str) -> EnsembleIR:
     if first_tree >= 0:
         blocks = text[first_tree + 1 : end].split("\nTree=")
         heads = [_tree_head(block if i == 0 else "Tree=" + block, i) for i, block in enumerate(blocks)]
-        batched = _parse_batched(heads)
+        batched, flat = _parse_batched(heads)
+        depths = _screen_forest(heads, flat, num_features)
         for position, head in enumerate(heads):
-            trees.append(_parse_tree(head, position, num_features, batched))
+            depth = None if depths is None else int(depths[position])
+            trees.append(_parse_tree(head, position, num_features, batched, depth))
     k = header["num_tree_per_iteration"]
     if len(trees) % k != 0:
         raise ModelFormatError(
@@ -250,13 +252,13 @@ def _tree_head(block: str, position: int) -> tuple[dict[str, str], int]:
     return values, _int(values, "num_leaves", where, 1)
 
 
-def _parse_batched(heads: list[tuple[dict[str, str], int]]) -> dict[str, list[np.ndarray]]:
-    """Each batched key of every tree, parsed in one call and cut per tree.
+def _parse_batched(heads: list[tuple[dict[str, str], int]]) -> tuple[dict, dict]:
+    """Each batched key of every tree, parsed in one call: (per-tree pieces, flat array) by key.
 
     When the joined text does not parse or the counts disagree, nothing is returned for that
     key and the trees parse it one by one, so the error names the tree at fault.
     """
-    out = {}
+    out, flats = {}, {}
     for key in _BATCHED:
         expected = [n if key == "leaf_value" else (n - 1 if n > 1 else 0) for _, n in heads]
         raws = [values.get(key) for values, n in heads]
@@ -270,10 +272,76 @@ def _parse_batched(heads: list[tuple[dict[str, str], int]]) -> dict[str, list[np
         if flat.size != sum(expected):
             continue
         out[key] = np.split(flat, np.cumsum(expected)[:-1])
-    return out
+        flats[key] = flat
+    return out, flats
 
 
-def _parse_tree(head, position: int, num_features: int, batched: dict[str, list[np.ndarray]]) -> TreeIR:
+def _screen_forest(heads, flat: dict[str, np.ndarray], num_features: int) -> np.ndarray | None:
+    """Every tree's depth when the whole forest passes the split and structure checks at once.
+
+    The same conditions as _check_splits and _check_structure, over all trees' arrays together
+    (a few dozen numpy calls instead of a few dozen per tree: ~0.25 s less for 1000 x 255).
+    Returns None when anything fails or is missing; the per-tree checks then find the tree and
+    key to name.
+    """
+    if any(key not in flat for key in _BATCHED):
+        return None
+    leaves = np.array([n for _, n in heads], dtype=np.int64)
+    internal = leaves - 1
+    try:
+        num_cat = np.array([int(values.get("num_cat", "")) for values, _ in heads], dtype=np.int64)
+    except ValueError:
+        return None
+    sf, thr, dt = flat["split_feature"], flat["threshold"], flat["decision_type"]
+    left, right = flat["left_child"], flat["right_child"]
+    tree_of = np.repeat(np.arange(len(heads)), internal)
+    node_off = np.concatenate(([0], np.cumsum(internal)[:-1]))
+    leaf_off = np.concatenate(([0], np.cumsum(leaves)[:-1]))
+    if ((sf < 0) | (sf >= num_features)).any() or np.isnan(thr).any():
+        return None
+    if ((dt < 0) | (dt > 15) | ((dt >> 2) & 3 == 3)).any():
+        return None
+    categorical = (dt & 1) == 1
+    if categorical.any():
+        index = thr[categorical]
+        if not ((index >= 0) & (index < num_cat[tree_of[categorical]]) & (index == np.floor(index))).all():
+            return None
+    nodes_here, leaves_here = internal[tree_of], leaves[tree_of]
+    for children in (left, right):
+        if ((children >= nodes_here) | (children < -leaves_here) | (children == 0)).any():
+            return None
+    children = np.concatenate((left, right))
+    parent = np.concatenate((np.arange(tree_of.size), np.arange(tree_of.size)))
+    owner = np.concatenate((tree_of, tree_of))
+    is_node = children >= 0
+    child = node_off[owner[is_node]] + children[is_node]
+    roots = node_off[internal > 0]
+    expected = np.ones(tree_of.size, dtype=np.int64)
+    expected[roots] = 0
+    if not np.array_equal(np.bincount(child, minlength=tree_of.size), expected):
+        return None
+    leaf = leaf_off[owner[~is_node]] + ~children[~is_node]
+    expected = np.ones(int(leaves.sum()), dtype=np.int64)
+    expected[leaf_off[internal == 0]] = 0  # a single-leaf tree's leaf has no parent
+    if not np.array_equal(np.bincount(leaf, minlength=expected.size), expected):
+        return None
+    up = np.arange(tree_of.size)
+    up[child] = parent[is_node]
+    dist = np.ones(tree_of.size, dtype=np.int64)
+    dist[roots] = 0
+    for _ in range(max(1, int(internal.max(initial=1)).bit_length())):
+        dist = dist + dist[up]
+        up = up[up]
+    if not np.array_equal(up, node_off[tree_of]):
+        return None  # a cycle that never reaches its root
+    leaf_depth = np.zeros(expected.size, dtype=np.int64)
+    leaf_depth[leaf] = dist[parent[~is_node]] + 1
+    return np.maximum.reduceat(leaf_depth, leaf_off) if leaf_off.size else np.zeros(0, np.int64)
+
+
+def _parse_tree(head, position: int, num_features: int, batched: dict[str, list[np.ndarray]],
+                depth: int | None) -> TreeIR:
+    """One tree's IR; ``depth`` is given when _screen_forest already checked its splits."""
     where = f"tree {position}"
     values, num_leaves = head
     num_cat = _int(values, "num_cat", where, 0)
@@ -304,9 +372,11 @@ def _parse_tree(head, position: int, num_features: int, batched: dict[str, list[
     else:
         boundaries = np.zeros(1, dtype=np.int64)
         words = np.zeros(0, dtype=np.int64)
-    _check_splits(where, num_features, split_feature, threshold, decision_type, num_cat)
-    _check_categories(where, boundaries, words)
-    depth = _check_structure(where, num_leaves, left, right)
+    if depth is None:
+        _check_splits(where, num_features, split_feature, threshold, decision_type, num_cat)
+        depth = _check_structure(where, num_leaves, left, right)
+    if num_cat > 0:
+        _check_categories(where, boundaries, words)
     linear = _parse_linear(values, where, num_leaves, num_features) if is_linear else None
     return TreeIR(
         num_leaves=num_leaves,
