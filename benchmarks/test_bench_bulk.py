@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 ROWS = [int(n) for n in os.environ.get("SCORELINE_BENCH_BULK_ROWS", "3000").split(",")]
 BATCH = 65_536
 _CHUNK = 1 << 20  # rows generated and written at a time: input files of any size, bounded memory
-_KERNEL_ROWS = 1_000_000  # the bare kernel's matrix: enough rows for a steady rate
+_KERNEL_ROWS = 1_000_000  # the bare kernel's rows: enough for a steady rate
+_ROW_GROUP = 131_072  # rows per Parquet row group in the input files (readers hold about one)
 MODELS = ("demo", "1000x255")
 
 
@@ -87,7 +88,7 @@ def _feature_ranges(model: Path) -> tuple[list[str], list[tuple[float, float]]]:
 
 def features_file(case: Case, n: int, folder: Path) -> Path:
     """An ``id`` column and the model's features, n rows (1% missing), written chunk by chunk."""
-    path = folder / f"{case.name}-features-{n}.parquet"
+    path = folder / f"{case.name}-features-{n}-rg{_ROW_GROUP}.parquet"
     if path.exists():
         return path
     names, ranges = _feature_ranges(case.model)
@@ -101,7 +102,7 @@ def features_file(case: Case, n: int, folder: Path) -> Path:
                 values = rng.uniform(lo, hi, m)
                 values[rng.random(m) < 0.01] = np.nan
                 columns[name] = values
-            writer.write_table(pa.table(columns, schema=_features_schema(names)))
+            writer.write_table(pa.table(columns, schema=_features_schema(names)), row_group_size=_ROW_GROUP)
     os.replace(tmp, path)
     return path
 
@@ -114,7 +115,7 @@ def raw_file(n: int, folder: Path) -> Path:
     """Raw inputs of the demo's customers (the deployment computes the features), n rows."""
     from scoreline.engine.demo import STATES
 
-    path = folder / f"demo-raw-{n}.parquet"
+    path = folder / f"demo-raw-{n}-rg{_ROW_GROUP}.parquet"
     if path.exists():
         return path
     rng = np.random.default_rng(n)
@@ -131,7 +132,7 @@ def raw_file(n: int, folder: Path) -> Path:
                 "state": pa.array(np.array(STATES)[rng.integers(0, len(STATES), m)]),
                 "account-balance": rng.gamma(2.0, 5000.0, m),
                 "postcode": rng.integers(800, 9999, m),
-            }, schema=schema))
+            }, schema=schema), row_group_size=_ROW_GROUP)
     os.replace(tmp, path)
     return path
 
@@ -196,13 +197,19 @@ def _run_measurement(spec: dict) -> dict:
     elif mode == "loop":
         rows = _lightgbm_loop(spec, model.feature_names)
     elif mode == "kernel":
-        table = pq.ParquetFile(spec["data"])
-        first = next(table.iter_batches(batch_size=_KERNEL_ROWS, columns=list(model.feature_names)))
-        X = to_matrix(first, model.feature_names, model.categories)
-        del first
+        # The same batches bulk scores (F-order float64, BATCH rows), converted before the clock
+        # starts: what is left is the kernel. (One call on a 1M x 50 F-order matrix is slower
+        # than batches: a row's features lie 8 MB apart.)
+        reader = pq.ParquetFile(spec["data"]).iter_batches(batch_size=BATCH, columns=list(model.feature_names))
+        matrices, rows = [], 0
+        for batch in reader:
+            matrices.append(to_matrix(batch, model.feature_names, model.categories))
+            rows += batch.num_rows
+            if rows >= _KERNEL_ROWS:
+                break
         started = time.perf_counter()
-        model.predict_matrix(X, num_threads=threads)
-        rows = X.shape[0]
+        for X in matrices:
+            model.predict_matrix(X, num_threads=threads)
     else:
         raise ValueError(mode)
     seconds = time.perf_counter() - started
@@ -234,7 +241,7 @@ def _lightgbm_loop(spec: dict, features) -> int:
 # --- the report --------------------------------------------------------------------------------
 
 
-def run_report(models, rows, threads: int, folder: Path, repeat: int = 1, log=print) -> list[dict]:
+def run_report(models, rows, threads: int, folder: Path, repeat: int = 1, log=print, only=None) -> list[dict]:
     """Every mode for every model and size, the modes interleaved ``repeat`` times (so machine
     drift hits all of them alike); a row per mode: the median rate and the largest peak."""
     results = []
@@ -243,8 +250,9 @@ def run_report(models, rows, threads: int, folder: Path, repeat: int = 1, log=pr
         for n in rows:
             data = features_file(case, n, folder)
             modes = [("kernel", data), ("bulk", data), ("loop", data)]
-            if case.registry is not None:
+            if case.registry is not None and (only is None or "deployment" in only):
                 modes.append(("deployment", raw_file(n, folder)))
+            modes = [(mode, path) for mode, path in modes if only is None or mode in only or mode == "kernel"]
             runs: dict[str, list[dict]] = {mode: [] for mode, _ in modes}
             for _ in range(repeat):
                 for mode, path in modes:
@@ -321,7 +329,8 @@ if pytest is not None and __name__ != "__main__":
         with capsys.disabled():
             print("\n" + HEADER + "\n" + "\n".join(_line(r) for r in results))
         for r in results:
-            expected = min(r["file_rows"], _KERNEL_ROWS) if r["mode"] == "kernel" else r["file_rows"]
+            kernel_rows = min(r["file_rows"], -(-_KERNEL_ROWS // BATCH) * BATCH)
+            expected = kernel_rows if r["mode"] == "kernel" else r["file_rows"]
             assert r["rows"] == expected, r
 
 
@@ -331,6 +340,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs per mode (median rate)")
+    parser.add_argument("--modes", help="kernel,bulk,loop,deployment (default: all; kernel always runs)")
     parser.add_argument("--folder", default=str(Path(__file__).resolve().parents[1] / ".cache" / "bench-bulk"))
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -341,7 +351,8 @@ def main(argv=None) -> int:
     print(f"bulk benchmark, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, threads={args.threads}, "
           f"batch={BATCH:,}\n{HEADER}", flush=True)
     results = run_report(args.models.split(","), [int(n) for n in args.rows.split(",")], args.threads,
-                         Path(args.folder), repeat=args.repeat, log=lambda line: print(line, flush=True))
+                         Path(args.folder), repeat=args.repeat, log=lambda line: print(line, flush=True),
+                         only=None if args.modes is None else set(args.modes.split(",")))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
