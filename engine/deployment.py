@@ -41,6 +41,8 @@ _KEY_TYPES = {"int": pa.int64(), "string": pa.string()}
 # F-order matrix is also C-contiguous), and the model switches to its parallel kernel at 2,048.
 _WARM_SIZES = (1, 7, 2048)
 _ONE_VALID = np.ones(1, dtype=bool)
+# Rows of the precomputed constant output columns: batches up to this size slice them.
+_CONSTANT_ROWS = 4096
 
 
 def _today() -> int:
@@ -122,6 +124,13 @@ class Deployment:
             fields.append(pa.field(self.decider.payload_field, pa.string()))
         self.output_schema = pa.schema(fields + [pa.field("error", pa.string())])
         self._names = [f.name for f in fields]
+        # The columns that are the same in every answer, built once and sliced per batch (a
+        # slice is ~0.4 us; pa.repeat and pa.nulls ~1-9 us each, paid on every request).
+        self._constant = {
+            "model-id": pa.array([self.model_id] * _CONSTANT_ROWS, pa.string()),
+            "model-version": pa.array(np.full(_CONSTANT_ROWS, self.version, dtype=np.int64)),
+            "error": pa.nulls(_CONSTANT_ROWS, pa.string()),
+        }
         self._payload_name = self._names[5] if len(self._names) > 5 else None
         self._store_columns = {n: manifest.entity.columns.get(n, n) for n in self.input_names}
         self._lookup_columns = list(dict.fromkeys(self._store_columns.values()))
@@ -193,7 +202,11 @@ class Deployment:
         looked_up = np.ones(n, dtype=bool)
         for name in present:
             col = batch.column(name)
-            if col.null_count < n:
+            nulls = col.null_count
+            if nulls == 0:  # every row has this input inline
+                looked_up[:] = False
+                break
+            if nulls < n:
                 looked_up &= col.is_null().to_numpy(zero_copy_only=False)
         work = self.plan.new_work(n)
         inline_rows = np.flatnonzero(~looked_up)
@@ -214,7 +227,7 @@ class Deployment:
         for slot in self.plan.inputs:
             spec = slot.spec
             arr = source.column(spec.name) if spec.name in names else pa.nulls(n)
-            numbers, keys = check_column(spec, arr, part_errors)
+            numbers, keys = check_column(spec, arr, part_errors, want_keys=bool(slot.codes))
             if slot.slot >= 0:
                 if full:
                     work[:, slot.slot] = numbers
@@ -286,30 +299,37 @@ class Deployment:
         score = self.decider.scores(raw)
         index, payload = self.decider.decide(raw, score)
         bad = ~np.isfinite(score)
-        if bad.any():
+        any_bad = bool(bad.any())
+        if any_bad:
             for row in np.flatnonzero(bad).tolist():
                 errors.setdefault(row, InputError(
                     f"the model gave a non-finite score ({score[row]}) for this row", path="score"))
         if errors:
-            bad = bad.copy()
             bad[list(errors)] = True
+            any_bad = True
             error_text = [None] * n
             for row, error in errors.items():
                 error_text[row] = error.message
             error_column = pa.array(error_text, pa.string())
         else:
-            error_column = pa.nulls(n, pa.string())
+            error_column = self._constant_column("error", n)
         columns = [
             keys,
-            pa.repeat(pa.scalar(self.model_id, pa.string()), n),
-            pa.repeat(pa.scalar(self.version, pa.int64()), n),
-            pa.array(score, mask=bad) if bad.any() else pa.array(score),
+            self._constant_column("model-id", n),
+            self._constant_column("model-version", n),
+            pa.array(score, mask=bad) if any_bad else pa.array(score),
             self.decider.label_column(index, bad),
         ]
         if payload is not None:
             columns.append(self.decider.payload_column(payload, bad))
         columns.append(error_column)
         return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
+
+    def _constant_column(self, name: str, n: int) -> pa.Array:
+        column = self._constant[name]
+        if n <= len(column):
+            return column.slice(0, n)
+        return pa.repeat(column[0], n) if name != "error" else pa.nulls(n, pa.string())
 
     # --- the one-row path ---------------------------------------------------------------------
 

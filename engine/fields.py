@@ -170,14 +170,16 @@ def check_default(spec: Input, path: str) -> None:
 # --- a whole Arrow column ---------------------------------------------------------------------
 
 
-def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError]):
+def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
+                 want_keys: bool = True):
     """An Arrow column -> (float64 numbers or None, string keys as an Arrow array or None).
 
     Numbers: float64 (n,), NaN where missing or bad. Keys (string, int and bool inputs): the value
     as a string for vocabulary/lookup codes, null where missing or bad. Bad rows are added to
-    `errors` (row -> InputError) unless the row already has an error.
+    `errors` (row -> InputError) unless the row already has an error. `want_keys=False` skips
+    the keys of int inputs (a cast to strings per call) when no code reads them.
     """
-    numbers, keys = _check_column(spec, arr, errors)
+    numbers, keys = _check_column(spec, arr, errors, want_keys)
     if spec.default is None or not arr.null_count:
         return numbers, keys
     # A null takes the default, converted once by the one-value path (which also checked it).
@@ -192,7 +194,7 @@ def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError]):
     return numbers, keys
 
 
-def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError]):
+def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
@@ -203,6 +205,8 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError]):
     bad = np.zeros(n, dtype=bool)
 
     def report(mask: np.ndarray, make) -> None:
+        if not mask.any():  # the usual case, and cheaper than flatnonzero
+            return
         rows = np.flatnonzero(mask & ~bad)
         if len(rows):
             values = arr.take(pa.array(rows)).to_pylist()
@@ -236,7 +240,7 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError]):
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
             report(_present(null, n), lambda v: _expected(spec, v))
             return np.full(n, np.nan), pa.nulls(n, pa.string())
-        numbers = arr.cast(pa.float64()).to_numpy(zero_copy_only=False).copy()
+        numbers = _floats(arr)
         present = _present(null, n)
         with np.errstate(invalid="ignore"):
             if not spec.allow_nan:
@@ -252,7 +256,7 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError]):
             ok = np.isin(numbers, np.array([float(a) for a in spec.allowed
                                             if type(a) in (int, float)]))
             report(~ok & present & np.isfinite(numbers), lambda v: _not_allowed(spec, v))
-        if kind == "int":
+        if kind == "int" and want_keys:
             keys = pc.cast(arr, pa.int64(), safe=False).cast(pa.string()) \
                 if not pa.types.is_integer(t) else arr.cast(pa.string())
     elif kind == "bool":
@@ -275,8 +279,12 @@ def _days(spec: Input, arr: pa.Array, null, report) -> np.ndarray:
     n = len(arr)
     t = arr.type
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        arr = arr.cast(pa.string())
+        if not pa.types.is_string(t):
+            arr = arr.cast(pa.string())
         if spec.type == "date":
+            days = _plain_dates(arr)
+            if days is not None:
+                return days
             parsed = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
             # strptime rolls 2020-02-30 over to March and takes 1966-12-8: a round trip refuses both.
             same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), arr).fill_null(False)
@@ -309,6 +317,64 @@ def _days(spec: Input, arr: pa.Array, null, report) -> np.ndarray:
         return np.floor(micros / 86_400_000_000.0)
     report(_present(null, n), lambda v: _expected(spec, v))
     return np.full(n, np.nan)
+
+
+# int64 magnitudes float64 holds exactly; Arrow's safe cast raises beyond them, so larger
+# values take that cast (and its error) as before.
+_EXACT_INT = 2 ** 53
+
+
+def _floats(arr: pa.Array) -> np.ndarray:
+    """A writable float64 copy of a numeric column, NaN for nulls: numpy's conversion where it
+    equals Arrow's cast (~2 us against ~10 us for the cast plus to_numpy)."""
+    t = arr.type
+    if pa.types.is_floating(t) or (pa.types.is_integer(t) and not arr.null_count):
+        values = arr.to_numpy(zero_copy_only=False)
+        if values.dtype.kind in "iu" and len(values) and (
+                values.max() > _EXACT_INT or (values.dtype.kind == "i" and values.min() < -_EXACT_INT)):
+            return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).copy()
+        return values.astype(np.float64)
+    return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).copy()
+
+
+# Days in each month, for the plain YYYY-MM-DD check (February gets its leap day below).
+_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+_DIGIT_AT = np.array([0, 1, 2, 3, 5, 6, 8, 9])
+
+
+def _plain_dates(arr: pa.Array) -> np.ndarray | None:
+    """Days since the epoch for a utf8 column of only valid YYYY-MM-DD dates in years 1000-9999
+    (no nulls), read straight from the Arrow buffers with numpy; None when any value needs the
+    full check (strptime + round trip) and its message. Six numpy steps instead of six Arrow
+    compute calls: a 64-row column ~15 us against ~60 us."""
+    n = len(arr)
+    if n == 0 or arr.null_count:
+        return None
+    _, offsets_buffer, data_buffer = arr.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32, count=n + 1, offset=arr.offset * 4)
+    start = int(offsets[0])
+    if int(offsets[-1]) - start != 10 * n or (np.diff(offsets) != 10).any():
+        return None
+    text = np.frombuffer(data_buffer, np.uint8, count=10 * n, offset=start).reshape(n, 10)
+    digits = text[:, _DIGIT_AT].astype(np.int64) - 48
+    if (digits < 0).any() or (digits > 9).any() or (text[:, 4] != 45).any() \
+            or (text[:, 7] != 45).any():
+        return None
+    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
+    month = digits[:, 4] * 10 + digits[:, 5]
+    day = digits[:, 6] * 10 + digits[:, 7]
+    if (year < 1000).any() or (month < 1).any() or (month > 12).any() or (day < 1).any():
+        return None
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    if (day > _MONTH_DAYS[month] + (leap & (month == 2))).any():
+        return None
+    # Days from the civil date (H. Hinnant's days_from_civil; years here are positive).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return (era * 146097 + doe - 719468).astype(np.float64)
 
 
 def _present(null, n: int) -> np.ndarray:

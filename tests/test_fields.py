@@ -90,3 +90,28 @@ def test_a_column_with_many_rows_reports_each_bad_row():
     assert sorted(errors) == [1, 2]
     assert errors[1].message == "missing required input `$.inputs.d` (a date)"
     np.testing.assert_array_equal(numbers[[0, 3]], [-1120.0, 11016.0])
+
+
+@settings(max_examples=60)
+@given(st.lists(st.dates(dt.date(1, 1, 1), dt.date(9999, 12, 31)), min_size=1, max_size=40),
+       st.integers(0, 3), st.sampled_from([pa.string(), pa.large_string()]))
+def test_a_column_of_dates_equals_the_one_value_path(dates, start, kind):
+    """Many rows (sliced, so the Arrow offsets do not start at 0) of plain YYYY-MM-DD text take
+    the column path's buffer parse; years before 1000 and any odd row take the full check."""
+    text = [d.isoformat() for d in dates]
+    arr = pa.array(["2000-01-01"] * start + text, kind).slice(start)
+    errors = {}
+    numbers, _ = check_column(SPECS[7], arr, errors)
+    expected = [one(SPECS[7], t) for t in text]
+    assert not errors and all(status == "ok" for status, _ in expected)
+    np.testing.assert_array_equal(numbers, [v for _, v in expected])
+
+
+def test_int_columns_convert_as_the_one_value_path():
+    values = [0, -5, 999_999, 2**53, -(2**53), 123_456_789]
+    arr = pa.array(values, pa.int64())
+    numbers, keys = check_column(Input(name="n", type="int"), arr, {})
+    assert numbers.tolist() == [check_value(Input(name="n", type="int"), v) for v in values]
+    assert keys.to_pylist() == [str(v) for v in values]
+    numbers[0] = 1.0  # a private copy: never the Arrow buffer, which is read-only
+    assert arr[0].as_py() == 0
