@@ -158,7 +158,11 @@ def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_v
 
 @jit
 def _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out):
-    """Rows r..r+7 through one tree of numeric splits, in lockstep, adding the leaves to out."""
+    """Rows r..r+7 through one tree of numeric splits, in lockstep, adding the leaves to out.
+
+    Always ``depth`` steps: stopping once all eight rows sit on leaves (they usually finish
+    ~30% earlier) measured 1.6x slower, the test breaking the straight-line block.
+    """
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = root
     for _ in range(depth):
         n0 = _step(X, r, n0, thresholds, words)
