@@ -228,7 +228,7 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], wan
                 or pa.types.is_string_view(arr.type)):
             report(_present(null, n), lambda v: _expected(spec, v))
             return None, pa.nulls(n, pa.string())
-        keys = arr.cast(pa.string())
+        keys = arr if pa.types.is_string(arr.type) else arr.cast(pa.string())
         if spec.allowed is not None:
             hit = pc.is_in(keys, value_set=pa.array(spec.allowed, pa.string()))
             report(~hit.to_numpy(zero_copy_only=False) & _present(null, n),
@@ -308,6 +308,9 @@ def _days(spec: Input, arr: pa.Array, null, report) -> np.ndarray:
                 mask[i] = True
                 report(mask, lambda v: _expected(spec, v))
         return out
+    if pa.types.is_date32(t):
+        # A date32 is its day number: read it as int32 (nulls arrive as NaN), no cast.
+        return arr.view(pa.int32()).to_numpy(zero_copy_only=False).astype(np.float64)
     if pa.types.is_date(t):
         return pc.cast(arr.cast(pa.date32()), pa.int32()).to_numpy(zero_copy_only=False) \
             .astype(np.float64)
