@@ -84,7 +84,8 @@ class LightGBMModel:
         """The flat arrays the kernels read (see engine/packing.py)."""
         return self._packed
 
-    def predict(self, data, raw_score: bool = False, pred_leaf: bool = False, num_threads: int | None = None):
+    def predict(self, data, raw_score: bool = False, pred_leaf: bool = False, num_threads: int | None = None,
+                device: str = "cpu"):
         """Score ``data`` like ``lightgbm.Booster.predict``: same shape, same values.
 
         data: a 2-D numpy array (columns in model order), a pyarrow Table or RecordBatch, or a
@@ -92,7 +93,16 @@ class LightGBMModel:
         columns of categorical features map through ``categories``).
         Returns float64 (n,) or (n, num_class); with ``pred_leaf`` int32 (n, num_trees).
         Raises ``InputError`` naming a missing, misspelled or non-numeric column or a wrong shape.
+        device: "cpu"; "cuda" scores on the GPU (same values; without a usable GPU it warns once
+        and scores on the CPU); "auto" takes the GPU for batches of at least
+        ``scoreline.engine.gpu.GPU_MIN_ROWS`` rows when one is usable. pred_leaf always runs on the CPU.
         """
+        if device != "cpu" and not pred_leaf:
+            from scoreline.engine import gpu  # numba.cuda is imported only when a GPU is asked for
+
+            rows = data.num_rows if hasattr(data, "num_rows") else len(data)
+            if gpu.choose_device(device, rows) == "cuda":
+                return gpu.predict_gpu(self, data, raw_score=raw_score, num_threads=num_threads)
         from scoreline.engine.inputs import to_matrix  # pyarrow is imported only when data arrives
 
         X = to_matrix(data, self.feature_names, self.categories, dtype=_lightgbm_dtype(data))

@@ -58,6 +58,17 @@ if not SIMULATOR:
         np.testing.assert_array_equal(second, model.predict(X, raw_score=True))
 
     @pytest.mark.skipif(AVAILABLE, reason="a GPU is present")
+    def test_predict_with_device_cuda_falls_back_to_the_same_values(tiny_model, monkeypatch):
+        model, X = tiny_model
+        monkeypatch.setattr(gpu, "_warned", False)
+        with pytest.warns(gpu.GpuUnavailableWarning, match="scoring on the CPU"):
+            on_cuda = model.predict(X, device="cuda")
+        np.testing.assert_array_equal(on_cuda, model.predict(X))
+        np.testing.assert_array_equal(model.predict(X, device="auto"), model.predict(X))
+        with pytest.raises(InputError, match="expected device"):
+            model.predict(X, device="tpu")
+
+    @pytest.mark.skipif(AVAILABLE, reason="a GPU is present")
     def test_no_gpu_without_fallback_raises_with_the_reason(tiny_model):
         model, X = tiny_model
         with pytest.raises(NotReadyError, match="cannot score on the GPU") as info:
