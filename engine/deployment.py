@@ -29,7 +29,7 @@ from scoreline.errors import (
 from scoreline.registry import manifest as M
 
 from .decide import Decider
-from .fields import EPOCH, check_column, check_default, check_value
+from .fields import EPOCH, check_column, check_default, check_value, index_in
 from .plan import Plan, bool_key, compile_plan
 from .samples import sample_inputs
 from .storeview import StoreView
@@ -438,8 +438,7 @@ def _codes(keys: pa.Array | None, key_list: tuple[str, ...]) -> np.ndarray:
     """Category codes: position in `key_list`, -1 unseen, NaN null (see kernels.transforms)."""
     if keys is None:
         return np.full(0, np.nan)
-    index = pc.index_in(keys, value_set=pa.array(key_list, pa.string()))
-    codes = index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.float64)
+    codes = index_in(keys, key_list).astype(np.float64)
     if keys.null_count:
         codes[keys.is_null().to_numpy(zero_copy_only=False)] = np.nan
     return codes

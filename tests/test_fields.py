@@ -8,10 +8,11 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoreline.engine.fields import check_column, check_value
+from scoreline.engine.fields import check_column, check_value, index_in
 from scoreline.errors import InputError
 from scoreline.registry.manifest import Input
 
@@ -115,3 +116,17 @@ def test_int_columns_convert_as_the_one_value_path():
     assert keys.to_pylist() == [str(v) for v in values]
     numbers[0] = 1.0  # a private copy: never the Arrow buffer, which is read-only
     assert arr[0].as_py() == 0
+
+
+words = st.sampled_from(["", "a", "b", "NSW", "VIC", "é", "a\x00", "zz"])
+
+
+@settings(max_examples=100)
+@given(st.lists(st.one_of(words, st.none()), max_size=20), st.lists(words, max_size=6),
+       st.integers(0, 600))
+def test_index_in_equals_arrows(keys, key_list, repeat):
+    """Small null-free columns take the numpy lookup, the rest pc.index_in: both answer as
+    pc.index_in does (first position of a repeated key, -1 for absent or null)."""
+    arr = pa.array(keys * (1 + repeat // 20 if keys else 1), pa.string())
+    expected = pc.index_in(arr, value_set=pa.array(key_list, pa.string())).fill_null(-1)
+    assert index_in(arr, tuple(key_list)).tolist() == expected.to_pylist()
