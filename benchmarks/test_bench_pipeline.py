@@ -1,4 +1,5 @@
-"""Pipeline benchmarks: one entity end to end and a 10,000-row batch, by stage (lookup, transforms,
+"""Pipeline benchmarks: one entity end to end, a 64-row batch (what the HTTP server's micro-batcher
+hands the engine at concurrency 64) and a 10,000-row batch, by stage (lookup, transforms,
 model, decision, log), against the bare model kernel on the same rows.
 
 The model is the demo's `customer-segmentation` v2 (5 classes x 60 rounds, 4 features, from date
@@ -9,7 +10,7 @@ checks its answer, so the file runs as a correctness test with `--benchmark-disa
     .venv/bin/python benchmarks/test_bench_pipeline.py [--customers 1000000]   # stage table
 
 The bar (issue 3): overhead beyond the bare kernel under 20 us for one request and under 30% for
-a 10,000-row batch. The stage table prints medians of interleaved rounds, so machine drift is shared.
+a 10,000-row batch; a 64-row micro-batch should cost little more than the model itself. The stage table prints medians of interleaved rounds, so machine drift is shared.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 
 CUSTOMERS = int(os.environ.get("SCORELINE_BENCH_CUSTOMERS", "20000"))
 BATCH_ROWS = 10_000
+SMALL_ROWS = 64
 MODEL = "customer-segmentation"
 
 
@@ -56,6 +58,11 @@ class Bench:
             [self.keys, *[table.column(c).combine_chunks() for c in table.column_names]],
             names=["customer-id", *table.column_names])
         self.columns = list(table.column_names)
+        # A micro-batch as server/rows.py builds it from JSON: int64, float64, utf8, date32.
+        small = self.inline_batch.slice(0, SMALL_ROWS)
+        self.small_keys = pa.RecordBatch.from_arrays([small.column(0)], names=["customer-id"])
+        self.small_inline = pa.RecordBatch.from_arrays(
+            [_plain(small.column(i)) for i in range(small.num_columns)], names=small.schema.names)
         # The work matrices and feature matrices each stage starts from.
         self.work1 = self.dep.plan.new_work(1)
         self.work = self.dep.plan.new_work(BATCH_ROWS)
@@ -66,10 +73,13 @@ class Bench:
         self.X = np.asfortranarray(self.dep.plan.run(self.work.copy(), self.today))
         self.raw1 = self.dep.model.predict_matrix(self.X1)
         self.raw = self.dep.model.predict_matrix(self.X)
+        self.X_small = np.asfortranarray(self.X[:SMALL_ROWS])
+        self.raw_small = self.dep.model.predict_matrix(self.X_small)
         # Overhead measured directly, not as a difference of two noisy timings.
         self.stubbed = Engine(root / "registry", preload=True)
         stubbed = self.stubbed.deployment(MODEL)
-        stubbed.model = _StubModel(stubbed.model, {1: self.raw1, BATCH_ROWS: self.raw})
+        stubbed.model = _StubModel(stubbed.model, {1: self.raw1, SMALL_ROWS: self.raw_small,
+                                                   BATCH_ROWS: self.raw})
 
     def _fill(self, work, batch) -> None:
         # The batch path's own input step (checks + codes), so stages start from real work.
@@ -96,6 +106,19 @@ class Bench:
 
     def logged1(self):
         return self.engine.score(MODEL, self.request)
+
+    # --- micro-batch stages ---------------------------------------------------------------------
+    def model64(self):
+        return self.dep.model.predict_matrix(self.X_small)
+
+    def batch64_keys(self):
+        return self.plain.score_batch(MODEL, self.small_keys)
+
+    def batch64_inline(self):
+        return self.plain.score_batch(MODEL, self.small_inline)
+
+    def overhead64(self):
+        return self.stubbed.score_batch(MODEL, self.small_keys)
 
     # --- batch stages -------------------------------------------------------------------------
     def model(self):
@@ -131,6 +154,13 @@ class Bench:
         self.engine.close()
         self.plain.close()
         self.stubbed.close()
+
+
+def _plain(column: pa.Array) -> pa.Array:
+    """A store column in the type the server sends: dictionaries decoded, ints as int64."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column.cast(pa.int64()) if pa.types.is_integer(column.type) else column
 
 
 class _StubModel:
@@ -186,6 +216,28 @@ def test_single_request_logged(benchmark, bench):
     _check_one(benchmark(bench.logged1), bench)
 
 
+def test_batch64_model_kernel(benchmark, bench):
+    assert benchmark(bench.model64).shape == (SMALL_ROWS, 5)
+
+
+def _check_small(out: pa.RecordBatch, bench: Bench) -> None:
+    assert out.column("error").null_count == SMALL_ROWS
+    np.testing.assert_allclose(out.column("score").to_numpy(), bench.raw_small.max(axis=1),
+                               rtol=1e-12)
+
+
+def test_batch64_keys(benchmark, bench):
+    _check_small(benchmark(bench.batch64_keys), bench)
+
+
+def test_batch64_inline(benchmark, bench):
+    _check_small(benchmark(bench.batch64_inline), bench)
+
+
+def test_batch64_pipeline_overhead(benchmark, bench):
+    _check_small(benchmark(bench.overhead64), bench)
+
+
 def test_batch_model_kernel(benchmark, bench):
     assert benchmark(bench.model).shape == (BATCH_ROWS, 5)
 
@@ -233,6 +285,7 @@ def test_batch_logged(benchmark, bench):
 # --- the stage table --------------------------------------------------------------------------
 
 SINGLE = ("model1", "lookup1", "transforms1", "decision1", "request1", "logged1", "overhead1")
+SMALL = ("model64", "batch64_keys", "batch64_inline", "overhead64")
 BATCH = ("model", "lookup", "transforms", "decision", "batch_inline", "batch_keys", "logged",
          "overhead")
 
@@ -241,11 +294,12 @@ def stage_table(b: Bench, rounds: int = 7, single_calls: int = 2000, batch_calls
                 best: bool = False) -> dict:
     """Median (or, with `best`, minimum) microseconds per call of every stage, rounds interleaved
     across stages. On a busy machine the minimum is the better estimate of a stage's own cost."""
-    times: dict[str, list[float]] = {name: [] for name in SINGLE + BATCH}
+    times: dict[str, list[float]] = {name: [] for name in SINGLE + SMALL + BATCH}
     for _ in range(rounds):
-        for name in SINGLE + BATCH:
+        for name in SINGLE + SMALL + BATCH:
             f = getattr(b, name)
-            calls = single_calls if name in SINGLE else batch_calls
+            calls = single_calls if name in SINGLE else (
+                max(1, single_calls // 10) if name in SMALL else batch_calls)
             f()
             start = time.perf_counter()
             for _ in range(calls):
@@ -262,6 +316,13 @@ def format_table(t: dict) -> str:
     lines.append(f"  overhead beyond the kernel: {t['overhead1']:.2f} us measured with a stub "
                  f"model; {t['request1'] - t['model1']:.2f} us as request1 - model1 "
                  f"(logged: {t['logged1'] - t['model1']:.2f} us)")
+    lines.append(f"micro-batch of {SMALL_ROWS} rows (us):")
+    for name in SMALL:
+        lines.append(f"  {name:<14}{t[name]:>12.1f}")
+    lines.append(f"  overhead beyond the kernel (stub model, keys): {t['overhead64']:.1f} us = "
+                 f"{t['overhead64'] / t['model64'] * 100:.1f}% of the kernel")
+    for name in ("batch64_keys", "batch64_inline"):
+        lines.append(f"  {name} - model64: {(t[name] / t['model64'] - 1) * 100:.1f}%")
     lines.append(f"batch of {BATCH_ROWS:,} rows (us):")
     for name in BATCH:
         lines.append(f"  {name:<14}{t[name]:>12.0f}")
@@ -274,7 +335,7 @@ def format_table(t: dict) -> str:
 
 def test_stage_table_runs(bench):
     t = stage_table(bench, rounds=1, single_calls=3, batch_calls=1)
-    assert set(t) == set(SINGLE + BATCH) and all(v > 0 for v in t.values())
+    assert set(t) == set(SINGLE + SMALL + BATCH) and all(v > 0 for v in t.values())
     assert "overhead" in format_table(t)
 
 
