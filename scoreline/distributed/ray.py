@@ -3,8 +3,9 @@
 
 What travels to the workers is the scorer's pickle: a bare model's packed arrays and metadata, or
 a deployment's manifest and artifact bytes. It is put in the object store once; each worker
-process fetches it (the arrays arrive read-only, which the kernels never write to), and compiles
-its kernels or loads them from Numba's cache (set NUMBA_CACHE_DIR on the workers; see
+process fetches it once (its arrays come out of the store read-only; the model copies them, a
+matter of milliseconds, so the kernels' one specialization serves, and never writes to them), and
+compiles its kernels or loads them from Numba's cache (set NUMBA_CACHE_DIR on the workers; see
 docs/distributed.md).
 """
 
