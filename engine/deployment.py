@@ -281,12 +281,11 @@ class Deployment:
         stored, found = current.index.find(
             ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), ~null_key)
         values = current.values[stored]
-        full = len(rows) == work.shape[0]
-        for j, slot in enumerate(self._view.slots.tolist()):
-            if full:
-                work[:, slot] = values[:, j]
-            else:
-                work[rows, slot] = values[:, j]
+        # One fancy assignment for all the slots (a column at a time costs ~1 us per slot).
+        if len(rows) == work.shape[0]:
+            work[:, self._view.slots] = values
+        else:
+            work[np.ix_(rows, self._view.slots)] = values
         if current.errors:
             for i in np.flatnonzero(current.bad[stored] & found).tolist():
                 errors.setdefault(int(rows[i]), current.errors[int(stored[i])])
