@@ -415,3 +415,19 @@ def test_arrow_memory_stays_flat_as_a_parquet_file_grows(tmp_path):
     assert len(held) == 40
     # pyarrow's default (pre_buffer=True) ends at ~40 row groups' worth here.
     assert max(held) < 8 * table.nbytes, (max(held), table.nbytes)
+
+
+def test_registered_model_batches_scored_concurrently(registry, tmp_path):
+    """Two scoring threads, batches large enough for the deployment's parallel kernel path."""
+    from test_server_support import customers
+
+    keys = np.resize(customers()["customer-id"].to_numpy(), 6000)
+    pq.write_table(pa.table({"customer-id": keys}), tmp_path / "in.parquet")
+    result = scoreline.score_file("credit-risk", tmp_path / "in.parquet", tmp_path / "out.parquet",
+                                  registry=registry["root"], keep=["customer-id"], batch_size=3000, threads=2)
+    assert (result.rows_scored, result.rows_rejected) == (6000, 0)
+    out = pq.read_table(tmp_path / "out.parquet")
+    single = pa.Table.from_batches(list(scoreline.score_batches([pa.table({"customer-id": keys[:300]})],
+                                                                "credit-risk", registry=registry["root"])))
+    np.testing.assert_array_equal(out["score"].to_numpy()[:300], single["score"].to_numpy())
+    np.testing.assert_array_equal(out["score"].to_numpy()[300:600], single["score"].to_numpy())
