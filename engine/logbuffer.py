@@ -72,7 +72,7 @@ class LogBuffer:
                 pa.array(now, _TS),
                 request_ids if request_ids is not None else pa.nulls(n, pa.string()),
                 out.column("model-id"),
-                out.column("model-version").cast(pa.int64()),
+                out.column("model-version"),  # int64 by the output schema: no cast
                 out.column(dep.key_name).cast(pa.string()),
                 out.column(names[3]),
                 out.column(names[4]),
