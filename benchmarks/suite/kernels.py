@@ -53,7 +53,7 @@ def _agreement_rows(model, X: np.ndarray, n: int) -> np.ndarray:
 def run_kernels(cfg, log) -> dict:
     """Run the kernels section for every model in cfg.models; returns its part of the results."""
     ctx = Context(cache=cfg.cache, peers_dir=cfg.peers_dir, compile_leaf_limit=cfg.compile_leaf_limit,
-                  fresh_process_loads=cfg.timing)
+                  fresh_process_loads=cfg.timing, cold_every_model=not cfg.quick)
     result = {"models": [], "load": [], "agreement": [], "latency": [], "throughput": []}
     engines = {}
     for name in cfg.engines:

@@ -61,7 +61,7 @@ class Config:
         if quick:
             cfg.models = tuple(m for m in bench_models.KERNEL_MODELS if m.in_quick)
             cfg.bulk_rows = (10_000, 100_000)
-            cfg.bulk_visit_cap = 5e8
+            cfg.bulk_visit_cap = 2e8
             cfg.rounds = 3
             cfg.budget_s = 0.05
             cfg.compile_leaf_limit = {"lleaves": 16_000, "treelite": 40_000}
