@@ -150,3 +150,18 @@ def test_registered_model_by_id_and_version(tmp_path, capsys):
     assert main(["score", "credit-risk", str(tmp_path / "keys.parquet"), "-o", str(tmp_path / "o.parquet"),
                  "--registry", str(reg["root"]), "--version", "no-such-alias"]) == 1
     assert "no-such-alias" in capsys.readouterr().err
+
+
+def test_device_cuda_without_a_gpu_warns_and_writes_the_cpu_scores(model, tmp_path, capsys):
+    from scoreline.engine import gpu
+
+    if gpu.cuda_available()[0]:
+        pytest.skip("a GPU is present: tests/test_gpu.py compares the device path")
+    booster, path = model
+    X = _write(tmp_path / "in.parquet", 300)
+    with pytest.warns(gpu.GpuUnavailableWarning, match="scoring on the CPU"):
+        code = main(["score", path, str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out.parquet"),
+                     "--keep", "id", "--device", "cuda", "-q"])
+    assert code == 0
+    out = pq.read_table(tmp_path / "out.parquet")
+    np.testing.assert_allclose(out.column("score").to_numpy(), booster.predict(X, num_threads=1), rtol=1e-12)

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--raw-score", action="store_true", help="model files only: raw margins, not probabilities")
     p.add_argument("--engine", choices=("local", "ray", "spark"), default="local", help="where to score")
     p.add_argument("--address", metavar="URL", help="Ray cluster address (ray://host:10001, auto) or Spark master URL")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=os.environ.get("SCORELINE_DEVICE", "cpu"),
+                   help="--engine local, LightGBM model files: score on the GPU (cuda: warns and uses the CPU "
+                   "without one; auto: the GPU when one is usable). Default: $SCORELINE_DEVICE or cpu")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
 
@@ -71,7 +74,12 @@ def run(args) -> int:
         from scoreline.engine.bulk import score_file
 
         bar = None if args.quiet else _bar()
-        result = score_file(args.model, inputs, args.output, threads=args.threads, progress=bar, **common)
+        model = args.model
+        if args.device != "cpu":
+            from scoreline.engine.gpu import for_bulk  # numba.cuda only when a GPU is asked for
+
+            model = for_bulk(args.model, args.device)
+        result = score_file(model, inputs, args.output, threads=args.threads, progress=bar, **common)
     if not args.quiet:
         print(result.summary())
     return 0
