@@ -82,8 +82,8 @@ def run_bulk(cfg, log) -> dict:
              for r in results]
     return {"runs": results, "targets": bulk_targets(results, cfg.timing),
             "tables": {"Bulk scoring of Parquet files, one thread": table},
-            "notes": ["Modes: kernel = predict_matrix on an in-memory matrix of the file's first rows (at most "
-                      "1M); bulk = scoreline.score_file on the file; loop = pyarrow batches + "
+            "notes": ["Modes: kernel = predict_matrix on an in-memory matrix of the same rows (the bare "
+                      "kernel); bulk = scoreline.score_file on the file; loop = pyarrow batches + "
                       "Booster.predict(num_threads=1) + Parquet writer; deployment = the demo's full "
                       "pipeline from raw inputs. Each in its own process (benchmarks/test_bench_bulk.py)."]}
 
