@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: setup test serve demo bench bench-quick clean
+.PHONY: setup test serve demo bench bench-peers bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +30,15 @@ demo: $(DEMO)/.built
 serve: $(DEMO)/.built
 	$(VENV)/bin/scoreline serve --registry $(DEMO)/registry --host $(HOST) --port $(PORT)
 
-bench: $(STAMP)
+# The peers (lleaves, MLServer in their own venvs; Treelite, ONNX Runtime, wrk): idempotent.
+bench-peers: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
+	benchmarks/peers/setup.sh
+
+bench: bench-peers
 	$(VENV)/bin/scoreline bench
 
-bench-quick: $(STAMP)
-	$(PY) -m pip install -q -e '.[bench]'
+bench-quick: bench-peers
 	$(VENV)/bin/scoreline bench --quick
 
 clean:
