@@ -19,6 +19,7 @@ from scoreline.kernels.trees import (
     TREE_CATEGORICAL,
     TREE_GENERAL,
     TREE_NUMERIC,
+    TREE_WIDE,
     WIDE_SET,
     ZERO_MISSING,
 )
@@ -173,8 +174,10 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
 
 def _walk_kind(words: np.ndarray) -> int:
     """Which kernel walk a tree's split words need (kernels/trees.py TREE_*)."""
-    if (words & (ZERO_MISSING | WIDE_SET)).any():
+    if (words & ZERO_MISSING).any():
         return TREE_GENERAL
+    if (words & WIDE_SET).any():
+        return TREE_WIDE
     if (words & CATEGORICAL).any():
         return TREE_CATEGORICAL
     return TREE_NUMERIC

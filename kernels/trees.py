@@ -20,6 +20,7 @@ __all__ = [
     "TREE_NUMERIC",
     "TREE_CATEGORICAL",
     "TREE_GENERAL",
+    "TREE_WIDE",
     "GROUP_ROWS",
     "TILE_ROWS",
     "predict_serial",
@@ -45,7 +46,8 @@ _SPECIAL = CATEGORICAL | ZERO_MISSING
 # Column 3 of the trees table: which walk a tree needs.
 TREE_NUMERIC = 0  # numeric splits only: the branch-free lockstep walk
 TREE_CATEGORICAL = 1  # also categorical splits on categories < 64: lockstep with a bit test
-TREE_GENERAL = 2  # wider category sets or zero-as-missing band tests: a row at a time
+TREE_GENERAL = 2  # zero-as-missing band tests: a row at a time
+TREE_WIDE = 3  # categorical sets reaching past category 63 (read from cat_bits): lockstep too
 
 K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 
@@ -142,6 +144,58 @@ def _step_categorical(X, row, node, thresholds, words):
 
 
 @jit
+def _step_wide(X, row, node, thresholds, words, cat_bits):
+    """``_step_categorical`` that also reads category sets reaching past 63 from cat_bits.
+
+    Every node does the numeric test, the 64-bit set test and one cat_bits load (from word 0
+    where the node has no wide set) and keeps the side its flags name, with no branch: a row
+    at a time these trees ran at about LightGBM's speed (the 500 x 63 benchmark model, every
+    tree with a wide set).
+    """
+    word = words[node * _U2 + _U1]
+    x = np.float64(X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK])
+    location = words[node * _U2]
+    numeric_side = np.int64(x > thresholds[node * _U2]) | (np.int64(x != x) & ((word >> NAN_SHIFT) & 1))
+    # LightGBM: NaN, negatives and values beyond int range go right; others truncate to int.
+    valid = (x > -1.0) & (x < 2147483648.0)
+    category = np.int64(x if valid else 0.0)
+    narrow = valid & (category < 64)
+    narrow_side = 1 - ((location >> min(category, 63)) & np.int64(narrow))
+    slot = category >> 5
+    wide = (word & WIDE_SET) != 0
+    in_set = wide & valid & (slot < (location & CHILD_MASK))
+    index = np.uint64((location >> 32) + slot) if in_set else np.uint64(0)
+    bit = np.int64((cat_bits[index] >> np.uint32(category & 31)) & np.uint32(1))
+    wide_side = 1 - (bit & np.int64(in_set))
+    category_side = wide_side if wide else narrow_side
+    side = category_side if (word & CATEGORICAL) else numeric_side
+    return np.uint64(word & CHILD_MASK) + np.uint64(side)
+
+
+@jit
+def _walk_group_wide(X, r, root, depth, column, thresholds, words, cat_bits, leaf_value, out):
+    """``_walk_group`` for trees with wide categorical sets."""
+    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
+    for _ in range(depth):
+        n0 = _step_wide(X, r, n0, thresholds, words, cat_bits)
+        n1 = _step_wide(X, r + 1, n1, thresholds, words, cat_bits)
+        n2 = _step_wide(X, r + 2, n2, thresholds, words, cat_bits)
+        n3 = _step_wide(X, r + 3, n3, thresholds, words, cat_bits)
+        n4 = _step_wide(X, r + 4, n4, thresholds, words, cat_bits)
+        n5 = _step_wide(X, r + 5, n5, thresholds, words, cat_bits)
+        n6 = _step_wide(X, r + 6, n6, thresholds, words, cat_bits)
+        n7 = _step_wide(X, r + 7, n7, thresholds, words, cat_bits)
+    out[r, column] += leaf_value[n0]
+    out[r + 1, column] += leaf_value[n1]
+    out[r + 2, column] += leaf_value[n2]
+    out[r + 3, column] += leaf_value[n3]
+    out[r + 4, column] += leaf_value[n4]
+    out[r + 5, column] += leaf_value[n5]
+    out[r + 6, column] += leaf_value[n6]
+    out[r + 7, column] += leaf_value[n7]
+
+
+@jit
 def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, out):
     """``_walk_group`` for trees with categorical splits."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
@@ -202,7 +256,7 @@ def _tree_block_end(trees, first):
 
 
 @jit
-def _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out):
+def _walk_trees(X, row, t, trees, thresholds, words, cat_bits, leaf_value, out):
     """One row through trees t..t+7 in lockstep (the single-row counterpart of _walk_group),
     adding their leaves in tree order."""
     depth = trees[t, 1]
@@ -224,7 +278,7 @@ def _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out):
             n5 = _step(X, row, n5, thresholds, words)
             n6 = _step(X, row, n6, thresholds, words)
             n7 = _step(X, row, n7, thresholds, words)
-    else:
+    elif categorical == TREE_CATEGORICAL:
         for _ in range(depth):
             n0 = _step_categorical(X, row, n0, thresholds, words)
             n1 = _step_categorical(X, row, n1, thresholds, words)
@@ -234,6 +288,16 @@ def _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out):
             n5 = _step_categorical(X, row, n5, thresholds, words)
             n6 = _step_categorical(X, row, n6, thresholds, words)
             n7 = _step_categorical(X, row, n7, thresholds, words)
+    else:  # TREE_WIDE: the step that covers every kind of split but zero-as-missing
+        for _ in range(depth):
+            n0 = _step_wide(X, row, n0, thresholds, words, cat_bits)
+            n1 = _step_wide(X, row, n1, thresholds, words, cat_bits)
+            n2 = _step_wide(X, row, n2, thresholds, words, cat_bits)
+            n3 = _step_wide(X, row, n3, thresholds, words, cat_bits)
+            n4 = _step_wide(X, row, n4, thresholds, words, cat_bits)
+            n5 = _step_wide(X, row, n5, thresholds, words, cat_bits)
+            n6 = _step_wide(X, row, n6, thresholds, words, cat_bits)
+            n7 = _step_wide(X, row, n7, thresholds, words, cat_bits)
     out[row, trees[t, 2]] += leaf_value[n0]
     out[row, trees[t + 1, 2]] += leaf_value[n1]
     out[row, trees[t + 2, 2]] += leaf_value[n2]
@@ -255,7 +319,7 @@ def _score_row(X, row, thresholds, words, leaf_value, trees, cat_bits, out):
             for i in range(t, t + GROUP_ROWS):
                 general = general or trees[i, 3] == TREE_GENERAL
             if not general:
-                _walk_trees(X, row, t, trees, thresholds, words, leaf_value, out)
+                _walk_trees(X, row, t, trees, thresholds, words, cat_bits, leaf_value, out)
                 t += GROUP_ROWS
                 continue
         out[row, trees[t, 2]] += leaf_value[_leaf_record(X, row, trees[t, 0], thresholds, words, cat_bits)]
@@ -289,7 +353,10 @@ def _score_tile(X, start, stop, thresholds, words, leaf_value, trees, cat_bits, 
             elif kind == TREE_CATEGORICAL:
                 for r in range(start, grouped_end, GROUP_ROWS):
                     _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_value, out)
-            else:  # wide category sets, zero-as-missing band tests (rare): a row at a time
+            elif kind == TREE_WIDE:
+                for r in range(start, grouped_end, GROUP_ROWS):
+                    _walk_group_wide(X, r, root, depth, column, thresholds, words, cat_bits, leaf_value, out)
+            else:  # zero-as-missing band tests (rare): a row at a time
                 for row in range(start, grouped_end):
                     out[row, column] += leaf_value[_leaf_record(X, row, root, thresholds, words, cat_bits)]
         first = end
