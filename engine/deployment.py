@@ -360,6 +360,48 @@ class Deployment:
             inputs = self._lookup_one(key)
         return self.score_values(key, inputs, now=now)
 
+    def can_score_keys(self) -> bool:
+        """Whether `score_keys` applies: integer keys served from the store's converted view."""
+        return self._view is not None and self._need_store() and self.manifest.entity.key_type == "int"
+
+    def score_keys(self, keys: list[int], *, now=None) -> list:
+        """Several key-only requests at once by the one-row path's rules (no Arrow): the contract
+        dict per key, or the ScorelineError that row would raise; one kernel call for them all.
+        Only when `can_score_keys()`; keys are already checked int64 values."""
+        n = len(keys)
+        current = self._view.snapshot()
+        rows, found = current.index.find(np.array(keys, dtype=np.int64), np.ones(n, dtype=bool))
+        results: list = [None] * n
+        good = []
+        for i in range(n):
+            if not found[i]:
+                results[i] = NotFoundError(f"{self.key_name} {keys[i]!r} not found in the entity store "
+                                           f"of model {self.model_id!r}", path=f"$.{self.key_name}")
+            elif current.bad[rows[i]]:
+                results[i] = current.errors[int(rows[i])]
+            else:
+                good.append(i)
+        if not good:
+            return results
+        if len(good) < n:
+            rows = rows[good]
+        work = self.plan.new_work(len(good))
+        work[:, self._view.slots] = current.values[rows]
+        raw = self.model.predict_matrix(self.plan.run(work, _today() if now is None else scoring_day(now)))
+        decide_one = self.decider.decide_one
+        for j, i in enumerate(good):
+            score, label, payload = decide_one(raw[j : j + 1])
+            if not math.isfinite(score):
+                results[i] = InputError(f"the model gave a non-finite score ({score}) for this row",
+                                        path="score")
+                continue
+            out = {"model-id": self.model_id, "model-version": self.version, self.key_name: keys[i],
+                   self.score_name: score, self.decision_name: label}
+            if self._payload_name is not None:
+                out[self._payload_name] = self.decider.payload_list[payload]
+            results[i] = out
+        return results
+
     def score_values(self, key, inputs: dict, *, now=None) -> dict:
         """Score one row from raw input values by name (missing names are null)."""
         plan = self.plan

@@ -175,6 +175,24 @@ class Engine:
                       out[dep.decision_name], time.perf_counter() - started, None)
         return out
 
+    def score_keys(self, model_id: str, keys: list[int], version: int | str | None = None,
+                   request_ids=None) -> list:
+        """Several key-only one-entity requests at once (the HTTP micro-batcher's common case):
+        per key the dict `score` would answer or the ScorelineError it would raise, each row
+        logged once. Only for deployments where `Deployment.can_score_keys()` holds."""
+        started = time.perf_counter()
+        dep = self.deployment(model_id, version)
+        results = dep.score_keys(keys)
+        seconds = time.perf_counter() - started
+        log = self._log.row
+        ids = request_ids if request_ids is not None else [None] * len(keys)
+        for rid, key, out in zip(ids, keys, results):
+            if isinstance(out, ScorelineError):
+                log(rid, dep, key, None, None, seconds, out.message)
+            else:
+                log(rid, dep, key, out[dep.score_name], out[dep.decision_name], seconds, None)
+        return results
+
     def score_batch(self, model_id: str, batch, version: int | str | None = None,
                     request_ids=None) -> pa.RecordBatch:
         """Score an Arrow batch (RecordBatch or Table) -> the contract columns + `error`, logged."""
