@@ -14,7 +14,7 @@ from scoreline.errors import UnauthorizedError
 
 from .asgi import send_error
 
-__all__ = ["ApiKeyMiddleware"]
+__all__ = ["ApiKeyMiddleware", "has_key"]
 
 
 class ApiKeyMiddleware:
@@ -32,18 +32,19 @@ class ApiKeyMiddleware:
                 if not self.admin_keys:
                     await send_error(send, UnauthorizedError("admin endpoints are disabled: start the server with --admin-key"))
                     return
-                if not _has_key(scope, self.admin_keys):
+                if not has_key(scope, self.admin_keys):
                     await send_error(send, UnauthorizedError("missing or wrong admin key"))
                     return
             elif self.api_keys and (path.startswith("/v1/") or path.startswith("/v2/models")):
-                if not _has_key(scope, self.api_keys):
+                if not has_key(scope, self.api_keys):
                     await send_error(send, UnauthorizedError("missing or wrong API key"),
                                      protocol_v2=path.startswith("/v2/"))
                     return
         await self.app(scope, receive, send)
 
 
-def _has_key(scope, keys: tuple[bytes, ...]) -> bool:
+def has_key(scope, keys: tuple[bytes, ...]) -> bool:
+    """Whether the request carries one of `keys` (Bearer or X-API-Key), compared in constant time."""
     given = None
     for name, value in scope["headers"]:
         if name == b"authorization" and value[:7].lower() == b"bearer ":

@@ -22,6 +22,8 @@ raises, every item of that batch gets the exception.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -79,6 +81,9 @@ class MicroBatcher(Generic[T, R]):
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._regroup_until = 0.0
+        self._deadlines: list[tuple[float, int, asyncio.Future, float]] = []
+        self._seq = itertools.count()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def queued_rows(self) -> int:
@@ -103,16 +108,17 @@ class MicroBatcher(Generic[T, R]):
             )
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append(_Waiter(item, rows, future, time.monotonic()))
+        now = time.monotonic()
+        self._pending.append(_Waiter(item, rows, future, now))
         self._queued_rows += rows
         self._schedule(loop)
-        if timeout is None:
-            return await future
-        expiry = loop.call_later(timeout, _expire, future, timeout, self._retry_after)
-        try:
-            return await future
-        finally:
-            expiry.cancel()
+        if timeout is not None and not future.done():
+            # One heap entry (compared in C) instead of a timer per request: asyncio's timers cost
+            # a Python-level comparison per heap step and linger in its heap once cancelled.
+            heapq.heappush(self._deadlines, (now + timeout, next(self._seq), future, timeout))
+            if self._sweeper is None:
+                self._sweeper = loop.call_at(now + timeout, self._sweep, loop)
+        return await future
 
     # -- scheduling, always on the event loop ---------------------------------------------------
 
@@ -186,8 +192,20 @@ class MicroBatcher(Generic[T, R]):
         self._schedule(loop)
 
 
-def _expire(future: asyncio.Future, timeout: float, retry_after: float) -> None:
-    if not future.done():
-        future.set_exception(
-            OverloadedError(f"not scored within the {timeout:g} s request deadline", retry_after=retry_after)
-        )
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every submission past its deadline (answered ones just leave the heap), then wake
+        again at the next deadline, no sooner than `_SWEEP_S` from now."""
+        self._sweeper = None
+        deadlines = self._deadlines
+        now = time.monotonic()
+        while deadlines and (deadlines[0][2].done() or deadlines[0][0] <= now):
+            _, _, future, timeout = heapq.heappop(deadlines)
+            if not future.done():
+                future.set_exception(OverloadedError(
+                    f"not scored within the {timeout:g} s request deadline", retry_after=self._retry_after))
+        if deadlines:
+            self._sweeper = loop.call_at(max(deadlines[0][0], now + _SWEEP_S), self._sweep, loop)
+
+
+# Deadlines are checked at most this often: a request may fail up to this much past its deadline.
+_SWEEP_S = 0.001

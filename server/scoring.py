@@ -3,7 +3,9 @@
 Single requests (v1 JSON, v2 tensors) go through one MicroBatcher per deployment; each batch is one
 `engine.score_batch(model_id, batch, version=<resolved int>, request_ids=...)` call, which scores
 with `Deployment.score` and logs every row once with its own request id. A `/v1/score` request
-alone in its batch (an idle service) takes the engine's one-row path, `engine.score`, instead.
+alone in its batch (an idle service) takes the engine's one-row path, `engine.score`, instead, and
+a batch of key-only `/v1/score` requests on an integer-keyed store takes `engine.score_keys` (the
+one-row path's rules for several keys, one kernel call, no Arrow).
 Arrow IPC bodies are already batches and go straight to the engine. Engine work always runs in
 the executor, off the event loop.
 """
@@ -32,22 +34,25 @@ __all__ = ["Scorer", "Scored"]
 class Scored:
     """One request's slice of a scored batch: the output RecordBatch and its rows as Python values."""
 
-    __slots__ = ("batch", "columns", "offset", "n", "batch_rows")
+    __slots__ = ("batch", "columns", "offset", "n", "batch_rows", "first")
 
     def __init__(self, batch: pa.RecordBatch | None, columns: dict[str, list], offset: int, n: int,
-                 batch_rows: int) -> None:
+                 batch_rows: int, first: bool | None = None) -> None:
         self.batch = batch
         self.columns = columns
         self.offset = offset
         self.n = n
         self.batch_rows = batch_rows
+        # the slice that reports its engine call's size to the metrics (once per call)
+        self.first = offset == 0 if first is None else first
 
     @classmethod
-    def one(cls, answer: dict) -> Scored:
-        """The answer of the engine's one-row path, as a scored batch of one row."""
+    def one(cls, answer: dict, *, batch_rows: int = 1, first: bool = True) -> Scored:
+        """The answer of the engine's one-row path, as a scored batch of one row (one of
+        `batch_rows` scored by the same call)."""
         columns = {name: [value] for name, value in answer.items()}
         columns["error"] = [None]
-        return cls(None, columns, 0, 1, 1)
+        return cls(None, columns, 0, 1, batch_rows, first)
 
     def row(self, i: int, fields: tuple[str, ...]) -> dict:
         """Row `i` of this request as a dict of `fields` (the contract)."""
@@ -109,7 +114,9 @@ class Scorer:
 
     async def entry(self, model_id: object, version: object, *, path: str = "$") -> _Entry:
         """The deployment (and its batcher) for a model id and optional version or alias."""
-        model_id, version = check_model_ref(model_id, version, path=path)
+        if not (type(model_id) is str and (version is None or type(version) is int)
+                and (model_id, version) in self._resolved):  # seen before: checked then
+            model_id, version = check_model_ref(model_id, version, path=path)
         engine = self.require_engine()
         if (model_id, version) in self._resolved:
             # Seen before, so compiled: the engine resolves it with dict lookups (and compiles a
@@ -164,7 +171,7 @@ class Scorer:
 
     def _record(self, entry: _Entry, scored: Scored, seconds: float) -> None:
         m = self.metrics
-        if scored.offset == 0:  # one observation per engine call: its first request records it
+        if scored.first:  # one observation per engine call: its first request records it
             m.batch_rows.observe(entry.labels, scored.batch_rows)
         errors = sum(1 for i in range(scored.n) if scored.error(i) is not None)
         m.rows.inc((*entry.labels, "ok"), scored.n - errors)
@@ -184,6 +191,13 @@ class Scorer:
             except ScorelineError as exc:
                 return [exc]
             return [Scored.one(answer)]
+        score_keys = getattr(self.engine, "score_keys", None)
+        if score_keys is not None and deployment.can_score_keys() \
+                and all(part.request is not None and part.inputs is None for part in parts):
+            # Key-only one-entity calls (the common case): the engine scores them by the one-row
+            # path's rules with one kernel call and no Arrow, about twice as fast per row as
+            # building a batch; each result is what the call alone would have answered.
+            return self._score_keys(score_keys, deployment, parts)
         shape = self._entries_shape(deployment)
         try:
             batch, ids = shape.to_batch(parts)
@@ -205,6 +219,19 @@ class Scorer:
         for part in parts:
             results.append(Scored(out, columns, offset, part.n, out.num_rows))
             offset += part.n
+        return results
+
+    def _score_keys(self, score_keys, deployment, parts: list[Rows]) -> list:
+        keys = [part.keys[0] for part in parts]
+        ids = [part.request_ids[0] for part in parts]
+        answers = score_keys(deployment.model_id, keys, version=deployment.version, request_ids=ids)
+        results, first = [], True
+        for answer in answers:
+            if isinstance(answer, ScorelineError):
+                results.append(answer)
+            else:
+                results.append(Scored.one(answer, batch_rows=len(parts), first=first))
+                first = False
         return results
 
     def _entries_shape(self, deployment) -> RowShape:

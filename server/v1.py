@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -13,7 +14,7 @@ from starlette.routing import Route
 
 from scoreline.errors import InputError, SchemaError
 
-from .asgi import Endpoint, header, read_body, send_bytes, send_json
+from .asgi import JSON, Endpoint, encode_json, header, read_body, send_bytes, send_json
 from .errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType, row_error
 from .rows import ARROW_TYPES
 from .scoring import Scorer
@@ -34,10 +35,12 @@ def decode_object(body: bytes) -> dict:
         raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
 
 
-def v1_routes(scorer: Scorer) -> list[Route]:
+def v1_routes(scorer: Scorer) -> tuple[list[Route], Callable]:
+    """The v1 routes, and the `/v1/score` handler as `(scope, receive) -> answer bytes` for the fast path."""
     settings = scorer.settings
 
-    async def score_one(scope, receive, send) -> None:
+    async def score_one(scope, receive) -> bytes:
+        """The answer to one `/v1/score` call as JSON bytes; raises the error to answer instead."""
         body = decode_object(await read_body(scope, receive, settings.max_body_bytes))
         entry = await scorer.entry(body.get("model-id"), body.get("model-version"))
         rows = entry.shape.parse_request(body, scorer.new_request_id())
@@ -48,7 +51,10 @@ def v1_routes(scorer: Scorer) -> list[Route]:
         answer = scored.row(0, entry.fields)
         if "request-id" in body:
             answer["request-id"] = rows.request_ids[0]
-        await send_json(send, 200, answer)
+        return encode_json(answer)
+
+    async def score_one_endpoint(scope, receive, send) -> None:
+        await send_bytes(send, 200, await score_one(scope, receive), JSON)
 
     async def score_batch(scope, receive, send) -> None:
         body = decode_object(await read_body(scope, receive, settings.max_body_bytes))
@@ -98,10 +104,10 @@ def v1_routes(scorer: Scorer) -> list[Route]:
         await send_bytes(send, 200, sink.getvalue(), ARROW_STREAM)
 
     return [
-        Route("/v1/score", Endpoint(score_one), methods=["POST"]),
+        Route("/v1/score", Endpoint(score_one_endpoint), methods=["POST"]),
         Route("/v1/score/batch", Endpoint(score_batch), methods=["POST"]),
         Route("/v1/models/{model_id}/score", Endpoint(score_arrow), methods=["POST"]),
-    ]
+    ], score_one
 
 
 def _query_version(scope) -> str | None:

@@ -37,6 +37,10 @@ class GatedEngine:
         self._hold(1)
         return self.engine.score(model_id, request, version=version)
 
+    def score_keys(self, model_id, keys, version=None, request_ids=None):
+        self._hold(len(keys))
+        return self.engine.score_keys(model_id, keys, version=version, request_ids=request_ids)
+
     def score_batch(self, model_id, batch, version=None, request_ids=None):
         self._hold(batch.num_rows)
         return self.engine.score_batch(model_id, batch, version=version, request_ids=request_ids)
@@ -99,6 +103,60 @@ def test_coalesced_requests_match_unbatched_and_a_bad_one_fails_alone(registry):
         engine.flush()
         logged = DecisionLog(f"sqlite:///{registry['root'].parent / 'decisions.db'}").tail(10_000)
         ids = [i for i in logged.column("request_id").to_pylist() if i and i.startswith("batched-")]
+        assert sorted(ids) == sorted(b["request-id"] for b in bodies)  # each exactly once
+    finally:
+        engine.close()
+
+
+def test_coalesced_key_only_requests_take_the_keys_path_and_match_unbatched_answers(registry):
+    engine = make_engine(registry["root"])
+    assert engine.deployment(MODEL_ID).can_score_keys()  # else this test would not reach the path
+    gated = GatedEngine(engine)
+    settings = ServerSettings(max_batch=64, max_wait_us=10_000_000, max_in_flight=1)
+    keys = [1100 + i for i in range(20)]
+    bodies = [{"model-id": MODEL_ID, KEY: k, "request-id": f"keys-{k}"} for k in keys]
+    bodies.insert(5, {"model-id": MODEL_ID, KEY: 999_998, "request-id": "keys-unknown"})
+    try:
+        with live_server(create_app(gated, settings=settings)) as url:
+
+            async def main():
+                async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                    first = asyncio.ensure_future(client.post("/v1/score", json={"model-id": MODEL_ID, KEY: 1000}))
+                    deadline = time.monotonic() + 30
+                    while not gated.first_started.is_set():
+                        assert time.monotonic() < deadline, "the first request never reached the engine"
+                        await asyncio.sleep(0.005)
+                    rest = [asyncio.ensure_future(client.post("/v1/score", json=b)) for b in bodies]
+                    while True:
+                        text = (await client.get("/metrics")).text
+                        line = [l for l in text.splitlines() if l.startswith("scoreline_queue_rows{")]
+                        if line and float(line[0].rsplit(" ", 1)[1]) == len(bodies):
+                            break
+                        assert time.monotonic() < deadline, f"requests were not all queued: {line}"
+                        await asyncio.sleep(0.01)
+                    gated.gate.set()
+                    await first
+                    answers = await asyncio.gather(*rest)
+                    metrics = (await client.get("/metrics")).text
+                    return answers, metrics
+
+            answers, metrics = asyncio.run(main())
+            assert gated.batch_sizes == [1, len(bodies)]
+            # the batch's size is observed once, in the bucket of up to 32 rows
+            assert any(l.startswith("scoreline_batch_rows_bucket{") and 'le="32"' in l and l.endswith(" 2")
+                       for l in metrics.splitlines()), metrics
+            by_id = {b["request-id"]: r for b, r in zip(bodies, answers)}
+            assert by_id["keys-unknown"].status_code == 404
+            assert by_id["keys-unknown"].json()["path"] == f"$.{KEY}"
+            with httpx.Client(base_url=url) as client:
+                for k in keys:
+                    alone = client.post("/v1/score", json={"model-id": MODEL_ID, KEY: k}).json()
+                    batched = by_id[f"keys-{k}"]
+                    assert batched.status_code == 200
+                    assert batched.json() == {**alone, "request-id": f"keys-{k}"}
+        engine.flush()
+        logged = DecisionLog(f"sqlite:///{registry['root'].parent / 'decisions.db'}").tail(10_000)
+        ids = [i for i in logged.column("request_id").to_pylist() if i and i.startswith("keys-")]
         assert sorted(ids) == sorted(b["request-id"] for b in bodies)  # each exactly once
     finally:
         engine.close()
