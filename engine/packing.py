@@ -19,6 +19,7 @@ from scoreline.kernels.trees import (
     TREE_CATEGORICAL,
     TREE_GENERAL,
     TREE_NUMERIC,
+    TREE_PLAIN,
     TREE_WIDE,
     WIDE_SET,
     ZERO_MISSING,
@@ -180,7 +181,9 @@ def _walk_kind(words: np.ndarray) -> int:
         return TREE_WIDE
     if (words & CATEGORICAL).any():
         return TREE_CATEGORICAL
-    return TREE_NUMERIC
+    if (words & NAN_RIGHT).any():
+        return TREE_NUMERIC
+    return TREE_PLAIN
 
 
 def _layout(tree: TreeIR, base: int) -> tuple[np.ndarray, np.ndarray]:
