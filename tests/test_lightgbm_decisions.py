@@ -126,3 +126,30 @@ def test_linear_leaves_match_lightgbm_with_nan_and_tiny_values():
     ours = scoreline.load_lightgbm(text).predict(X)
     theirs = lgb.Booster(model_str=text).predict(X)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def _scores_match(text: str, X: np.ndarray) -> None:
+    """Scores, not only leaf numbers: the batch kernels walk rows in lockstep groups of eight and
+    the single-row path walks trees in groups, each a different code path from pred_leaf's."""
+    model = scoreline.load_lightgbm(text)
+    booster = lgb.Booster(model_str=text)
+    expected = booster.predict(X, raw_score=True)
+    np.testing.assert_array_equal(model.predict(X, raw_score=True), expected)
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(X), raw_score=True), expected)
+    for i in range(X.shape[0]):  # one row at a time takes the single-row path
+        assert model.predict(X[i : i + 1], raw_score=True)[0] == expected[i], f"row {X[i]}"
+
+
+@pytest.mark.parametrize("missing_type", [0, 1, 2])
+@pytest.mark.parametrize("default_left", [False, True])
+def test_numerical_scores_match_lightgbm_in_every_walk(default_left, missing_type):
+    X = rows(VALUES)
+    for threshold in THRESHOLDS:
+        _scores_match(one_split_model((missing_type << 2) | (2 if default_left else 0), threshold), X)
+
+
+@pytest.mark.parametrize("words", ["5 1", "0 0 4294967295", "4294967295", "1", "0 0 0 0 1"])
+def test_categorical_scores_match_lightgbm_in_every_walk(words):
+    # "0 0 4294967295" and "0 0 0 0 1" reach past category 63: the wide-set walk
+    count = len(words.split())
+    _scores_match(one_split_model(1, 0.0, f"cat_boundaries=0 {count}\ncat_threshold={words}\n"), rows(CATEGORY_VALUES))
