@@ -87,13 +87,9 @@ class Server:
         raise RuntimeError(f"{self.name} was not ready after 180 s")
 
     def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        from benchmarks.suite.mlserver import stop_process_group
+
+        stop_process_group(self.proc, signal.SIGINT, timeout=20)
         self.log.close()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 
 from benchmarks.suite.kernels import pairwise_ratio
 from benchmarks.suite.loadgen import measure
-from benchmarks.suite.mlserver import MLServerPeer, free_port
+from benchmarks.suite.mlserver import MLServerPeer, free_port, stop_process_group
 from benchmarks.suite.peers import REPO
 
 __all__ = ["run_http", "demo_registry"]
@@ -89,13 +88,7 @@ class _Process:
         return self.proc.pid
 
     def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc)
         self.logfile.close()
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MLServerPeer", "free_port"]
+__all__ = ["MLServerPeer", "free_port", "stop_process_group"]
 
 MODEL_NAME = "bench-model"
 
@@ -36,6 +36,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, first: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Stop a server started in its own process group: ``first``, then SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, first)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 class MLServerPeer:
@@ -120,12 +131,7 @@ class MLServerPeer:
         return (self.dir / "mlserver.log").read_text()[-600:]
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc:
+            stop_process_group(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
