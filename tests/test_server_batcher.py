@@ -247,3 +247,26 @@ def test_rows_waiting_when_a_bigger_batch_ends_are_regrouped_with_its_returning_
 
     assert run(main()) == [200, 210, 220]
     assert score.batches == [[0], [1, 2, 3], [20, 21, 22]]
+
+
+def test_answered_submissions_are_not_kept_until_their_deadline(executor):
+    # A batcher at 10k requests a second must not hold each answer for its whole deadline
+    # (5 s by default): the results would pile up by the ten thousand (and slow every GC pass).
+    import weakref
+
+    class Result:
+        pass
+
+    batcher = MicroBatcher(lambda items: [Result() for _ in items], max_rows=8, max_wait=0.001, executor=executor)
+
+    async def main():
+        refs = []
+        for _ in range(3):
+            results = await asyncio.gather(*(batcher.submit(i, timeout=60.0) for i in range(20)))
+            refs.extend(weakref.ref(r) for r in results)
+            del results
+        return refs
+
+    refs = run(main())
+    assert len(refs) == 60
+    assert [r for r in refs if r() is not None] == []
