@@ -175,31 +175,43 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
         return Response(encode_json(error_body(exc, protocol_v2=v2)), status_code=status_for(exc),
                         headers=headers, media_type=JSON.decode())
 
-    app = Starlette(
+    app = _App(
         routes=routes,
         middleware=[
-            # outermost: the hot call skips the two middlewares below and does their work itself
-            Middleware(ScoreFastPath, route=scoring[0], compute=score_one, metrics=metrics,
-                       api_keys=settings.api_keys),
             Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(ApiKeyMiddleware, api_keys=settings.api_keys, admin_keys=settings.admin_keys),
         ],
         exception_handlers={ScorelineError: on_error, HTTPException: on_error, Exception: on_error},
         lifespan=lifespan,
     )
+    # the hot call skips Starlette's middleware stack and does the middlewares' work itself
+    app.fast_path = ScoreFastPath(route=scoring[0], compute=score_one, metrics=metrics, api_keys=settings.api_keys)
     app.state.scorer = scorer
     app.state.metrics = metrics
     return app
 
 
-class ScoreFastPath:
-    """Pure ASGI middleware, outermost: `POST /v1/score`, the hot call, goes straight to its handler,
-    skipping Starlette's router, exception middleware and the metrics and API-key middlewares,
-    whose work it does itself with the same answers and figures (the same error bodies come from
-    `send_error`). Everything else, and every other method on that path, goes through the app."""
+class _App(Starlette):
+    """Starlette, with `POST /v1/score` handed to `fast_path` before the middleware stack (its
+    error middleware included: the fast path answers every exception of its own)."""
 
-    def __init__(self, app, *, route: Route, compute, metrics: Metrics, api_keys: tuple[str, ...] = ()) -> None:
-        self.app = app
+    fast_path: ScoreFastPath
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/score" and scope["method"] == "POST":
+            scope["app"] = self
+            await self.fast_path(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+class ScoreFastPath:
+    """`POST /v1/score`, the hot call, straight to its handler (called by `_App` before anything
+    else): it skips Starlette's router, error and exception middlewares and the metrics and
+    API-key middlewares, whose work it does itself with the same answers and figures (the same
+    error bodies come from `send_error`). Every other method on that path goes through the app."""
+
+    def __init__(self, *, route: Route, compute, metrics: Metrics, api_keys: tuple[str, ...] = ()) -> None:
         self.route = route
         self.compute = compute
         self.metrics = metrics
@@ -209,9 +221,6 @@ class ScoreFastPath:
         self._route = (route.path,)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
         start = time.monotonic()
         metrics = self.metrics
         if self.api_keys and not has_key(scope, self.api_keys):

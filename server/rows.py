@@ -40,18 +40,20 @@ class Rows:
     """Some rows of one request, column-wise: keys, raw inputs (only the names given) and request ids.
 
     `request` is set for a one-entity call: the checked request as the engine's one-row path
-    (`Engine.score`) takes it, used when this request ends up alone in its batch.
+    (`Engine.score`) takes it, used when this request ends up alone in its batch; `echo_id`: that
+    call's client sent its own request id, which its answer repeats.
     """
 
-    __slots__ = ("keys", "inputs", "request_ids", "n", "request")
+    __slots__ = ("keys", "inputs", "request_ids", "n", "request", "echo_id")
 
     def __init__(self, keys: list, inputs: dict[str, list] | None, request_ids: list[str],
-                 request: dict | None = None) -> None:
+                 request: dict | None = None, echo_id: bool = False) -> None:
         self.keys = keys
         self.inputs = inputs
         self.request_ids = request_ids
         self.n = len(keys)
         self.request = request
+        self.echo_id = echo_id
 
 
 def check_model_ref(model_id: object, version: object, *, path: str = "$") -> tuple[str, int | str | None]:
@@ -92,7 +94,8 @@ class RowShape:
             one[self.key] = key
         if inputs:
             one["inputs"] = body["inputs"]  # as sent (checked above): the engine parses dates itself
-        return Rows([key], None if inputs is None else {k: [v] for k, v in inputs.items()}, [rid], one)
+        return Rows([key], None if inputs is None else {k: [v] for k, v in inputs.items()}, [rid], one,
+                    "request-id" in body)
 
     def parse_rows(self, rows: object, path: str, make_id) -> Rows:
         """The `rows` list of a `/v1/score/batch` body; `make_id()` supplies absent request ids."""

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from scoreline.errors import InputError, NotReadyError, ScorelineError
 
+from .asgi import encode_json
 from .batcher import MicroBatcher
 from .errors import row_error
 from .metrics import Metrics
@@ -32,11 +33,15 @@ __all__ = ["Scorer", "Scored"]
 
 
 class Scored:
-    """One request's slice of a scored batch: the output RecordBatch and its rows as Python values."""
+    """One request's slice of a scored batch: the output RecordBatch and its rows as Python values.
 
-    __slots__ = ("batch", "columns", "offset", "n", "batch_rows", "first")
+    A one-row answer of the engine's one-row path (`Scored.one`) keeps the answer dict instead of
+    columns, and `body`: the `/v1/score` answer already encoded as JSON (made in the executor
+    thread, so the event loop only sends it); None for batch slices."""
 
-    def __init__(self, batch: pa.RecordBatch | None, columns: dict[str, list], offset: int, n: int,
+    __slots__ = ("batch", "columns", "offset", "n", "batch_rows", "first", "answer", "body")
+
+    def __init__(self, batch: pa.RecordBatch | None, columns: dict[str, list] | None, offset: int, n: int,
                  batch_rows: int, first: bool | None = None) -> None:
         self.batch = batch
         self.columns = columns
@@ -45,41 +50,55 @@ class Scored:
         self.batch_rows = batch_rows
         # the slice that reports its engine call's size to the metrics (once per call)
         self.first = offset == 0 if first is None else first
+        self.answer = None
+        self.body = None
 
     @classmethod
-    def one(cls, answer: dict, *, batch_rows: int = 1, first: bool = True) -> Scored:
+    def one(cls, answer: dict, *, batch_rows: int = 1, first: bool = True, body: bytes | None = None) -> Scored:
         """The answer of the engine's one-row path, as a scored batch of one row (one of
-        `batch_rows` scored by the same call)."""
-        columns = {name: [value] for name, value in answer.items()}
-        columns["error"] = [None]
-        return cls(None, columns, 0, 1, batch_rows, first)
+        `batch_rows` scored by the same call); `body`: its `/v1/score` answer, encoded."""
+        scored = cls(None, None, 0, 1, batch_rows, first)
+        scored.answer = answer
+        scored.body = body
+        return scored
 
     def row(self, i: int, fields: tuple[str, ...]) -> dict:
         """Row `i` of this request as a dict of `fields` (the contract)."""
+        if self.columns is None:
+            return {name: self.answer[name] for name in fields}
         j = self.offset + i
         return {name: self.columns[name][j] for name in fields}
 
     def error(self, i: int) -> str | None:
         """Row `i`'s error text, or None when it was scored."""
+        if self.columns is None:
+            return None  # the one-row path raises a row's error instead of answering it
         return self.columns["error"][self.offset + i]
 
     def arrow(self) -> pa.RecordBatch:
         """This request's rows of the output batch (zero-copy slice)."""
         if self.batch is None:
+            if self.columns is None:
+                return pa.RecordBatch.from_pydict({**{k: [v] for k, v in self.answer.items()}, "error": [None]})
             return pa.RecordBatch.from_pydict(self.columns)
         return self.batch.slice(self.offset, self.n)
 
 
 class _Entry:
-    __slots__ = ("deployment", "batcher", "shape", "labels", "fields")
+    __slots__ = ("deployment", "batcher", "shape", "labels", "fields", "ok_labels")
 
     def __init__(self, deployment, batcher: MicroBatcher, shape: RowShape) -> None:
         self.deployment = deployment
         self.batcher = batcher
         self.shape = shape
         self.labels = (deployment.model_id, str(deployment.version))
-        # the contract fields, in order; `error` is ours to report, not a contract field
-        self.fields = tuple(n for n in deployment.output_schema.names if n != "error")
+        self.ok_labels = (*self.labels, "ok")  # built once, not per request
+        self.fields = contract_fields(deployment)
+
+
+def contract_fields(deployment) -> tuple[str, ...]:
+    """The contract fields of a deployment's answers, in order (`error` is ours to report, not one)."""
+    return tuple(n for n in deployment.output_schema.names if n != "error")
 
 
 class Scorer:
@@ -138,8 +157,9 @@ class Scorer:
 
     def _batcher(self, deployment) -> MicroBatcher:
         s = self.settings
+        fields = contract_fields(deployment)
         return MicroBatcher(
-            lambda parts: self._score_parts(deployment, parts),
+            lambda parts: self._score_parts(deployment, parts, fields),
             max_rows=s.max_batch, max_wait=s.max_wait_us / 1e6, max_queue=s.max_queue,
             max_in_flight=s.max_in_flight, executor=self.executor, retry_after=s.retry_after_s)
 
@@ -173,14 +193,20 @@ class Scorer:
         m = self.metrics
         if scored.first:  # one observation per engine call: its first request records it
             m.batch_rows.observe(entry.labels, scored.batch_rows)
+        if scored.columns is None:  # a one-row answer: scored (its error would have been raised)
+            m.rows.inc(entry.ok_labels, 1)
+            m.score_latency.observe(entry.labels, seconds)
+            return
         errors = sum(1 for i in range(scored.n) if scored.error(i) is not None)
-        m.rows.inc((*entry.labels, "ok"), scored.n - errors)
+        m.rows.inc(entry.ok_labels, scored.n - errors)
         if errors:
             m.rows.inc((*entry.labels, "error"), errors)
         m.score_latency.observe(entry.labels, seconds)
 
-    def _score_parts(self, deployment, parts: list[Rows]) -> list:
+    def _score_parts(self, deployment, parts: list[Rows], fields: tuple[str, ...] | None = None) -> list:
         """Runs in the executor: one engine call for all parts, results split back per part."""
+        if fields is None:
+            fields = contract_fields(deployment)
         if len(parts) == 1 and parts[0].request is not None:
             # Alone in its batch (an idle service): the engine's one-row path skips building
             # Arrow arrays and is several times faster than a batch of one (same kernels, same
@@ -190,14 +216,14 @@ class Scorer:
                 answer = self.engine.score(deployment.model_id, parts[0].request, version=deployment.version)
             except ScorelineError as exc:
                 return [exc]
-            return [Scored.one(answer)]
+            return [self._one(fields, parts[0], answer, 1, True)]
         score_keys = getattr(self.engine, "score_keys", None)
         if score_keys is not None and deployment.can_score_keys() \
                 and all(part.request is not None and part.inputs is None for part in parts):
             # Key-only one-entity calls (the common case): the engine scores them by the one-row
             # path's rules with one kernel call and no Arrow, about twice as fast per row as
             # building a batch; each result is what the call alone would have answered.
-            return self._score_keys(score_keys, deployment, parts)
+            return self._score_keys(score_keys, deployment, parts, fields)
         shape = self._entries_shape(deployment)
         try:
             batch, ids = shape.to_batch(parts)
@@ -210,7 +236,7 @@ class Scorer:
             results = []
             for part in parts:
                 try:
-                    results.append(self._score_parts(deployment, [part])[0])
+                    results.append(self._score_parts(deployment, [part], fields)[0])
                 except ScorelineError as one:
                     results.append(one)
             return results
@@ -221,18 +247,28 @@ class Scorer:
             offset += part.n
         return results
 
-    def _score_keys(self, score_keys, deployment, parts: list[Rows]) -> list:
+    def _score_keys(self, score_keys, deployment, parts: list[Rows], fields: tuple[str, ...]) -> list:
         keys = [part.keys[0] for part in parts]
         ids = [part.request_ids[0] for part in parts]
         answers = score_keys(deployment.model_id, keys, version=deployment.version, request_ids=ids)
-        results, first = [], True
-        for answer in answers:
+        results, first, n = [], True, len(parts)
+        one = self._one
+        for part, answer in zip(parts, answers):
             if isinstance(answer, ScorelineError):
                 results.append(answer)
             else:
-                results.append(Scored.one(answer, batch_rows=len(parts), first=first))
+                results.append(one(fields, part, answer, n, first))
                 first = False
         return results
+
+    @staticmethod
+    def _one(fields: tuple[str, ...], part: Rows, answer: dict, batch_rows: int, first: bool) -> Scored:
+        """A one-row answer with its `/v1/score` body encoded here, in the executor thread: the
+        contract `fields` in order, and the request id when the client sent one."""
+        body = {name: answer[name] for name in fields}
+        if part.echo_id:
+            body["request-id"] = part.request_ids[0]
+        return Scored.one(answer, batch_rows=batch_rows, first=first, body=encode_json(body))
 
     def _entries_shape(self, deployment) -> RowShape:
         entry = self._entries.get((deployment.model_id, deployment.version))

@@ -150,10 +150,12 @@ def test_coalesced_key_only_requests_take_the_keys_path_and_match_unbatched_answ
             assert by_id["keys-unknown"].json()["path"] == f"$.{KEY}"
             with httpx.Client(base_url=url) as client:
                 for k in keys:
-                    alone = client.post("/v1/score", json={"model-id": MODEL_ID, KEY: k}).json()
+                    alone = client.post("/v1/score", json={"model-id": MODEL_ID, KEY: k})
                     batched = by_id[f"keys-{k}"]
                     assert batched.status_code == 200
-                    assert batched.json() == {**alone, "request-id": f"keys-{k}"}
+                    assert batched.json() == {**alone.json(), "request-id": f"keys-{k}"}
+                    # the same bytes too: the contract fields in the same order, the id last
+                    assert batched.content == alone.content[:-1] + f',"request-id":"keys-{k}"}}'.encode()
         engine.flush()
         logged = DecisionLog(f"sqlite:///{registry['root'].parent / 'decisions.db'}").tail(10_000)
         ids = [i for i in logged.column("request_id").to_pylist() if i and i.startswith("keys-")]
