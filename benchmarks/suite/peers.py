@@ -26,11 +26,13 @@ import numpy as np
 
 from benchmarks.suite.timing import calls_for_budget, time_bulk, time_calls
 
-__all__ = ["PEERS", "ENGINES", "ADAPTERS", "Unavailable", "Context", "Engine", "make"]
+__all__ = ["PEERS", "OURS", "ENGINES", "ADAPTERS", "Unavailable", "Context", "Engine", "make"]
 
 # Scoreline first, then the peers in the order the tables show them.
 PEERS = ("lightgbm", "lleaves", "treelite", "onnxruntime")
-ENGINES = ("scoreline",) + PEERS
+# Scoreline's tiers: the generic kernel and the per-model compiled one (load_lightgbm compile="model").
+OURS = ("scoreline", "scoreline-model")
+ENGINES = OURS + PEERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,6 +101,7 @@ class Engine:
 
 class ScorelineEngine(Engine):
     name = "scoreline"
+    compile = "generic"  # load_lightgbm's compile option
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -114,16 +117,17 @@ class ScorelineEngine(Engine):
         import scoreline
 
         t0 = time.perf_counter()
-        self.model = scoreline.load_lightgbm(model.path)
+        self.model = scoreline.load_lightgbm(model.path, compile=self.compile, cache_dir=self._cache_dir())
         in_process = time.perf_counter() - t0
         if not self.ctx.fresh_process_loads:
             return {"cold_s": None, "warm_s": in_process, "what": "load in this process (fresh-process timing off)"}
         # The kernels' compile does not depend on the model, so a quick run times it once.
         cold = None
         if self.ctx.cold_every_model or not getattr(self, "_cold_timed", False):
-            cold = _scoreline_fresh_process(model, fresh_cache=True)
+            cold = _scoreline_fresh_process(model, fresh_cache=True, compile=self.compile)
             self._cold_timed = True
-        warm = _scoreline_fresh_process(model, fresh_cache=False)
+        warm = _scoreline_fresh_process(model, fresh_cache=False, compile=self.compile,
+                                        cache_dir=self._cache_dir())
         return {
             "cold_s": cold["load_s"] + cold["first_call_s"] if cold else None,
             "warm_s": warm["load_s"] + warm["first_call_s"],
@@ -132,16 +136,39 @@ class ScorelineEngine(Engine):
                     + ("" if cold else "; cold timed on the first model only"),
         }
 
+    def _cache_dir(self):
+        return None
+
     def _make_predictor(self, threads):
         predict_matrix = self.model.predict_matrix
         return lambda X: predict_matrix(X, num_threads=threads)
+
+
+class ScorelineModelEngine(ScorelineEngine):
+    """Scoreline's per-model compiled tier (engine/treecode.py), for the models compile="auto"
+    would compile; cold = an empty Numba cache and an empty compiled-model cache."""
+
+    name = "scoreline-model"
+    compile = "model"
+
+    def _load(self, model):
+        from scoreline.engine import treecode
+
+        leaves = int(model.stats["trees"] * model.stats["mean_leaves"])
+        if leaves > treecode.MAX_AUTO_LEAVES:
+            raise Unavailable(f"{leaves:,} leaves is over treecode.MAX_AUTO_LEAVES ({treecode.MAX_AUTO_LEAVES:,}): "
+                              f"compile='auto' scores this model with the generic kernel")
+        return super()._load(model)
+
+    def _cache_dir(self):
+        return self.ctx.cache / "treecode"
 
 
 _FRESH_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
 import numpy as np, scoreline
-m = scoreline.load_lightgbm(sys.argv[1])
+m = scoreline.load_lightgbm(sys.argv[1], compile=sys.argv[2], cache_dir=sys.argv[3] or None)
 t1 = time.perf_counter()
 X = np.zeros((1, m.num_features))
 m.predict_matrix(X, num_threads=1)
@@ -152,14 +179,16 @@ print(json.dumps({"load_s": t1 - t0, "first_call_s": t2 - t1, "second_call_s": t
 """
 
 
-def _scoreline_fresh_process(model, *, fresh_cache: bool) -> dict:
-    """Load + first call timed in a new interpreter; cold runs with an empty Numba cache dir."""
+def _scoreline_fresh_process(model, *, fresh_cache: bool, compile: str = "generic", cache_dir=None) -> dict:
+    """Load + first call timed in a new interpreter; cold runs with an empty Numba cache dir (and
+    an empty compiled-model cache for compile="model")."""
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="bench-numba-") as tmp:
         if fresh_cache:
             env["NUMBA_CACHE_DIR"] = tmp
+            cache_dir = Path(tmp) / "treecode"
         done = subprocess.run(
-            [sys.executable, "-c", _FRESH_SCRIPT, str(model.path)],
+            [sys.executable, "-c", _FRESH_SCRIPT, str(model.path), compile, str(cache_dir or "")],
             env=env, capture_output=True, text=True, timeout=900,
         )
     if done.returncode != 0:
@@ -400,6 +429,7 @@ class OnnxEngine(Engine):
 # Engine name -> adapter class; `make` looks names up here.
 ADAPTERS = {
     "scoreline": ScorelineEngine,
+    "scoreline-model": ScorelineModelEngine,
     "lightgbm": LightGBMEngine,
     "lleaves": LleavesEngine,
     "treelite": TreeliteEngine,

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from benchmarks.suite.kernels import pairwise_ratio
-from benchmarks.suite.peers import ENGINES
+from benchmarks.suite.peers import ENGINES, OURS
 
 __all__ = ["write_all", "markdown", "targets", "best_peer_ratios"]
 
@@ -52,13 +52,17 @@ def best_peer_ratios(kernels: dict) -> dict:
         for row in kernels[kind]:
             groups.setdefault(tuple(row[k] for k in key), {})[row["engine"]] = row
         for group, by_engine in groups.items():
-            ours = by_engine.get("scoreline")
-            if ours is None:
+            # Scoreline's figure is its best tier here (generic or per-model compiled); neither
+            # tier is ever a peer.
+            tiers = [by_engine[name] for name in OURS if name in by_engine]
+            if not tiers:
                 continue
-            exact = _exact_engines(kernels, group[0]) - {"scoreline"}
+            ours = (min if kind == "latency" else max)(tiers, key=lambda r: r[figure])
+            exact = _exact_engines(kernels, group[0]) - set(OURS)
             peers = [r for name, r in by_engine.items() if name in exact]
             entry = dict(zip(key, group))
             entry["scoreline"] = ours[figure]
+            entry["tier"] = ours["engine"]
             if peers:
                 pick = min if kind == "latency" else max
                 best = pick(peers, key=lambda r: r[figure])
