@@ -270,3 +270,41 @@ def test_answered_submissions_are_not_kept_until_their_deadline(executor):
     refs = run(main())
     assert len(refs) == 60
     assert [r for r in refs if r() is not None] == []
+
+
+def test_a_lone_inline_item_is_scored_on_the_loop_and_company_goes_to_the_executor_as_one_batch(executor):
+    calls: list[tuple[list, bool]] = []
+    loop_thread = []
+
+    def score(items):
+        calls.append((list(items), threading.current_thread() is loop_thread[0]))
+        return [item * 10 if item >= 0 else InputError(f"bad item {item}") for item in items]
+
+    batcher = MicroBatcher(score, max_rows=64, max_wait=10.0, executor=executor, inline=lambda item: item < 100)
+
+    async def main():
+        loop_thread.append(threading.current_thread())
+        alone = await batcher.submit(4)
+        # the second comes before the first's turn: both go to the executor, as one batch
+        together = await asyncio.gather(batcher.submit(5), batcher.submit(6))
+        not_inline = await batcher.submit(200)
+        with pytest.raises(InputError, match="bad item -3"):
+            await batcher.submit(-3)
+        return alone, together, not_inline
+
+    assert run(main()) == (40, [50, 60], 2000)
+    assert calls == [([4], True), ([5, 6], False), ([200], False), ([-3], True)]
+
+
+def test_an_inline_item_whose_score_raises_gets_the_exception(executor):
+    def score(items):
+        raise RuntimeError("engine down")
+
+    batcher = MicroBatcher(score, max_rows=8, executor=executor, inline=lambda item: True)
+
+    async def main():
+        with pytest.raises(RuntimeError, match="engine down"):
+            await batcher.submit(1, timeout=5.0)
+        assert batcher.queued_rows == 0 and batcher.in_flight == 0
+
+    run(main())
