@@ -79,12 +79,13 @@ class CompiledTrees:
         tiles over that many of Numba's threads (the caller has set them)."""
         n = X.shape[0]
         direct = X.dtype == np.float64 and X.flags.c_contiguous
+        largest = tc.TILE_ROWS if direct else tc.COPY_TILE_ROWS
         if threads > 1:
-            # Enough tiles for every thread (a few each, for balance), none larger than TILE_ROWS.
-            tile = max(tc.MIN_PARALLEL_TILE, min(tc.TILE_ROWS, -(-n // (4 * threads))))
+            # Enough tiles for every thread (a few each, for balance), none larger than the largest.
+            tile = max(tc.MIN_PARALLEL_TILE, min(largest, -(-n // (4 * threads))))
             kernel = tc.predict_parallel if direct else tc.predict_parallel_copy
         else:
-            tile = tc.TILE_ROWS
+            tile = largest
             kernel = tc.predict_serial if direct else tc.predict_serial_copy
         kernel(X, self.code.addresses, tile, divisor, link, param, out)
 
