@@ -27,9 +27,9 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "generic",
       "generic" (the default): the shared tree kernel (kernels/trees.py); nothing is compiled
         per model, its machine code comes from Numba's on-disk cache.
       "model": this model's trees compiled to machine code at load (engine/treecode.py, like
-        lleaves): 1.3-3x the generic kernel's bulk throughput on models of shallow trees, about
-        a second of compile per few thousand split nodes, read back from ``cache_dir`` on the
-        next load. Models this tier cannot hold (linear trees, trees deeper than
+        lleaves): 1.4-4x the generic kernel's bulk throughput on models of shallow trees (about
+        even on 100 x 31 generated data; docs/treecode.md), 1-2 s of compile per few thousand
+        split nodes, read back from ``cache_dir`` on the next load. Models this tier cannot hold (linear trees, trees deeper than
         ``treecode.MAX_DEPTH``) use the generic kernel; ``model.tier`` says which one runs.
       "auto": "model" for models of at most ``treecode.MAX_AUTO_LEAVES`` leaves in all, else
         "generic".
