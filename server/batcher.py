@@ -58,7 +58,9 @@ class MicroBatcher(Generic[T, R]):
 
     Parameters: `score` (items -> results, run in `executor`); `max_rows` per batch (an item larger
     than that is scored alone); `max_wait` seconds of wait budget; `max_queue` waiting rows before
-    overload; `max_in_flight` batches scoring at once; `retry_after` seconds suggested on overload.
+    overload; `max_in_flight` batches scoring at once; `retry_after` seconds suggested on overload;
+    `inline(item)`: whether a one-row item still alone one loop turn after it came may be scored on
+    the event loop thread (None: never).
     """
 
     def __init__(
