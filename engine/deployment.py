@@ -75,7 +75,7 @@ def load_artifact(spec: M.ModelSpec, version_dir: Path):
     if spec.format == "lightgbm":
         from scoreline.engine.model import load_lightgbm
 
-        return load_lightgbm(path)
+        return load_lightgbm(path, compile=spec.compile)
     from scoreline.engine.linear import load_linear
 
     return load_linear(path)

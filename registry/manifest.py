@@ -198,6 +198,10 @@ class ModelSpec(msgspec.Struct, **_STRICT):
     # which raw output is "the score": "auto" (the prediction for one output, the top class's
     # probability for several), or a class index
     score: Literal["auto"] | int = "auto"
+    # LightGBM only: which kernel scores it (scoreline.load_lightgbm's `compile`): "generic" (the
+    # shared kernel), "model" (this model's trees compiled to machine code at load, cached) or
+    # "auto" ("model" for models of at most treecode.MAX_AUTO_LEAVES leaves)
+    compile: Literal["generic", "model", "auto"] = "generic"
 
 
 # --- decision logic ---------------------------------------------------------------------------
@@ -309,6 +313,9 @@ def _check_semantics(m: Manifest) -> None:
                 f"model feature {feature!r} maps from unknown column {column!r}",
                 path=f"$.model.features.{feature}",
             )
+    if m.model.compile != "generic" and m.model.format != "lightgbm":
+        raise SchemaError(f"compile {m.model.compile!r} applies to lightgbm models only; a {m.model.format} "
+                          "model has one kernel", path="$.model.compile")
     if isinstance(m.decision, Bands):
         mins = [b.min for b in m.decision.bands]
         if mins != sorted(mins, reverse=True):

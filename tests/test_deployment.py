@@ -390,6 +390,28 @@ def test_string_keys_and_a_changed_store_file(models, tmp_path):
     assert batch.column("score")[0].as_py() == pytest.approx(expected)
 
 
+def test_the_manifest_picks_the_compiled_tier(models):
+    """`model.compile: "model"` scores through the model's own compiled trees: the same answers
+    as the shared kernel; an unknown tier, or a tier for a linear model, is refused by its path."""
+    body = json.loads(manifest(BANDS))
+    body["model"]["compile"] = "model"
+    folder, _ = models["binary"]
+    compiled = Deployment(decode_manifest(json.dumps(body)), folder, version=1, store=False)
+    generic = deploy(models, "binary", BANDS)
+    assert (compiled.model.tier, generic.model.tier) == ("model", "generic")
+    rows = random_rows(np.random.default_rng(5), 300)
+    got, want = (d.score(batch_of(rows), now=TODAY) for d in (compiled, generic))
+    assert got.column("score").to_pylist() == want.column("score").to_pylist()
+    assert got.column("application-decision").to_pylist() == want.column("application-decision").to_pylist()
+    one = compiled.score_request({"customer-id": 1, "inputs": rows[0]}, now=TODAY)
+    assert one["score"] == want.column("score")[0].as_py()
+    for model, message in (({**body["model"], "compile": "fast"}, "enum value 'fast'"),
+                           ({"format": "linear", "artifact": "model.json", "compile": "auto"}, "lightgbm models only")):
+        with pytest.raises(SchemaError, match=message) as caught:
+            decode_manifest(json.dumps({**body, "model": model}))
+        assert caught.value.path == "$.model.compile"
+
+
 def test_a_linear_model_and_a_non_finite_score(tmp_path):
     """A linear artifact through the same pipeline; a score that is not finite (here from an
     infinite input the manifest allows) is that row's error, never a number in the answer."""
