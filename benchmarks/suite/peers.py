@@ -50,7 +50,9 @@ class Context:
     # A peer whose compiled library is not cached yet is compiled only when the model has at most
     # this many leaves in total. Measured here: lleaves 9 s for 3.1k leaves, 183 s for 31.5k and
     # 505 s for 25.5k deep ones; TL2cgen 12-130 s for the same models, so it gets a higher limit.
-    compile_leaf_limit: dict = field(default_factory=lambda: {"lleaves": 40_000, "treelite": 300_000})
+    # scoreline-model (Scoreline's compile="model") gets lleaves' limit: both compile per model.
+    compile_leaf_limit: dict = field(default_factory=lambda: {"lleaves": 40_000, "treelite": 300_000,
+                                                              "scoreline-model": 40_000})
     # Scoreline's cold/warm load is timed in fresh interpreters (one with an empty Numba cache);
     # off when timing is off, since a cold compile takes seconds and measures nothing then.
     fresh_process_loads: bool = True
@@ -145,19 +147,19 @@ class ScorelineEngine(Engine):
 
 
 class ScorelineModelEngine(ScorelineEngine):
-    """Scoreline's per-model compiled tier (engine/treecode.py), for the models compile="auto"
-    would compile; cold = an empty Numba cache and an empty compiled-model cache."""
+    """Scoreline's per-model compiled tier (engine/treecode.py, compile="model"), for models within
+    the run's compile limit, as lleaves (compile="auto" alone stops at treecode.MAX_AUTO_LEAVES);
+    cold = an empty Numba cache and an empty compiled-model cache."""
 
     name = "scoreline-model"
     compile = "model"
 
     def _load(self, model):
-        from scoreline.engine import treecode
-
         leaves = int(model.stats["trees"] * model.stats["mean_leaves"])
-        if leaves > treecode.MAX_AUTO_LEAVES:
-            raise Unavailable(f"{leaves:,} leaves is over treecode.MAX_AUTO_LEAVES ({treecode.MAX_AUTO_LEAVES:,}): "
-                              f"compile='auto' scores this model with the generic kernel")
+        limit = self.ctx.compile_leaf_limit.get(self.name)
+        if limit is not None and leaves > limit:
+            raise Unavailable(f"compiling {leaves:,} leaves per model is over this run's limit of {limit:,} "
+                              "(gen-500x63-cat's 31.5k took 79 s here); raise it with --compile-leaf-limit")
         return super()._load(model)
 
     def _cache_dir(self):

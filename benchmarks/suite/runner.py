@@ -50,7 +50,8 @@ class Config:
     bulk_visit_cap: float | None = 2e9
     agreement_rows: int = 2_000
     # peer -> most leaves it may compile in this run when no cached build exists (see peers.Context)
-    compile_leaf_limit: dict = field(default_factory=lambda: {"lleaves": 40_000, "treelite": 300_000})
+    compile_leaf_limit: dict = field(default_factory=lambda: {"lleaves": 40_000, "treelite": 300_000,
+                                                              "scoreline-model": 40_000})
     command: str = ""
     skipped: list[str] = field(default_factory=list)
     log_stream: object = sys.stderr
@@ -64,7 +65,7 @@ class Config:
             cfg.bulk_visit_cap = 2e8
             cfg.rounds = 3
             cfg.budget_s = 0.05
-            cfg.compile_leaf_limit = {"lleaves": 16_000, "treelite": 40_000}
+            cfg.compile_leaf_limit = {"lleaves": 16_000, "treelite": 40_000, "scoreline-model": 16_000}
         if not timing:
             cfg.rounds = 1
             cfg.fixed_calls = 3

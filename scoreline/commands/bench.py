@@ -27,11 +27,13 @@ def register(subparsers) -> None:
     p.add_argument("--models", type=_names, default=None, metavar="NAMES",
                    help="comma-separated kernel model names (default: the run's set; see benchmarks/suite/models.py)")
     p.add_argument("--engines", type=_names, default=None, metavar="NAMES",
-                   help="comma-separated engines: scoreline,lightgbm,lleaves,treelite,onnxruntime (default: all)")
+                   help="comma-separated engines: scoreline,scoreline-model,lightgbm,lleaves,treelite,onnxruntime "
+                        "(default: all)")
     p.add_argument("--compile-leaf-limit", type=int, default=None, metavar="LEAVES",
                    help="compile a peer (lleaves, TL2cgen) not yet cached only for models with at most this many "
                         "leaves in total (default: lleaves 16000 quick / 40000 full, TL2cgen 40000 / 300000); "
-                        "compiled builds are cached under .cache/ and reused whatever the limit")
+                        "their compiled builds are cached under .cache/ and reused whatever the limit; "
+                        "scoreline-model (compile='model') keeps lleaves' limit, cached or not")
     p.add_argument("--no-timing", action="store_true",
                    help="run every measurement once on tiny inputs: checks the plumbing, measures nothing")
     p.set_defaults(func=run)
@@ -71,7 +73,7 @@ def run(args) -> int:
                              f"(the reference); got {','.join(args.engines)}", path="--engines")
         overrides["engines"] = args.engines
     if args.compile_leaf_limit is not None:
-        overrides["compile_leaf_limit"] = {"lleaves": args.compile_leaf_limit, "treelite": args.compile_leaf_limit}
+        overrides["compile_leaf_limit"] = dict.fromkeys(("lleaves", "treelite", "scoreline-model"), args.compile_leaf_limit)
     cfg = Config.for_run(quick=args.quick, out=args.out, timing=not args.no_timing, **overrides)
     results = run_suite(cfg)
     for line in results["skipped"]:
