@@ -19,17 +19,12 @@ from scoreline.errors import InputError
 lgb = pytest.importorskip("lightgbm")
 
 RTOL = 1e-12
-K_ZERO = float(np.float32(1e-35))
-THRESHOLDS = [-1.5, -K_ZERO, -K_ZERO / 2, 0.0, K_ZERO / 2, K_ZERO, 2.5, 1e300]
-VALUES = [
-    np.nan, -np.inf, np.inf, -1.5, np.nextafter(-1.5, 0), -1.0, -K_ZERO, np.nextafter(-K_ZERO, -1),
-    np.nextafter(-K_ZERO, 1), -K_ZERO / 2, -1e-300, -0.0, 0.0, 1e-300, K_ZERO / 2, K_ZERO,
-    np.nextafter(K_ZERO, 1), 0.5, 2.5, np.nextafter(2.5, 3), 1e300, 1.7e308,
-]
-CATEGORY_VALUES = [
-    np.nan, -np.inf, np.inf, -1.0, -0.99, -0.5, -0.0, 0.0, 0.7, 1.0, 2.0, 2.9, 31.0, 32.0, 33.0, 63.0, 64.0,
-    95.0, 96.0, 127.0, 1e9, 2.0**31 - 1, 2.0**31, 1e10,
-]
+# The generic kernel's edge values (thresholds, the zero band, NaN/inf, category boundaries), plus
+# the last category of a four-word set.
+from test_lightgbm_decisions import K_ZERO, THRESHOLDS, VALUES  # noqa: E402
+from test_lightgbm_decisions import CATEGORY_VALUES as _CATEGORY_VALUES  # noqa: E402
+
+CATEGORY_VALUES = _CATEGORY_VALUES + [127.0]
 # Category sets as LightGBM's uint32 words, the last three reaching past category 63.
 CATEGORY_SETS = ["5 1", "1", "4294967295", "0 2147483648", "0 0 4294967295", "0 0 0 1", "1 0 0 2147483648"]
 
