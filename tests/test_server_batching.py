@@ -49,6 +49,27 @@ class GatedEngine:
         return getattr(self.engine, name)
 
 
+async def _sent_behind_a_held_request(client, gated: GatedEngine, bodies: list[dict]) -> list:
+    """Send one request and let the engine hold it; send `bodies` meanwhile, wait until all of them
+    are queued (visible in /metrics), release the engine; return their answers, in order."""
+    first = asyncio.ensure_future(client.post("/v1/score", json={"model-id": MODEL_ID, KEY: 1000}))
+    deadline = time.monotonic() + 30  # a broken gate fails the test, never hangs it
+    while not gated.first_started.is_set():
+        assert time.monotonic() < deadline, "the first request never reached the engine"
+        await asyncio.sleep(0.005)
+    rest = [asyncio.ensure_future(client.post("/v1/score", json=b)) for b in bodies]
+    while True:
+        text = (await client.get("/metrics")).text
+        line = [l for l in text.splitlines() if l.startswith("scoreline_queue_rows{")]
+        if line and float(line[0].rsplit(" ", 1)[1]) == len(bodies):
+            break
+        assert time.monotonic() < deadline, f"requests were not all queued: {line}"
+        await asyncio.sleep(0.01)
+    gated.gate.set()
+    await first
+    return await asyncio.gather(*rest)
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     return build_registry(tmp_path_factory.mktemp("batching") / "registry")
@@ -70,23 +91,9 @@ def test_coalesced_requests_match_unbatched_and_a_bad_one_fails_alone(registry):
 
             async def main():
                 async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                    first = asyncio.ensure_future(client.post("/v1/score", json={"model-id": MODEL_ID, KEY: 1000}))
-                    deadline = time.monotonic() + 30  # a broken gate fails the test, never hangs it
-                    while not gated.first_started.is_set():
-                        assert time.monotonic() < deadline, "the first request never reached the engine"
-                        await asyncio.sleep(0.005)
-                    rest = [asyncio.ensure_future(client.post("/v1/score", json=b)) for b in bodies]
-                    while True:  # wait until all are queued (visible in /metrics)
-                        text = (await client.get("/metrics")).text
-                        line = [l for l in text.splitlines() if l.startswith("scoreline_queue_rows{")]
-                        if line and float(line[0].rsplit(" ", 1)[1]) == len(bodies):
-                            break
-                        assert time.monotonic() < deadline, f"requests were not all queued: {line}"
-                        await asyncio.sleep(0.01)
-                    gated.gate.set()
-                    return await first, await asyncio.gather(*rest)
+                    return await _sent_behind_a_held_request(client, gated, bodies)
 
-            first, answers = asyncio.run(main())
+            answers = asyncio.run(main())
             assert gated.batch_sizes == [1, len(bodies)]
             by_id = {b["request-id"]: r for b, r in zip(bodies, answers)}
             assert by_id["batched-unknown"].status_code == 404
@@ -121,22 +128,7 @@ def test_coalesced_key_only_requests_take_the_keys_path_and_match_unbatched_answ
 
             async def main():
                 async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                    first = asyncio.ensure_future(client.post("/v1/score", json={"model-id": MODEL_ID, KEY: 1000}))
-                    deadline = time.monotonic() + 30
-                    while not gated.first_started.is_set():
-                        assert time.monotonic() < deadline, "the first request never reached the engine"
-                        await asyncio.sleep(0.005)
-                    rest = [asyncio.ensure_future(client.post("/v1/score", json=b)) for b in bodies]
-                    while True:
-                        text = (await client.get("/metrics")).text
-                        line = [l for l in text.splitlines() if l.startswith("scoreline_queue_rows{")]
-                        if line and float(line[0].rsplit(" ", 1)[1]) == len(bodies):
-                            break
-                        assert time.monotonic() < deadline, f"requests were not all queued: {line}"
-                        await asyncio.sleep(0.01)
-                    gated.gate.set()
-                    await first
-                    answers = await asyncio.gather(*rest)
+                    answers = await _sent_behind_a_held_request(client, gated, bodies)
                     metrics = (await client.get("/metrics")).text
                     return answers, metrics
 
