@@ -219,10 +219,9 @@ class Scorer:
             m.rows.inc((*entry.labels, "error"), errors)
         m.score_latency.observe(entry.labels, seconds)
 
-    def _score_parts(self, deployment, parts: list[Rows], fields: tuple[str, ...] | None = None) -> list:
-        """Runs in the executor: one engine call for all parts, results split back per part."""
-        if fields is None:
-            fields = contract_fields(deployment)
+    def _score_parts(self, deployment, parts: list[Rows], fields: tuple[str, ...]) -> list:
+        """Runs in the executor: one engine call for all parts, results split back per part;
+        `fields`: the deployment's contract fields (`contract_fields`), for one-row answers."""
         if len(parts) == 1 and parts[0].request is not None:
             # Alone in its batch (an idle service): the engine's one-row path skips building
             # Arrow arrays and is several times faster than a batch of one (same kernels, same
