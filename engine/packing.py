@@ -25,7 +25,7 @@ from scoreline.kernels.trees import (
     ZERO_MISSING,
 )
 
-__all__ = ["PackedEnsemble", "pack", "link_for"]
+__all__ = ["PackedEnsemble", "pack", "link_for", "effective_thresholds"]
 
 # LightGBM drops |x| <= kZeroThreshold from a dense row before predicting (so such an x is 0.0).
 # The constant is the float literal 1e-35f widened to double.
@@ -228,7 +228,7 @@ def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
         | np.where(~default_left, DEFAULT_RIGHT, 0)
     )
     meta[node_slot, 1] = first_child | (tree.split_feature << FEATURE_SHIFT) | flags
-    nodes[node_slot, 0] = _effective_thresholds(thr)
+    nodes[node_slot, 0] = effective_thresholds(thr)
     for node in np.flatnonzero(categorical):
         index = int(thr[node])
         low, high = int(tree.cat_boundaries[index]), int(tree.cat_boundaries[index + 1])
@@ -242,7 +242,7 @@ def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
             meta[node_slot[node], 0] = ((cat_base + low) << 32) | (high - low)
 
 
-def _effective_thresholds(thr: np.ndarray) -> np.ndarray:
+def effective_thresholds(thr: np.ndarray) -> np.ndarray:
     """Thresholds t' with ``x <= t'`` == ``z(x) <= t`` where z maps |x| <= K_ZERO to 0.0.
 
     LightGBM compares the zero-filtered value; moving the few thresholds inside the zero band

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from scoreline.engine.lightgbm import EnsembleIR, TreeIR
+from scoreline.engine.packing import effective_thresholds
 from scoreline.kernels import treecode as tc
 
 __all__ = [
@@ -59,8 +60,6 @@ MAX_DEPTH = 500
 # code should stay in the instruction cache.
 CHUNK_NODES = 500
 
-K_ZERO = float(np.float32(1e-35))
-_BELOW_MINUS_K_ZERO = float(np.nextafter(-K_ZERO, -np.inf))
 _MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
 
 
@@ -113,16 +112,13 @@ def total_leaves(ir: EnsembleIR) -> int:
 
 
 def _node_kind(decision: int, thr: float) -> tuple[int, float]:
-    """LightGBM's numeric decision as one of kernels/treecode.py's kinds, with its threshold."""
+    """LightGBM's numeric decision as one of kernels/treecode.py's kinds; ``thr`` is the split's
+    threshold already moved out of the zero band (packing's ``effective_thresholds``: the band
+    |x| <= kZ reads as 0.0, LightGBM drops those values from the row), which sends 0.0 the same
+    way as the file's threshold does."""
     default_left = bool(decision & 2)
     missing = (decision >> 2) & 3
     zero_goes_left = 0.0 <= thr
-    # The zero band |x| <= kZ reads as 0.0 (LightGBM drops those values from the row):
-    # thresholds inside the band move to its edge, so x <= t' decides like 0.0 <= t.
-    if -K_ZERO <= thr < 0.0:
-        thr = _BELOW_MINUS_K_ZERO
-    elif 0.0 <= thr < K_ZERO:
-        thr = K_ZERO
     if missing == _MISSING_ZERO and zero_goes_left != default_left:
         return (tc.ZERO_LEFT if default_left else tc.ZERO_RIGHT), thr
     # None: NaN is 0.0; Zero (0.0 already reaches the default side) and NaN: the default side.
@@ -130,8 +126,9 @@ def _node_kind(decision: int, thr: float) -> tuple[int, float]:
     return (tc.LEFT_LE_OR_NAN if nan_left else tc.LEFT_LE), thr
 
 
-def _tree_spec(tree: TreeIR, column: int, slot: dict[int, int], cat_base: int) -> tuple:
+def _tree_spec(tree: TreeIR, column: int, cat_base: int) -> tuple:
     nodes = []
+    thresholds = effective_thresholds(np.asarray(tree.threshold, dtype=np.float64))
     for i in range(tree.num_leaves - 1):
         decision = int(tree.decision_type[i])
         start = count = 0
@@ -140,8 +137,9 @@ def _tree_spec(tree: TreeIR, column: int, slot: dict[int, int], cat_base: int) -
             low, high = int(tree.cat_boundaries[index]), int(tree.cat_boundaries[index + 1])
             kind, thr, start, count = tc.CATEGORY, 0.0, cat_base + low, high - low
         else:
-            kind, thr = _node_kind(decision, float(tree.threshold[i]))
-        nodes.append((slot[int(tree.split_feature[i])], kind, thr, start, count,
+            kind, thr = _node_kind(decision, float(thresholds[i]))
+        # rows are read in place: a split's slot is its feature's column
+        nodes.append((int(tree.split_feature[i]), kind, thr, start, count,
                       int(tree.left_child[i]), int(tree.right_child[i])))
     return (column, tuple(float(v) for v in tree.leaf_value), tuple(nodes))
 
@@ -149,7 +147,6 @@ def _tree_spec(tree: TreeIR, column: int, slot: dict[int, int], cat_base: int) -
 def model_spec(ir: EnsembleIR) -> tuple:
     """(row width, num_class, chunks, category words): everything the machine code depends on,
     as kernels/treecode.py ``build_module`` reads it; plain tuples, so it pickles."""
-    slot = {f: f for f in range(ir.num_features)}  # rows are read in place: a feature's slot is its column
     k = ir.num_tree_per_iteration
     chunks, chunk, nodes = [], [], 0
     cat_words: list[int] = []
@@ -161,7 +158,7 @@ def model_spec(ir: EnsembleIR) -> tuple:
         if chunk and nodes + tree.num_leaves - 1 > CHUNK_NODES:
             chunks.append(tuple(chunk))
             chunk, nodes = [], 0
-        chunk.append(_tree_spec(tree, position % k, slot, len(cat_words)))
+        chunk.append(_tree_spec(tree, position % k, len(cat_words)))
         cat_words.extend(int(w) for w in tree.cat_threshold)
         nodes += tree.num_leaves - 1
     if chunk:

@@ -17,7 +17,7 @@ order into the output row's column:
 
 slot is the column of the (float64, C order) row the split reads. A child ``c >= 0`` is node c,
 ``c < 0`` leaf ``~c``. kind says when a row goes left (LightGBM's rules; thresholds already moved
-out of the zero band as engine/packing.py ``_effective_thresholds`` does):
+out of the zero band as engine/packing.py ``effective_thresholds`` does):
 
     LEFT_LE           x <= t                       (NaN right)
     LEFT_LE_OR_NAN    not (x > t)                  (NaN left)
