@@ -271,12 +271,15 @@ class DecisionLog:
 
             conn = driver.connect(self._target, autocommit=True)
             cur = conn.cursor()
+            # Another process may be writing, or opening the same new file (the workers of
+            # `serve --workers N` all start at once): wait for its locks, before anything here
+            # takes one -- switching a new file to WAL needs an exclusive lock.
+            cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.fetchall()
             # FULL: a commit is on disk when flush() returns; commits are batched, so the fsync
             # is paid once per batch, not per row.
             cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=10000")   # another process may be writing
             cur.close()
             return conn
         try:

@@ -173,6 +173,30 @@ def test_failed_writes_are_retried_not_lost(tmp_path):
     log.close()
 
 
+def test_a_sqlite_file_locked_by_another_process_is_waited_for(tmp_path):
+    """The workers of `serve --workers N` open the same new log file at once: one that finds it
+    locked by another process setting it up waits for the lock (busy timeout) instead of failing
+    to start."""
+    path = tmp_path / "shared.db"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+        "c.execute('CREATE TABLE setup (step INTEGER)')\n"
+        "c.execute('BEGIN EXCLUSIVE'); c.execute('INSERT INTO setup VALUES (1)')\n"
+        "print('locked', flush=True); time.sleep(1.0); c.execute('COMMIT')\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        log = DecisionLog(f"sqlite:///{path}")
+        log.append(rows(n=2))
+        log.flush()
+        assert log.tail(10).num_rows == 2
+        log.close()
+    finally:
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+
+
 def test_bad_rows_and_urls(log):
     with pytest.raises(SchemaError, match="unknown columns"):
         log.append(rows(extra=[1, 2, 3]))
