@@ -172,15 +172,17 @@ def check_default(spec: Input, path: str) -> None:
 
 
 def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
-                 want_keys: bool = True):
+                 want_keys: bool = True, missing: dict[int, InputError] | None = None):
     """An Arrow column -> (float64 numbers or None, string keys as an Arrow array or None).
 
     Numbers: float64 (n,), NaN where missing or bad. Keys (string, int and bool inputs): the value
     as a string for vocabulary/lookup codes, null where missing or bad. Bad rows are added to
     `errors` (row -> InputError) unless the row already has an error. `want_keys=False` skips
-    the keys of int inputs (a cast to strings per call) when no code reads them.
+    the keys of int inputs (a cast to strings per call) when no code reads them. `missing`: where
+    a missing required value's error goes instead (a caller that reports a row's bad values
+    before its missing ones, as the pipeline's fill does, merges them last).
     """
-    numbers, keys = _check_column(spec, arr, errors, want_keys)
+    numbers, keys = _check_column(spec, arr, errors, want_keys, missing)
     if spec.default is None or not arr.null_count:
         return numbers, keys
     # A null takes the default, converted once by the one-value path (which also checked it).
@@ -195,7 +197,8 @@ def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
     return numbers, keys
 
 
-def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool):
+def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool,
+                  missing: dict[int, InputError] | None):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
@@ -205,18 +208,18 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], wan
     null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
     bad = np.zeros(n, dtype=bool)
 
-    def report(mask: np.ndarray, make) -> None:
+    def report(mask: np.ndarray, make, into: dict = errors) -> None:
         if not mask.any():  # the usual case, and cheaper than flatnonzero
             return
         rows = np.flatnonzero(mask & ~bad)
         if len(rows):
             values = arr.take(pa.array(rows)).to_pylist()
             for row, value in zip(rows.tolist(), values):
-                errors.setdefault(row, make(value))
+                into.setdefault(row, make(value))
             bad[rows] = True
 
     if null is not None and spec.required and spec.default is None:
-        report(null, lambda _v: _missing(spec))
+        report(null, lambda _v: _missing(spec), errors if missing is None else missing)
 
     keys = None
     if pa.types.is_null(arr.type):
