@@ -121,11 +121,16 @@ class Engine:
             if key in self._failed:
                 return self._get(model_id, version)
             try:
-                dep = self._compile(model_id, version)
+                manifest = self.repository.load_manifest(model_id, version)
+                version_dir = self.repository.version_dir(model_id, version)
             except NotFoundError:
                 with self._lock:
                     self._compiling.pop(key, None)  # not a version: nothing to remember
                 raise
+            try:
+                # Anything that fails from here on (a store that is missing included) is this
+                # version failing to load.
+                dep = self._compile(manifest, version_dir, version)
             except ScorelineError as exc:
                 self._failed[key] = exc
                 log.warning("model %r version %s failed to load: %s (at %s)", model_id, version,
@@ -148,9 +153,7 @@ class Engine:
             return
         self.repository.resolve(model_id, version)  # raises; or a version added since the scan
 
-    def _compile(self, model_id: str, version: int) -> Deployment:
-        manifest = self.repository.load_manifest(model_id, version)
-        version_dir = self.repository.version_dir(model_id, version)
+    def _compile(self, manifest, version_dir, version: int) -> Deployment:
         store = False
         spec = manifest.entity.store
         if spec is not None:
@@ -161,7 +164,8 @@ class Engine:
                 store = open_store(spec, self.repository.root)
                 with self._lock:
                     store = self._stores.setdefault(store_key, store)
-        return Deployment(manifest, version_dir, version=version, store=store)
+        return Deployment(manifest, version_dir, version=version, store=store,
+                          store_base=self.repository.root)
 
     # --- scoring ------------------------------------------------------------------------------
 
