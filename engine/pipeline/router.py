@@ -175,9 +175,12 @@ class Engine:
         entity), InputError (a bad value, with its path), SchemaError (a malformed request)."""
         if type(request) is not dict:
             raise SchemaError(f"expected a request object, got {type(request).__name__}", path="$")
+        started = time.perf_counter()
         dep = self.deployment(model_id, version)
         rows = dep.request_schema.parse_request(request, strict=False)
-        return self.score_rows(model_id, rows, version=dep.version).one()
+        result = dep.run_one(rows)
+        self._log_result(dep, result, rows.request_ids, time.perf_counter() - started)
+        return result.one()
 
     def score_rows(self, model_id: str, rows: RowBatch, version: int | str | None = None) -> Result:
         """Score raw request rows (a RowBatch: the JSON doors, micro-batched or not) -> the
