@@ -106,7 +106,7 @@ class Result:
             out[c.payload_name] = None if bad else payloads[i]
         for field in c.extra_fields:
             values = self.extras.get(field.name)
-            out[field.name] = None if values is None else values[i]
+            out[field.name] = None if values is None or bad else values[i]
         return out
 
     def one(self) -> dict:
@@ -183,7 +183,10 @@ class Result:
                 columns.append(c.decider.payload_column(self.payload, bad))
         for field in c.extra_fields:
             values = self.extras.get(field.name)
-            columns.append(pa.nulls(n, field.type) if values is None else pa.array(values, field.type))
+            if values is None:
+                columns.append(pa.nulls(n, field.type))
+            else:  # a row with an error has no outputs, extras included
+                columns.append(pa.array(values, field.type, mask=bad if errors else None))
         columns.append(error_column)
         return pa.RecordBatch.from_arrays(columns, schema=c.schema)
 
