@@ -15,6 +15,7 @@ thread while the old one keeps serving, so no request waits for it.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -57,11 +58,16 @@ class StoreView:
              [c.slot for c in i.codes]], dtype=np.int64)
         self._lock = threading.Lock()
         self._building = False
+        self._interval = float(getattr(store, "reload_interval", 2.0) or 2.0)
+        self._poke_at = time.monotonic() + self._interval
         self.current = self._convert(store.snapshot())
 
     def snapshot(self) -> _Converted:
         """The converted snapshot to serve from now (starting a conversion if the store moved on)."""
-        self.store.refresh()
+        now = time.monotonic()
+        if now >= self._poke_at:  # the store's own check, at most every reload interval
+            self._poke_at = now + self._interval
+            self.store.refresh()
         current = self.current
         state = self.store.snapshot()
         if state is not current.state and not self._building:

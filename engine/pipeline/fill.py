@@ -91,6 +91,7 @@ class Fill(Stage):
         self.plan = plan
         self.entities = entities
         self.specs = tuple(input_specs)
+        self.names = tuple(slot.spec.name for slot in plan.inputs)
         self.key_name = entities.key_name
         self.key_type = key_type
 
@@ -244,8 +245,7 @@ class Fill(Stage):
         work = state.work = np.empty((1, self.plan.width), dtype=np.float64)
         inputs = rows.inputs
         if inputs:
-            values = [inputs[slot.spec.name][0] if slot.spec.name in inputs else None
-                      for slot in self.plan.inputs]
+            values = [inputs[name][0] if name in inputs else None for name in self.names]
             for v in values:
                 if v is not None:
                     self._fill_row(work, 0, values)
@@ -253,7 +253,7 @@ class Fill(Stage):
         e = self.entities
         if key is None:
             raise e.no_key()
-        if not e.ready():
+        if e.store is None and not e.ready():
             raise e.no_store()
         if e.view is not None and type(key) is int:
             current = e.view.snapshot()
