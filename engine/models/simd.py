@@ -1,0 +1,151 @@
+"""The branch-free SIMD tier: every node of a tree evaluated for 32 or 64 rows at once, exit leaf by bitmask.
+
+The technique (QuickScorer's relative "full evaluation", measured in shared/prototypes/forest-simd):
+leaves of a tree are numbered left to right; every split node carries a 64-bit mask that clears
+the leaves of its left subtree, applied to a row's bitvector when the row goes right
+(``x > t``; LightGBM sends ``x <= t`` left). After all nodes, the row's leaf is the lowest set bit
+(``cttz``). Rows sit in SIMD lanes: a block of rows is transposed to slot-major, so one
+``<8 x double>`` compare tests eight rows against a node. No branch depends on the data, so the
+cost is the same whatever the rows; walking code (kernels/trees.py, engine/models/treecode.py)
+wins instead where rows leave trees after a few predictable branches, hence the choice at load
+(engine/models/tiers.py).
+
+LightGBM's missing values without per-node work: a block holds one "slot" per (feature, way of
+reading it) the model uses, filled while transposing:
+
+    NAN_LOW   NaN -> -inf              (NaN goes left: x > t is false)
+    NAN_HIGH  NaN -> +inf              (NaN goes right; thresholds are finite, checked)
+    BAND_LOW  NaN and |x| <= kZ -> -inf   (zero as missing, default left, where 0.0 goes right)
+    BAND_HIGH NaN and |x| <= kZ -> +inf   (zero as missing, default right, where 0.0 goes left)
+
+Missing type None reads NaN as 0.0, so NaN goes where 0.0 goes (NAN_LOW iff 0 <= t); thresholds
+inside the zero band are moved to its edge (kernels/rules.py effective_thresholds), so the band
+reads as 0.0 everywhere else. The forest loop (trees x nodes) is emitted as vector LLVM IR
+inside one Numba intrinsic; leaf values are added per class in LightGBM's tree order, so raw
+scores are bit-identical to ``Booster.predict`` and to the generic kernel. Nothing is generated
+per model: a model is four flat arrays, the machine code comes from Numba's cache.
+
+Limits (the model stays on the other tiers; ``unsupported_reason`` says why): categorical
+splits, linear trees, trees over 64 leaves, a non-finite threshold where NaN goes right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scoreline.engine.models.lightgbm import EnsembleIR, TreeIR
+from scoreline.kernels import rules
+
+__all__ = ["NAN_LOW", "NAN_HIGH", "BAND_LOW", "BAND_HIGH", "MAX_LEAVES", "SimdForest", "unsupported_reason",
+           "build_forest"]
+
+NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH = range(4)
+MAX_LEAVES = 64  # one 64-bit word per row and tree
+
+
+@dataclass(frozen=True, eq=False)
+class SimdForest:
+    """One model as the SIMD kernel reads it (engine/models/simd_run.py); plain arrays, so it pickles.
+
+    slots: int64 (S, 2), the feature and way of reading (NAN_LOW ...) of each block slot.
+    nodes: float64 (N, 3) records: threshold, then as int64 the slot and the left-subtree mask.
+    trees: int64 (T + 1, 3): first node, first leaf value, output column; row T closes the last.
+    leaves: float64, every tree's leaf values numbered left to right.
+    """
+
+    slots: np.ndarray
+    nodes: np.ndarray
+    trees: np.ndarray
+    leaves: np.ndarray
+
+
+def unsupported_reason(ir: EnsembleIR) -> str | None:
+    """Why the SIMD tier cannot score ``ir`` (None when it can)."""
+    for i, tree in enumerate(ir.trees):
+        if tree.is_linear:
+            return f"linear trees (tree {i})"
+        if tree.num_leaves > MAX_LEAVES:
+            return f"a tree of {tree.num_leaves} leaves (tree {i}; at most {MAX_LEAVES})"
+        if tree.num_leaves > 1 and rules.is_categorical(tree.decision_type).any():
+            return f"categorical splits (tree {i})"
+        if tree.num_leaves > 1 and not np.isfinite(tree.threshold).all():
+            return f"a non-finite threshold (tree {i})"
+    return None
+
+
+def _slot_kinds(tree: TreeIR) -> np.ndarray:
+    """How each split of a numeric tree reads its feature (NAN_LOW ...)."""
+    decision, thr = tree.decision_type, tree.threshold
+    band = rules.needs_zero_band(decision, thr)
+    low = np.where(band, rules.default_left(decision), rules.nan_goes_left(decision, thr))
+    return np.where(band, np.where(low, BAND_LOW, BAND_HIGH), np.where(low, NAN_LOW, NAN_HIGH))
+
+
+def _leaf_ranges(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leaves numbered left to right: (order of LightGBM's leaf numbers, and per split node the
+    range [low, high) of numbers its left subtree covers)."""
+    internal = tree.num_leaves - 1
+    low = np.zeros(internal, dtype=np.int64)
+    high = np.zeros(internal, dtype=np.int64)
+    order: list[int] = []
+    # Iterative in-order walk (trees can be deep): (node, stage) with stage 0 = before the left child.
+    stack = [(0, 0)]
+    while stack:
+        node, stage = stack.pop()
+        if stage == 0:
+            low[node] = len(order)
+            stack.append((node, 1))
+            child = tree.left_child[node]
+        else:
+            high[node] = len(order)
+            child = tree.right_child[node]
+        if child < 0:
+            order.append(~int(child))
+        else:
+            stack.append((int(child), 0))
+    return np.array(order, dtype=np.int64), low, high
+
+
+def build_forest(ir: EnsembleIR) -> SimdForest:
+    """The SIMD arrays of ``ir``; raises ValueError when ``unsupported_reason(ir)`` names one."""
+    reason = unsupported_reason(ir)
+    if reason is not None:
+        raise ValueError(f"the SIMD tier does not support this model: {reason}")
+    k = ir.num_tree_per_iteration
+    slot_of: dict[tuple[int, int], int] = {}
+    node_parts, leaf_parts = [], []
+    trees = np.zeros((len(ir.trees) + 1, 3), dtype=np.int64)
+    nodes_used = leaves_used = 0
+    for t, tree in enumerate(ir.trees):
+        trees[t] = (nodes_used, leaves_used, t % k)
+        if tree.num_leaves == 1:
+            leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64))
+            leaves_used += 1
+            continue
+        order, low, high = _leaf_ranges(tree)
+        kinds = _slot_kinds(tree)
+        slots = np.array([slot_of.setdefault((int(f), int(kind)), len(slot_of))
+                          for f, kind in zip(tree.split_feature, kinds)], dtype=np.int64)
+        # Mask clearing leaves low..high-1 (the left subtree), applied when the row goes right;
+        # high - low <= 63 (the right subtree holds a leaf), so the shifts never overflow.
+        width = (high - low).astype(np.uint64)
+        span = (np.left_shift(np.uint64(1), width) - np.uint64(1)) << low.astype(np.uint64)
+        record = np.zeros((tree.num_leaves - 1, 3), dtype=np.float64)
+        record[:, 0] = rules.effective_thresholds(tree.threshold)
+        meta = record.view(np.int64)
+        meta[:, 1] = slots
+        meta[:, 2] = (~span).view(np.int64)
+        node_parts.append(record)
+        leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64)[order])
+        nodes_used += tree.num_leaves - 1
+        leaves_used += tree.num_leaves
+    trees[len(ir.trees)] = (nodes_used, leaves_used, 0)
+    slots = np.array(sorted(slot_of, key=slot_of.get), dtype=np.int64).reshape(-1, 2)
+    return SimdForest(
+        slots=slots,
+        nodes=np.concatenate(node_parts) if node_parts else np.zeros((0, 3)),
+        trees=trees,
+        leaves=np.concatenate(leaf_parts) if leaf_parts else np.zeros(0),
+    )

@@ -1,0 +1,207 @@
+"""The SIMD tier's machine code: the forest loop as vector LLVM IR in one Numba intrinsic, and its drivers.
+
+``forest_block`` runs every tree of an ``engine.models.simd.SimdForest`` over one block of
+``LANES`` rows already transposed into slots; the drivers (Numba, cached once for every model,
+nogil) transpose blocks, call it, and write the rows. Per row and class the trees are added in
+file order, as LightGBM does, so sums are bit-identical to the other tiers.
+
+LANES is 64 rows where the CPU has AVX-512 (eight ``<8 x i64>`` bitvectors fit its 32 vector
+registers) and 32 elsewhere (AVX2 has 16 registers of half the width); LLVM lowers the same
+``<8 x double>`` IR to either. Numba's cache is per CPU, so each machine compiles its own.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from scoreline.engine.models.codegen import DOUBLE, I32, I64
+from scoreline.engine.models.simd import BAND_LOW, NAN_LOW
+from scoreline.kernels.links import apply_link
+from scoreline.kernels.policy import jit, parallel_jit
+from scoreline.kernels.rules import in_zero_band
+
+__all__ = ["LANES", "BLOCKS_PER_TASK", "predict_serial", "predict_parallel"]
+
+
+def _lanes() -> int:
+    # NUMBA_CPU_NAME (e.g. "haswell" to check the AVX2 code here) names the target Numba compiles for.
+    features = numba.config.CPU_FEATURES if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in (features or "") else 32
+
+
+LANES = _lanes()
+# Blocks one parallel task scores (with its own block buffers): 2,048 rows at 64 lanes.
+BLOCKS_PER_TASK = 32
+
+_V = LANES // 8
+_VF = ir.VectorType(DOUBLE, 8)
+_VI = ir.VectorType(I64, 8)
+_ONES = ir.Constant(_VI, [-1] * 8)
+
+
+def _splat(builder, value, vector_type):
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), ir.Constant(ir.VectorType(I32, 8),
+                                                                                            [0] * 8))
+
+
+def _const(value):
+    return ir.Constant(I64, value)
+
+
+@intrinsic
+def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
+    """Add every tree's leaf, per lane, into acc (num_class x LANES, slot-major like xs).
+
+    xs: float64 (slots x LANES) block; nodes, trees, leaves: the SimdForest arrays. Per tree:
+    bitvectors start all ones, each node ANDs its mask into the lanes where ``x > t`` (ordered:
+    the slots hold no NaN), the leaf is the lowest set bit, gathered and added to the tree's
+    column; the bitvectors stay in vector registers through a tree's nodes.
+    """
+    sig = types.void(acc, xs, nodes, trees, leaves, num_trees)
+
+    def codegen(context, builder, signature, args):
+        data = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in range(5)]
+        p_acc, p_xs, p_nodes, p_trees, p_leaves = data
+        p_meta = builder.bitcast(p_nodes, I64.as_pointer())
+        count = args[5]
+        fn = builder.function
+        entry = builder.block
+        head = fn.append_basic_block("simd_tree")
+        loop = fn.append_basic_block("simd_node")
+        done = fn.append_basic_block("simd_leaf")
+        end = fn.append_basic_block("simd_end")
+        builder.cbranch(builder.icmp_signed(">", count, _const(0)), head, end)
+
+        builder.position_at_end(head)
+        t = builder.phi(I64)
+        row = builder.mul(t, _const(3))
+        first = builder.load(builder.gep(p_trees, [row]))
+        stop = builder.load(builder.gep(p_trees, [builder.add(row, _const(3))]))
+        leaf_start = builder.load(builder.gep(p_trees, [builder.add(row, _const(1))]))
+        column = builder.load(builder.gep(p_trees, [builder.add(row, _const(2))]))
+        builder.cbranch(builder.icmp_signed("<", first, stop), loop, done)
+
+        builder.position_at_end(loop)
+        i = builder.phi(I64)
+        bits = [builder.phi(_VI) for _ in range(_V)]
+        record = builder.mul(i, _const(3))
+        threshold = _splat(builder, builder.load(builder.gep(p_nodes, [record])), _VF)
+        slot = builder.load(builder.gep(p_meta, [builder.add(record, _const(1))]))
+        mask = _splat(builder, builder.load(builder.gep(p_meta, [builder.add(record, _const(2))])), _VI)
+        base = builder.mul(slot, _const(LANES))
+        updated = []
+        for h in range(_V):
+            where = builder.bitcast(builder.gep(p_xs, [builder.add(base, _const(8 * h))]), _VF.as_pointer())
+            right = builder.fcmp_ordered(">", builder.load(where, align=8), threshold)
+            updated.append(builder.and_(bits[h], builder.select(right, mask, _ONES)))
+        following = builder.add(i, _const(1))
+        builder.cbranch(builder.icmp_signed("<", following, stop), loop, done)
+        i.add_incoming(first, head)
+        i.add_incoming(following, loop)
+        for h in range(_V):
+            bits[h].add_incoming(_ONES, head)
+            bits[h].add_incoming(updated[h], loop)
+
+        builder.position_at_end(done)
+        finals = []
+        for h in range(_V):
+            final = builder.phi(_VI)
+            final.add_incoming(_ONES, head)
+            final.add_incoming(updated[h], loop)
+            finals.append(final)
+        cttz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI, [_VI, ir.IntType(1)]),
+                                              "llvm.cttz.v8i64")
+        pointers = ir.VectorType(DOUBLE.as_pointer(), 8)
+        gather = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VF, [pointers, I32, ir.VectorType(ir.IntType(1), 8), _VF]),
+            "llvm.masked.gather.v8f64.v8p0f64")
+        leaf_base = _splat(builder, builder.ptrtoint(builder.gep(p_leaves, [leaf_start]), I64), _VI)
+        acc_base = builder.mul(column, _const(LANES))
+        for h, final in enumerate(finals):
+            # The exit leaf's bit is never cleared (the row went left at every node above it).
+            leaf = builder.call(cttz, [final, ir.Constant(ir.IntType(1), 1)])
+            where = builder.inttoptr(builder.add(leaf_base, builder.shl(leaf, ir.Constant(_VI, [3] * 8))), pointers)
+            values = builder.call(gather, [where, ir.Constant(I32, 8), ir.Constant(ir.VectorType(ir.IntType(1), 8),
+                                                                                    [1] * 8),
+                                           ir.Constant(_VF, ir.Undefined)])
+            target = builder.bitcast(builder.gep(p_acc, [builder.add(acc_base, _const(8 * h))]), _VF.as_pointer())
+            builder.store(builder.fadd(builder.load(target, align=8), values), target, align=8)
+        following_tree = builder.add(t, _const(1))
+        builder.cbranch(builder.icmp_signed("<", following_tree, count), head, end)
+        t.add_incoming(_const(0), entry)
+        t.add_incoming(following_tree, done)
+
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@jit
+def _aligned(size):
+    """A float64 buffer of ``size`` starting on a 64-byte boundary (measured up to 40% faster)."""
+    raw = np.zeros(size + 8, dtype=np.float64)
+    skip = ((64 - raw.ctypes.data % 64) % 64) // 8
+    return raw[skip:skip + size]
+
+
+@jit
+def _score_block(X, start, count, slots, nodes, trees, leaves, xs, acc, divisor, link, param, out):
+    """Rows start..start+count-1 (count <= LANES): transpose into slots, run the forest, finish."""
+    for s in range(slots.shape[0]):
+        feature = slots[s, 0]
+        kind = slots[s, 1]
+        fill = -np.inf if kind == NAN_LOW or kind == BAND_LOW else np.inf
+        base = s * LANES
+        if kind >= BAND_LOW:
+            for j in range(count):
+                x = np.float64(X[start + j, feature])
+                xs[base + j] = fill if x != x or in_zero_band(x) else x
+        else:
+            for j in range(count):
+                x = np.float64(X[start + j, feature])
+                xs[base + j] = fill if x != x else x
+    acc[:] = 0.0
+    forest_block(acc, xs, nodes, trees, leaves, np.int64(trees.shape[0] - 1))
+    columns = out.shape[1]
+    for j in range(count):
+        row = out[start + j]
+        for k in range(columns):
+            row[k] = acc[k * LANES + j]
+            if divisor != 0.0:
+                row[k] = row[k] / divisor
+        apply_link(row, link, param)
+
+
+@jit
+def predict_serial(X, slots, nodes, trees, leaves, divisor, link, param, out):
+    """Score every row of X (float64/float32, C or F order) into out (n, num_class) on this thread.
+
+    divisor: iterations of an average_output model (0.0 otherwise); link/param: kernels/links.py.
+    """
+    n = X.shape[0]
+    xs = _aligned(max(slots.shape[0], 1) * LANES)
+    acc = _aligned(out.shape[1] * LANES)
+    for start in range(0, n, LANES):
+        _score_block(X, start, min(LANES, n - start), slots, nodes, trees, leaves, xs, acc, divisor, link, param,
+                     out)
+
+
+@parallel_jit
+def predict_parallel(X, slots, nodes, trees, leaves, divisor, link, param, out):
+    """``predict_serial`` with tasks of BLOCKS_PER_TASK blocks spread over Numba's threads."""
+    n = X.shape[0]
+    rows = BLOCKS_PER_TASK * LANES
+    for task in numba.prange((n + rows - 1) // rows):
+        xs = _aligned(max(slots.shape[0], 1) * LANES)
+        acc = _aligned(out.shape[1] * LANES)
+        stop = min(n, task * rows + rows)
+        for start in range(task * rows, stop, LANES):
+            _score_block(X, start, min(LANES, stop - start), slots, nodes, trees, leaves, xs, acc, divisor, link,
+                         param, out)
