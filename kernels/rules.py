@@ -12,24 +12,24 @@ import numpy as np
 from numba.extending import register_jitable
 
 __all__ = [
-    "K_ZERO",
     "BELOW_MINUS_K_ZERO",
     "CATEGORY_LIMIT",
     "DECISION_CATEGORICAL",
     "DECISION_DEFAULT_LEFT",
+    "K_ZERO",
+    "MISSING_NAN",
     "MISSING_NONE",
     "MISSING_ZERO",
-    "MISSING_NAN",
-    "is_categorical",
+    "category_index",
     "default_left",
-    "missing_type",
-    "valid_decision",
-    "zero_goes_left",
-    "nan_goes_left",
-    "needs_zero_band",
     "effective_thresholds",
     "in_zero_band",
-    "category_index",
+    "is_categorical",
+    "missing_type",
+    "nan_goes_left",
+    "needs_zero_band",
+    "valid_decision",
+    "zero_goes_left",
 ]
 
 # LightGBM drops |x| <= kZeroThreshold from a dense row before predicting (so such an x reads as

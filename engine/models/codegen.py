@@ -12,8 +12,17 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-__all__ = ["DOUBLE", "I32", "I64", "CHUNK_TYPE", "target_machine", "host_key", "compile_object", "LoadedCode",
-           "call_chunk"]
+__all__ = [
+    "CHUNK_TYPE",
+    "DOUBLE",
+    "I32",
+    "I64",
+    "LoadedCode",
+    "call_chunk",
+    "compile_object",
+    "host_key",
+    "target_machine",
+]
 
 DOUBLE = ir.DoubleType()
 I32 = ir.IntType(32)

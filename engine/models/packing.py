@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from scoreline.engine.models.lightgbm import EnsembleIR, TreeIR
-from scoreline.errors import ModelFormatError
 from scoreline.kernels import links, rules
 from scoreline.kernels.trees import (
     CATEGORICAL,
@@ -25,7 +23,9 @@ from scoreline.kernels.trees import (
     ZERO_MISSING,
 )
 
-__all__ = ["PackedEnsemble", "pack", "link_for"]
+from scoreline.errors import ModelFormatError
+
+__all__ = ["PackedEnsemble", "link_for", "pack"]
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,9 +14,11 @@ LightGBM's missing values without per-node work: a block holds one "slot" per (f
 reading it) the model uses, filled while transposing:
 
     NAN_LOW   NaN -> -inf              (NaN goes left: x > t is false)
-    NAN_HIGH  NaN -> +inf              (NaN goes right; thresholds are finite, checked)
+    NAN_HIGH  NaN -> +inf              (NaN goes right)
     BAND_LOW  NaN and |x| <= kZ -> -inf   (zero as missing, default left, where 0.0 goes right)
     BAND_HIGH NaN and |x| <= kZ -> +inf   (zero as missing, default right, where 0.0 goes left)
+    NAN_FLAG  1.0 for NaN, else 0.0    (NAN_HIGH at a threshold of +inf: only NaN goes right)
+    BAND_FLAG 1.0 for NaN and the band (BAND_HIGH at a threshold of +inf), compared with 0.5
 
 Missing type None reads NaN as 0.0, so NaN goes where 0.0 goes (NAN_LOW iff 0 <= t); thresholds
 inside the zero band are moved to its edge (kernels/rules.py effective_thresholds), so the band
@@ -26,7 +28,7 @@ scores are bit-identical to ``Booster.predict`` and to the generic kernel. Nothi
 per model: a model is four flat arrays, the machine code comes from Numba's cache.
 
 Limits (the model stays on the other tiers; ``unsupported_reason`` says why): categorical
-splits, linear trees, trees over 64 leaves, a non-finite threshold where NaN goes right.
+splits, linear trees, trees over 64 leaves.
 """
 
 from __future__ import annotations
@@ -34,14 +36,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from scoreline.engine.models.lightgbm import EnsembleIR, TreeIR
 from scoreline.kernels import rules
 
-__all__ = ["NAN_LOW", "NAN_HIGH", "BAND_LOW", "BAND_HIGH", "MAX_LEAVES", "SimdForest", "unsupported_reason",
-           "build_forest"]
+__all__ = [
+    "BAND_FLAG",
+    "BAND_HIGH",
+    "BAND_LOW",
+    "MAX_LEAVES",
+    "NAN_FLAG",
+    "NAN_HIGH",
+    "NAN_LOW",
+    "SimdForest",
+    "build_forest",
+    "unsupported_reason",
+]
 
-NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH = range(4)
+NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH, NAN_FLAG, BAND_FLAG = range(6)
 MAX_LEAVES = 64  # one 64-bit word per row and tree
 
 
@@ -70,17 +81,20 @@ def unsupported_reason(ir: EnsembleIR) -> str | None:
             return f"a tree of {tree.num_leaves} leaves (tree {i}; at most {MAX_LEAVES})"
         if tree.num_leaves > 1 and rules.is_categorical(tree.decision_type).any():
             return f"categorical splits (tree {i})"
-        if tree.num_leaves > 1 and not np.isfinite(tree.threshold).all():
-            return f"a non-finite threshold (tree {i})"
     return None
 
 
-def _slot_kinds(tree: TreeIR) -> np.ndarray:
-    """How each split of a numeric tree reads its feature (NAN_LOW ...)."""
-    decision, thr = tree.decision_type, tree.threshold
-    band = rules.needs_zero_band(decision, thr)
-    low = np.where(band, rules.default_left(decision), rules.nan_goes_left(decision, thr))
-    return np.where(band, np.where(low, BAND_LOW, BAND_HIGH), np.where(low, NAN_LOW, NAN_HIGH))
+def _slot_kinds(tree: TreeIR, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How each split of a numeric tree reads its feature (NAN_LOW ...), and the threshold it
+    compares with (``thresholds`` are the effective ones)."""
+    decision = tree.decision_type
+    band = rules.needs_zero_band(decision, tree.threshold)
+    low = np.where(band, rules.default_left(decision), rules.nan_goes_left(decision, tree.threshold))
+    kinds = np.where(band, np.where(low, BAND_LOW, BAND_HIGH), np.where(low, NAN_LOW, NAN_HIGH))
+    # +inf > +inf is false: at a threshold of +inf only the missing values go right, a flag.
+    flag = ~low & (thresholds == np.inf)
+    kinds = np.where(flag, np.where(band, BAND_FLAG, NAN_FLAG), kinds)
+    return kinds, np.where(flag, 0.5, thresholds)
 
 
 def _leaf_ranges(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,7 +139,7 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
             leaves_used += 1
             continue
         order, low, high = _leaf_ranges(tree)
-        kinds = _slot_kinds(tree)
+        kinds, thresholds = _slot_kinds(tree, rules.effective_thresholds(tree.threshold))
         slots = np.array([slot_of.setdefault((int(f), int(kind)), len(slot_of))
                           for f, kind in zip(tree.split_feature, kinds)], dtype=np.int64)
         # Mask clearing leaves low..high-1 (the left subtree), applied when the row goes right;
@@ -133,7 +147,7 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
         width = (high - low).astype(np.uint64)
         span = (np.left_shift(np.uint64(1), width) - np.uint64(1)) << low.astype(np.uint64)
         record = np.zeros((tree.num_leaves - 1, 3), dtype=np.float64)
-        record[:, 0] = rules.effective_thresholds(tree.threshold)
+        record[:, 0] = thresholds
         meta = record.view(np.int64)
         meta[:, 1] = slots
         meta[:, 2] = (~span).view(np.int64)

@@ -18,14 +18,19 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
-
 from scoreline.engine.models.codegen import DOUBLE, I32, I64
-from scoreline.engine.models.simd import BAND_LOW, NAN_LOW
+from scoreline.engine.models.simd import (
+    BAND_FLAG,
+    BAND_HIGH,
+    BAND_LOW,
+    NAN_FLAG,
+    NAN_LOW,
+)
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
 from scoreline.kernels.rules import in_zero_band
 
-__all__ = ["LANES", "BLOCKS_PER_TASK", "predict_serial", "predict_parallel"]
+__all__ = ["BLOCKS_PER_TASK", "LANES", "predict_parallel", "predict_serial"]
 
 
 def _lanes() -> int:
@@ -157,16 +162,22 @@ def _score_block(X, start, count, slots, nodes, trees, leaves, xs, acc, divisor,
     for s in range(slots.shape[0]):
         feature = slots[s, 0]
         kind = slots[s, 1]
-        fill = -np.inf if kind == NAN_LOW or kind == BAND_LOW else np.inf
         base = s * LANES
-        if kind >= BAND_LOW:
+        band = kind == BAND_LOW or kind == BAND_HIGH or kind == BAND_FLAG
+        if kind == NAN_FLAG or kind == BAND_FLAG:
             for j in range(count):
                 x = np.float64(X[start + j, feature])
-                xs[base + j] = fill if x != x or in_zero_band(x) else x
+                xs[base + j] = 1.0 if np.isnan(x) or (band and in_zero_band(x)) else 0.0
+            continue
+        fill = -np.inf if kind == NAN_LOW or kind == BAND_LOW else np.inf
+        if band:
+            for j in range(count):
+                x = np.float64(X[start + j, feature])
+                xs[base + j] = fill if np.isnan(x) or in_zero_band(x) else x
         else:
             for j in range(count):
                 x = np.float64(X[start + j, feature])
-                xs[base + j] = fill if x != x else x
+                xs[base + j] = fill if np.isnan(x) else x
     acc[:] = 0.0
     forest_block(acc, xs, nodes, trees, leaves, np.int64(trees.shape[0] - 1))
     columns = out.shape[1]

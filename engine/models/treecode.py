@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ __all__ = [
     "unsupported_reason",
     "total_leaves",
     "model_spec",
+    "cached_path",
     "compile_spec",
     "compile_ensemble",
     "default_cache_dir",
@@ -189,23 +191,27 @@ def compile_ensemble(ir: EnsembleIR, cache_dir: str | os.PathLike | None = None)
     return compile_spec(model_spec(ir), cache_dir)
 
 
-def compile_spec(spec: tuple, cache_dir: str | os.PathLike | None = None) -> CompiledTrees:
-    """Compile a ``model_spec`` to machine code, or load it from the cache; ready to call.
-
-    The object file is named by the sha256 of everything the code depends on: GENERATOR_VERSION,
-    this module's and codegen's source, the spec, the host CPU and LLVM's version; the
-    same model text therefore maps to the same file in every process on the same machine.
-    """
-    started = time.perf_counter()
+def cached_path(spec: tuple, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``compile_spec`` keeps (or finds) the object file of ``spec``: named by the sha256 of
+    GENERATOR_VERSION, this module's and codegen's source, the spec, the host CPU and LLVM's version."""
     width, num_class, chunks, cat_words = spec
     key = hashlib.sha256()
     key.update(f"{GENERATOR_VERSION}|{codegen.host_key()}|{width}|{num_class}\n".encode())
     key.update(Path(__file__).read_bytes())
     key.update(Path(codegen.__file__).read_bytes())
     key.update(repr((chunks, cat_words)).encode())
-    digest = key.hexdigest()
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = directory / f"tc_{digest[:40]}.o"
+    return directory / f"tc_{key.hexdigest()[:40]}.o"
+
+
+def compile_spec(spec: tuple, cache_dir: str | os.PathLike | None = None) -> CompiledTrees:
+    """Compile a ``model_spec`` to machine code, or load it from the cache (``cached_path``);
+    ready to call. The same model text maps to the same file in every process on one machine."""
+    started = time.perf_counter()
+    width, num_class, chunks, cat_words = spec
+    path = cached_path(spec, cache_dir)
+    digest = path.stem.removeprefix("tc_")
+    directory = path.parent
     try:
         obj = path.read_bytes()
         cached = True
@@ -213,7 +219,7 @@ def compile_spec(spec: tuple, cache_dir: str | os.PathLike | None = None) -> Com
         obj = codegen.compile_object(build_module((digest[:16], chunks, cat_words), width, num_class))
         cached = False
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(obj)
         os.replace(tmp, path)  # whole files only: a concurrent reader never sees half an object
     code = codegen.LoadedCode(obj, len(chunks))

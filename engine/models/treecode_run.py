@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from scoreline.engine.models.codegen import call_chunk
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
 
 __all__ = [
-    "TILE_ROWS",
     "COPY_TILE_ROWS",
     "MIN_PARALLEL_TILE",
-    "predict_serial",
-    "predict_serial_copy",
+    "TILE_ROWS",
     "predict_parallel",
     "predict_parallel_copy",
+    "predict_serial",
+    "predict_serial_copy",
 ]
 
 
