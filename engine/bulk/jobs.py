@@ -39,7 +39,6 @@ __all__ = [
     "as_scorer",
     "ModelScorer",
     "DeploymentScorer",
-    "load_model_file",
     "rejects_path_for",
 ]
 
@@ -528,9 +527,12 @@ def as_scorer(model, *, raw_score: bool = False, registry=None, version: int | s
     """The scorer for ``model``: a ``ModelScorer`` or ``DeploymentScorer`` (returned as is), a
     Deployment, a loaded model, a model file, or a model id (``id`` or ``id@version``) in
     ``registry``."""
+    from scoreline.engine.models.files import load_model_file
+    from scoreline.engine.models.protocols import Model
+
     if isinstance(model, (ModelScorer, DeploymentScorer)):
         return model
-    if hasattr(model, "predict_matrix"):
+    if isinstance(model, Model):
         return ModelScorer(model, raw_score=raw_score)
     if hasattr(model, "output_schema") and hasattr(model, "score"):
         return DeploymentScorer(_no_raw(model, raw_score))
@@ -557,19 +559,6 @@ def _deployment(registry, model_id: str, version: int | str | None):
     repo = Repository(registry)
     number = repo.resolve(model_id, version)
     return Deployment(repo.load_manifest(model_id, number), repo.version_dir(model_id, number), version=number)
-
-
-def load_model_file(path: str | os.PathLike):
-    """A LightGBM text model (it starts with ``tree``) or else a linear model file."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.lstrip().startswith(b"tree"):
-        from scoreline.engine.models.model import load_lightgbm
-
-        return load_lightgbm(os.fspath(path))
-    from scoreline.engine.models.linear import load_linear
-
-    return load_linear(os.fspath(path))
 
 
 def _no_raw(deployment, raw_score: bool):

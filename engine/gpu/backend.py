@@ -26,6 +26,7 @@ from collections import deque
 
 import numpy as np
 
+from scoreline.engine.models.protocols import TreeModel
 from scoreline.errors import InputError, ModelFormatError, NotReadyError
 from scoreline.kernels.policy import PARALLEL_MIN_ROWS, use_threads
 
@@ -181,10 +182,10 @@ def for_bulk(model, device: str | None):
                 warnings.warn("scoring on the CPU: registered deployments score on the CPU; give a model file "
                               "to score on the GPU", GpuUnavailableWarning, stacklevel=2)
             return model
-        from scoreline.engine.bulk.jobs import load_model_file
+        from scoreline.engine.models.files import load_model_file
 
         loaded = load_model_file(model)
-    if getattr(loaded, "kind", None) != "lightgbm" or not hasattr(loaded, "packed"):
+    if not (isinstance(loaded, TreeModel) and loaded.kind == "lightgbm"):
         if explicit:
             warnings.warn(f"scoring on the CPU: only LightGBM models score on the GPU, not {type(loaded).__name__}",
                           GpuUnavailableWarning, stacklevel=2)
@@ -203,7 +204,7 @@ class GpuLightGBM:
     kind = "lightgbm"
 
     def __init__(self, model, *, batch_rows: int | None = None, streams: int = _STREAMS) -> None:
-        if getattr(model, "kind", None) != "lightgbm" or not hasattr(model, "packed"):
+        if not (isinstance(model, TreeModel) and model.kind == "lightgbm"):
             raise InputError(f"expected a LightGBM model from load_lightgbm, got {type(model).__name__}", path="model")
         self.cpu_model = model
         self.feature_names = model.feature_names

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scoreline.engine.models import simd, simd_run
+from scoreline.engine.models import simd, simd_run, treecode
 from scoreline.engine.models.lightgbm import pandas_categories, read_lightgbm
 from scoreline.engine.models.packing import PackedEnsemble, pack
 from scoreline.engine.models.simd import SimdForest
@@ -51,10 +51,6 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
     spec = forest = None
     excluded = {}
     if compile in ("auto", "model"):
-        from scoreline.engine.models import (
-            treecode,  # llvmlite's code generator only when asked for
-        )
-
         reason = treecode.unsupported_reason(ir)
         if reason is None and compile == "auto" and treecode.total_leaves(ir) > treecode.MAX_AUTO_LEAVES:
             reason = f"over {treecode.MAX_AUTO_LEAVES} leaves"
@@ -190,16 +186,12 @@ class LightGBMModel:
         ``scoreline.engine.gpu.backend.GPU_MIN_ROWS`` rows when one is usable. pred_leaf always runs on the CPU.
         """
         if device != "cpu" and not pred_leaf:
-            from scoreline.engine.gpu import (
-                backend as gpu,  # numba.cuda is imported only when a GPU is asked for
-            )
+            from scoreline.engine.gpu import backend as gpu  # numba.cuda only when a GPU is asked for
 
             rows = data.num_rows if hasattr(data, "num_rows") else len(data)
             if gpu.choose_device(device, rows) == "cuda":
                 return gpu.predict_gpu(self, data, raw_score=raw_score, num_threads=num_threads)
-        from scoreline.engine.data.inputs import (
-            to_matrix,  # pyarrow is imported only when data arrives
-        )
+        from scoreline.engine.data.inputs import to_matrix  # pyarrow only when data arrives
 
         X = to_matrix(data, self.feature_names, self.categories, dtype=_lightgbm_dtype(data))
         if pred_leaf:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scoreline.engine.models import codegen, treecode
 from scoreline.engine.models.packing import PackedEnsemble
 from scoreline.kernels import trees as layout
 
@@ -222,11 +223,6 @@ class TierSet:
     """
 
     def __init__(self, model, sample_rows, excluded: dict, choice_json: str | None):
-        from scoreline.engine.models import (  # llvmlite only with the tiers that need it
-            codegen,
-            treecode,
-        )
-
         self._model = model
         self._treecode = treecode
         self.excluded = dict(excluded)
