@@ -19,6 +19,11 @@ reading it) the model uses, filled while transposing:
     BAND_HIGH NaN and |x| <= kZ -> +inf   (zero as missing, default right, where 0.0 goes left)
     NAN_FLAG  1.0 for NaN, else 0.0    (NAN_HIGH at a threshold of +inf: only NaN goes right)
     BAND_FLAG 1.0 for NaN and the band (BAND_HIGH at a threshold of +inf), compared with 0.5
+    CATEGORY  LightGBM's category 0..63 of x, or 64 where every set sends x right
+
+A categorical split holds its set of categories 0..63 as 64 bits instead of a threshold; a row
+goes right where its category's bit is clear. A tree's numeric splits come first, then its
+categorical ones (the bitvector is an AND of masks, so the order of nodes does not matter).
 
 Missing type None reads NaN as 0.0, so NaN goes where 0.0 goes (NAN_LOW iff 0 <= t); thresholds
 inside the zero band are moved to its edge (kernels/rules.py effective_thresholds), so the band
@@ -28,7 +33,7 @@ scores are bit-identical to ``Booster.predict`` and to the generic kernel. Nothi
 per model: a model is four flat arrays, the machine code comes from Numba's cache.
 
 Limits (the model stays on the other tiers; ``unsupported_reason`` says why): categorical
-splits, linear trees, trees over 64 leaves.
+sets naming categories past 63, linear trees, trees over 64 leaves.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ __all__ = [
     "unsupported_reason",
 ]
 
-NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH, NAN_FLAG, BAND_FLAG = range(6)
+NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH, NAN_FLAG, BAND_FLAG, CATEGORY = range(7)
 MAX_LEAVES = 64  # one 64-bit word per row and tree
 
 
@@ -61,8 +66,10 @@ class SimdForest:
     """One model as the SIMD kernel reads it (engine/models/simd_run.py); plain arrays, so it pickles.
 
     slots: int64 (S, 2), the feature and way of reading (NAN_LOW ...) of each block slot.
-    nodes: float64 (N, 3) records: threshold, then as int64 the slot and the left-subtree mask.
-    trees: int64 (T + 1, 3): first node, first leaf value, output column; row T closes the last.
+    nodes: float64 (N, 3) records: threshold (categorical: the 64-bit set, as int64), then as
+    int64 the slot and the left-subtree mask.
+    trees: int64 (T + 1, 4): first node, first categorical node, first leaf value, output column;
+    row T closes the last.
     leaves: float64, every tree's leaf values numbered left to right.
     """
 
@@ -79,9 +86,19 @@ def unsupported_reason(ir: EnsembleIR) -> str | None:
             return f"linear trees (tree {i})"
         if tree.num_leaves > MAX_LEAVES:
             return f"a tree of {tree.num_leaves} leaves (tree {i}; at most {MAX_LEAVES})"
-        if tree.num_leaves > 1 and rules.is_categorical(tree.decision_type).any():
-            return f"categorical splits (tree {i})"
+        for node in np.flatnonzero(rules.is_categorical(tree.decision_type)):
+            if _category_set(tree, node) is None:
+                return f"a categorical set naming categories past 63 (tree {i})"
     return None
+
+
+def _category_set(tree: TreeIR, node: int) -> int | None:
+    """The categorical split's set of categories 0..63 as a 64-bit word, None when it names more."""
+    index = int(tree.threshold[node])
+    words = tree.cat_threshold[int(tree.cat_boundaries[index]):int(tree.cat_boundaries[index + 1])]
+    if (np.asarray(words[2:]) != 0).any():
+        return None
+    return sum(int(w) << (32 * i) for i, w in enumerate(words[:2]))
 
 
 def _slot_kinds(tree: TreeIR, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +111,7 @@ def _slot_kinds(tree: TreeIR, thresholds: np.ndarray) -> tuple[np.ndarray, np.nd
     # +inf > +inf is false: at a threshold of +inf only the missing values go right, a flag.
     flag = ~low & (thresholds == np.inf)
     kinds = np.where(flag, np.where(band, BAND_FLAG, NAN_FLAG), kinds)
+    kinds = np.where(rules.is_categorical(decision), CATEGORY, kinds)
     return kinds, np.where(flag, 0.5, thresholds)
 
 
@@ -130,10 +148,10 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
     k = ir.num_tree_per_iteration
     slot_of: dict[tuple[int, int], int] = {}
     node_parts, leaf_parts = [], []
-    trees = np.zeros((len(ir.trees) + 1, 3), dtype=np.int64)
+    trees = np.zeros((len(ir.trees) + 1, 4), dtype=np.int64)
     nodes_used = leaves_used = 0
     for t, tree in enumerate(ir.trees):
-        trees[t] = (nodes_used, leaves_used, t % k)
+        trees[t] = (nodes_used, nodes_used, leaves_used, t % k)
         if tree.num_leaves == 1:
             leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64))
             leaves_used += 1
@@ -151,11 +169,15 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
         meta = record.view(np.int64)
         meta[:, 1] = slots
         meta[:, 2] = (~span).view(np.int64)
-        node_parts.append(record)
+        categorical = kinds == CATEGORY
+        for node in np.flatnonzero(categorical):
+            meta[node, 0] = np.uint64(_category_set(tree, node)).view(np.int64)
+        node_parts.append(np.concatenate((record[~categorical], record[categorical])))
         leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64)[order])
+        trees[t, 1] = nodes_used + int((~categorical).sum())
         nodes_used += tree.num_leaves - 1
         leaves_used += tree.num_leaves
-    trees[len(ir.trees)] = (nodes_used, leaves_used, 0)
+    trees[len(ir.trees)] = (nodes_used, nodes_used, leaves_used, 0)
     slots = np.array(sorted(slot_of, key=slot_of.get), dtype=np.int64).reshape(-1, 2)
     return SimdForest(
         slots=slots,

@@ -23,12 +23,13 @@ from scoreline.engine.models.simd import (
     BAND_FLAG,
     BAND_HIGH,
     BAND_LOW,
+    CATEGORY,
     NAN_FLAG,
     NAN_LOW,
 )
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
-from scoreline.kernels.rules import in_zero_band
+from scoreline.kernels.rules import category_index, in_zero_band
 
 __all__ = ["BLOCKS_PER_TASK", "LANES", "predict_parallel", "predict_serial"]
 
@@ -59,14 +60,47 @@ def _const(value):
     return ir.Constant(I64, value)
 
 
+def _splat_const(value):
+    return ir.Constant(_VI, [value] * 8)
+
+
+def _node_loop(builder, name, start, stop, bits, body):
+    """Emit ``for i in [start, stop): bits = body(i, bits)``; returns the bits after the loop."""
+    before = builder.block
+    loop = builder.function.append_basic_block(name)
+    after = builder.function.append_basic_block(f"{name}_end")
+    builder.cbranch(builder.icmp_signed("<", start, stop), loop, after)
+    builder.position_at_end(loop)
+    i = builder.phi(I64)
+    current = [builder.phi(_VI) for _ in bits]
+    updated = body(i, current)
+    following = builder.add(i, _const(1))
+    end = builder.block
+    builder.cbranch(builder.icmp_signed("<", following, stop), loop, after)
+    i.add_incoming(start, before)
+    i.add_incoming(following, end)
+    for phi, old, new in zip(current, bits, updated):
+        phi.add_incoming(old, before)
+        phi.add_incoming(new, end)
+    builder.position_at_end(after)
+    out = []
+    for old, new in zip(bits, updated):
+        phi = builder.phi(_VI)
+        phi.add_incoming(old, before)
+        phi.add_incoming(new, end)
+        out.append(phi)
+    return out
+
+
 @intrinsic
 def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
     """Add every tree's leaf, per lane, into acc (num_class x LANES, slot-major like xs).
 
     xs: float64 (slots x LANES) block; nodes, trees, leaves: the SimdForest arrays. Per tree:
-    bitvectors start all ones, each node ANDs its mask into the lanes where ``x > t`` (ordered:
-    the slots hold no NaN), the leaf is the lowest set bit, gathered and added to the tree's
-    column; the bitvectors stay in vector registers through a tree's nodes.
+    bitvectors start all ones; each numeric node ANDs its mask into the lanes where ``x > t``
+    (ordered: the slots hold no NaN), each categorical node where the lane's category is not in
+    its set; the leaf is the lowest set bit, gathered and added to the tree's column. The
+    bitvectors stay in vector registers through a tree's nodes.
     """
     sig = types.void(acc, xs, nodes, trees, leaves, num_trees)
 
@@ -78,48 +112,47 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
         fn = builder.function
         entry = builder.block
         head = fn.append_basic_block("simd_tree")
-        loop = fn.append_basic_block("simd_node")
-        done = fn.append_basic_block("simd_leaf")
         end = fn.append_basic_block("simd_end")
         builder.cbranch(builder.icmp_signed(">", count, _const(0)), head, end)
 
         builder.position_at_end(head)
         t = builder.phi(I64)
-        row = builder.mul(t, _const(3))
-        first = builder.load(builder.gep(p_trees, [row]))
-        stop = builder.load(builder.gep(p_trees, [builder.add(row, _const(3))]))
-        leaf_start = builder.load(builder.gep(p_trees, [builder.add(row, _const(1))]))
-        column = builder.load(builder.gep(p_trees, [builder.add(row, _const(2))]))
-        builder.cbranch(builder.icmp_signed("<", first, stop), loop, done)
+        row = builder.mul(t, _const(4))
+        field = lambda k: builder.load(builder.gep(p_trees, [builder.add(row, _const(k))]))
+        first, first_category, leaf_start, column = field(0), field(1), field(2), field(3)
+        stop = field(4)
 
-        builder.position_at_end(loop)
-        i = builder.phi(I64)
-        bits = [builder.phi(_VI) for _ in range(_V)]
-        record = builder.mul(i, _const(3))
-        threshold = _splat(builder, builder.load(builder.gep(p_nodes, [record])), _VF)
-        slot = builder.load(builder.gep(p_meta, [builder.add(record, _const(1))]))
-        mask = _splat(builder, builder.load(builder.gep(p_meta, [builder.add(record, _const(2))])), _VI)
-        base = builder.mul(slot, _const(LANES))
-        updated = []
-        for h in range(_V):
+        def record(i):
+            at = builder.mul(i, _const(3))
+            slot = builder.load(builder.gep(p_meta, [builder.add(at, _const(1))]))
+            mask = _splat(builder, builder.load(builder.gep(p_meta, [builder.add(at, _const(2))])), _VI)
+            return at, builder.mul(slot, _const(LANES)), mask
+
+        def lanes(base, h):
             where = builder.bitcast(builder.gep(p_xs, [builder.add(base, _const(8 * h))]), _VF.as_pointer())
-            right = builder.fcmp_ordered(">", builder.load(where, align=8), threshold)
-            updated.append(builder.and_(bits[h], builder.select(right, mask, _ONES)))
-        following = builder.add(i, _const(1))
-        builder.cbranch(builder.icmp_signed("<", following, stop), loop, done)
-        i.add_incoming(first, head)
-        i.add_incoming(following, loop)
-        for h in range(_V):
-            bits[h].add_incoming(_ONES, head)
-            bits[h].add_incoming(updated[h], loop)
+            return builder.load(where, align=8)
 
-        builder.position_at_end(done)
-        finals = []
-        for h in range(_V):
-            final = builder.phi(_VI)
-            final.add_incoming(_ONES, head)
-            final.add_incoming(updated[h], loop)
-            finals.append(final)
+        def numeric(i, bits):
+            at, base, mask = record(i)
+            threshold = _splat(builder, builder.load(builder.gep(p_nodes, [at])), _VF)
+            return [builder.and_(bits[h], builder.select(builder.fcmp_ordered(">", lanes(base, h), threshold),
+                                                         mask, _ONES)) for h in range(_V)]
+
+        def categorical(i, bits):
+            at, base, mask = record(i)
+            members = _splat(builder, builder.load(builder.gep(p_meta, [at])), _VI)
+            out = []
+            for h in range(_V):
+                category = builder.fptosi(lanes(base, h), _VI)  # 0..63, or 64: not in any set
+                bit = builder.and_(builder.lshr(members, builder.and_(category, _splat_const(63))), _splat_const(1))
+                member = builder.and_(builder.icmp_unsigned("!=", bit, _splat_const(0)),
+                                      builder.icmp_unsigned("<", category, _splat_const(64)))
+                out.append(builder.and_(bits[h], builder.select(member, _ONES, mask)))
+            return out
+
+        bits = _node_loop(builder, "simd_numeric", first, first_category, [_ONES] * _V, numeric)
+        bits = _node_loop(builder, "simd_category", first_category, stop, bits, categorical)
+
         cttz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI, [_VI, ir.IntType(1)]),
                                               "llvm.cttz.v8i64")
         pointers = ir.VectorType(DOUBLE.as_pointer(), 8)
@@ -128,19 +161,18 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
             "llvm.masked.gather.v8f64.v8p0f64")
         leaf_base = _splat(builder, builder.ptrtoint(builder.gep(p_leaves, [leaf_start]), I64), _VI)
         acc_base = builder.mul(column, _const(LANES))
-        for h, final in enumerate(finals):
+        everywhere = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 8)
+        for h, final in enumerate(bits):
             # The exit leaf's bit is never cleared (the row went left at every node above it).
             leaf = builder.call(cttz, [final, ir.Constant(ir.IntType(1), 1)])
-            where = builder.inttoptr(builder.add(leaf_base, builder.shl(leaf, ir.Constant(_VI, [3] * 8))), pointers)
-            values = builder.call(gather, [where, ir.Constant(I32, 8), ir.Constant(ir.VectorType(ir.IntType(1), 8),
-                                                                                    [1] * 8),
-                                           ir.Constant(_VF, ir.Undefined)])
+            where = builder.inttoptr(builder.add(leaf_base, builder.shl(leaf, _splat_const(3))), pointers)
+            values = builder.call(gather, [where, ir.Constant(I32, 8), everywhere, ir.Constant(_VF, ir.Undefined)])
             target = builder.bitcast(builder.gep(p_acc, [builder.add(acc_base, _const(8 * h))]), _VF.as_pointer())
             builder.store(builder.fadd(builder.load(target, align=8), values), target, align=8)
         following_tree = builder.add(t, _const(1))
         builder.cbranch(builder.icmp_signed("<", following_tree, count), head, end)
         t.add_incoming(_const(0), entry)
-        t.add_incoming(following_tree, done)
+        t.add_incoming(following_tree, builder.block)
 
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -164,6 +196,11 @@ def _score_block(X, start, count, slots, nodes, trees, leaves, xs, acc, divisor,
         kind = slots[s, 1]
         base = s * LANES
         band = kind == BAND_LOW or kind == BAND_HIGH or kind == BAND_FLAG
+        if kind == CATEGORY:
+            for j in range(count):
+                category = category_index(np.float64(X[start + j, feature]))
+                xs[base + j] = np.float64(category) if 0 <= category < 64 else 64.0
+            continue
         if kind == NAN_FLAG or kind == BAND_FLAG:
             for j in range(count):
                 x = np.float64(X[start + j, feature])

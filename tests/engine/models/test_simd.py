@@ -3,7 +3,8 @@
 The decision rules are checked with one hand-written model holding a one-split tree per (missing
 type, default side, threshold), right leaf 2^-i and left 0, so the raw sum spells out every tree's
 side exactly; trained models cover binary, regression, multiclass, zero_as_missing and
-use_missing=False, float32/float64 input in C and F order, and batch sizes around the 64-row block.
+use_missing=False and a categorical feature, float32/float64 input in C and F order, and batch
+sizes around the 64-row block.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import scoreline
 
 lgb = pytest.importorskip("lightgbm")
 
-from tests.support.lightgbm_edges import K_ZERO, THRESHOLDS, VALUES
+from tests.support.lightgbm_edges import CATEGORY_VALUES, K_ZERO, THRESHOLDS, VALUES
 
 BATCHES = (1, 7, 63, 64, 65, 10_000)
 
@@ -85,6 +86,7 @@ def _label(objective: str, X: np.ndarray, seed: int) -> np.ndarray:
 
 CASES = [
     ("binary", {}),
+    ("binary", {"categorical": 40}),  # a categorical feature of 40 categories (sets within 0..63)
     ("regression", {"num_leaves": 64, "min_data_in_leaf": 3}),
     ("multiclass", {"num_class": 3}),
     ("regression", {"zero_as_missing": True}),
@@ -96,10 +98,20 @@ CASES = [
 @pytest.fixture(scope="module", params=CASES, ids=[f"{o}-{'-'.join(p) or 'plain'}" for o, p in CASES])
 def trained(request):
     objective, params = request.param
+    params = dict(params)
     X = _data(5)
+    y = _label(objective, X, 5)
+    categories = params.pop("categorical", 0)
+    if categories:
+        X[:, 5] = np.where(np.isnan(X[:, 5]), np.nan, np.random.default_rng(5).integers(0, categories, len(X)))
+        y = y + (np.nan_to_num(X[:, 5]) % 3 == 1)
     full = {"objective": objective, "num_leaves": 31, "min_data_in_leaf": 10, "verbose": -1, "seed": 5,
-            "num_threads": 1, **params}
-    booster = lgb.train(full, lgb.Dataset(X, _label(objective, X, 5)), num_boost_round=25)
+            "num_threads": 1, "min_data_per_group": 5, "cat_smooth": 1, **params}
+    data = lgb.Dataset(X, y, categorical_feature=[5] if categories else "auto")
+    booster = lgb.train(full, data, num_boost_round=25)
+    if categories:  # category edge values: fractions, negatives, past the set, beyond int range
+        X = X.copy()
+        X[: len(CATEGORY_VALUES) * 40, 5] = np.tile(CATEGORY_VALUES, 40)
     return booster, X
 
 
@@ -112,7 +124,8 @@ def _edge_rows(booster, X: np.ndarray, n: int) -> np.ndarray:
 
     def walk(node):
         if "split_index" in node:
-            splits.append((node["split_feature"], node["threshold"]))
+            if node["decision_type"] == "<=":
+                splits.append((node["split_feature"], node["threshold"]))
             walk(node["left_child"])
             walk(node["right_child"])
 
@@ -146,21 +159,21 @@ def test_trained_models_match_lightgbm_and_the_generic_kernel_bit_for_bit(traine
     np.testing.assert_array_equal(model.predict(rows, num_threads=2), generic.predict(rows, num_threads=1))
 
 
-def test_trees_over_64_leaves_and_categorical_splits_fall_back_to_the_generic_walk():
+def test_trees_over_64_leaves_and_wide_category_sets_fall_back_to_the_generic_walk():
     X = _data(8)
     y = _label("regression", X, 8)
     big = lgb.train({"objective": "regression", "num_leaves": MAX_LEAVES + 1, "min_data_in_leaf": 2, "verbose": -1},
                     lgb.Dataset(X, y), num_boost_round=3)
     Xc = X.copy()
-    Xc[:, 5] = np.random.default_rng(1).integers(0, 6, len(X))
-    categorical = lgb.train({"objective": "regression", "num_leaves": 8, "verbose": -1, "min_data_per_group": 5,
-                             "cat_smooth": 1}, lgb.Dataset(Xc, y + Xc[:, 5], categorical_feature=[5]),
-                            num_boost_round=3)
-    for booster, why in ((big, "leaves"), (categorical, "categorical")):
+    Xc[:, 5] = np.random.default_rng(1).integers(0, 100, len(X))
+    wide = lgb.train({"objective": "regression", "num_leaves": 8, "verbose": -1, "min_data_per_group": 5,
+                      "cat_smooth": 1}, lgb.Dataset(Xc, y + (Xc[:, 5] > 70), categorical_feature=[5]),
+                     num_boost_round=3)
+    for booster, why, rows in ((big, "leaves", X), (wide, "past 63", Xc)):
         text = booster.model_to_string()
         assert why in unsupported_reason(read_lightgbm(text))
         model = scoreline.load_lightgbm(text, compile="simd")
         assert model.tier == "generic" and why in model.tiers["excluded"]["simd"]
-        np.testing.assert_array_equal(model.predict(X, raw_score=True), booster.predict(X, raw_score=True))
+        np.testing.assert_array_equal(model.predict(rows, raw_score=True), booster.predict(rows, raw_score=True))
         with pytest.raises(ValueError, match=why):
             build_forest(read_lightgbm(text))
