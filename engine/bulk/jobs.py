@@ -22,7 +22,7 @@ import pyarrow as pa
 from scoreline.engine.bulk import sources as _sources
 from scoreline.engine.bulk.batches import REJECT_FIELDS as _REJECT_FIELDS
 from scoreline.engine.bulk.batches import check_schema, check_sources, score_batch, score_columns, split_rejects
-from scoreline.engine.bulk.scorers import DeploymentScorer, ModelScorer, as_scorer, load_model_file
+from scoreline.engine.bulk.scorers import DeploymentScorer, ModelScorer, as_scorer
 from scoreline.errors import InputError
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "as_scorer",
     "ModelScorer",
     "DeploymentScorer",
-    "load_model_file",
     "rejects_path_for",
 ]
 

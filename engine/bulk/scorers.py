@@ -16,10 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scoreline.engine.bulk import sources as _sources
+from scoreline.engine.models.files import load_model_file
+from scoreline.engine.models.protocols import Model
 from scoreline.errors import InputError, NotFoundError
 from scoreline.registry.manifest import decode_manifest, encode_manifest
 
-__all__ = ["as_scorer", "ModelScorer", "DeploymentScorer", "load_model_file"]
+__all__ = ["as_scorer", "ModelScorer", "DeploymentScorer"]
 
 
 # --- what scores a batch: a bare model or a deployment -----------------------------------------
@@ -34,7 +36,7 @@ def as_scorer(model, *, raw_score: bool = False, registry=None, version: int | s
 
     if isinstance(model, (ModelScorer, DeploymentScorer)):
         return model
-    if hasattr(model, "predict_matrix"):
+    if isinstance(model, Model):
         return ModelScorer(model, raw_score=raw_score)
     if isinstance(model, Deployment):
         return DeploymentScorer(_no_raw(model, raw_score))
@@ -62,19 +64,6 @@ def _deployment(registry, model_id: str, version: int | str | None):
     number = repo.resolve(model_id, version)
     return Deployment(repo.load_manifest(model_id, number), repo.version_dir(model_id, number), version=number,
                       store_base=repo.root)
-
-
-def load_model_file(path: str | os.PathLike):
-    """A LightGBM text model (it starts with ``tree``) or else a linear model file."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.lstrip().startswith(b"tree"):
-        from scoreline.engine.models.model import load_lightgbm
-
-        return load_lightgbm(os.fspath(path))
-    from scoreline.engine.models.linear import load_linear
-
-    return load_linear(os.fspath(path))
 
 
 def _no_raw(deployment, raw_score: bool):
