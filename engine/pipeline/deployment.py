@@ -29,7 +29,8 @@ from scoreline.errors import (
 from scoreline.registry import manifest as M
 from scoreline.registry.repository import store_base as _registry_root
 
-from scoreline.engine.data.fields import EPOCH, check_default
+from scoreline.engine.data.days import EPOCH
+from scoreline.engine.data.fields import check_default
 from scoreline.engine.data.request import RequestSchema, RowBatch
 from scoreline.engine.data.samples import sample_inputs
 from scoreline.engine.pipeline.decide import Decider
