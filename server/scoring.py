@@ -20,6 +20,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from scoreline.engine.data.request import RowBatch
 from scoreline.errors import NotReadyError, ScorelineError
 from scoreline.registry.repository import check_model_ref
 
@@ -199,8 +200,6 @@ class Scorer:
     def _score_parts(self, deployment, parts: list[Request]) -> list:
         """Runs in the executor: one engine call for all parts, the Result split back per part;
         a `/v1/score` part's answer is encoded here, off the event loop."""
-        from scoreline.engine.data.request import RowBatch
-
         rows = RowBatch.concat([part.rows for part in parts])
         result = self.engine.score_rows(deployment.model_id, rows, version=deployment.version)
         out, offset = [], 0

@@ -25,9 +25,6 @@ from scoreline.engine.pipeline.stages import Stage, State
 
 __all__ = ["Entities", "Fill", "codes"]
 
-_ONE_VALID = np.ones(1, dtype=bool)
-
-
 class Entities:
     """A deployment's entity store, opened on first use (or attached now), with its view."""
 
@@ -256,14 +253,14 @@ class Fill(Stage):
         if e.store is None and not e.ready():
             raise e.no_store()
         if e.view is not None and type(key) is int:
-            current = e.view.snapshot()
-            found_rows, found = current.index.find(np.array([key], dtype=np.int64), _ONE_VALID)
-            if not found[0]:
+            view = e.view
+            current = view.snapshot()
+            row = current.index.find_one(key)
+            if row < 0:
                 raise e.not_found(key)
-            row = int(found_rows[0])
             if current.bad[row]:
                 raise current.errors[row]
-            work[0, e.view.slots] = current.values[row]
+            work[0, view.span] = current.values[row]
             return
         keys = np.array([key], dtype=np.int64) if type(key) is int else [key]
         table, found = e.store.lookup(keys, e.lookup_columns)
