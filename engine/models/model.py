@@ -34,16 +34,20 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
         has compiled it (models of at most ``treecode.MAX_AUTO_LEAVES`` leaves) while the
         others serve: nothing compiles on a request. ``model.tiers`` reports the choice.
       "generic": the shared tree walk (kernels/trees.py); nothing per model.
-      "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (categorical
-        splits, trees over 64 leaves, linear trees) use the generic walk.
+      "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (category
+        sets past category 63, trees over 64 leaves, linear trees) use the generic walk.
       "model": this model's trees compiled to machine code at load (engine/models/treecode.py, like
         lleaves), 1-2 s per few thousand split nodes, read back from ``cache_dir`` on the next
         load; linear trees and trees deeper than ``treecode.MAX_DEPTH`` use the generic walk.
     ``model.tier`` names the tier that scores large batches.
-    cache_dir: where compiled models are kept (default ``$NUMBA_CACHE_DIR/../treecode``).
+    cache_dir: where compiled models and tier choices are kept (default
+      ``$NUMBA_CACHE_DIR/../treecode`` and ``../tiers``).
+    sample_rows: representative rows (a (rows, num_features) matrix, e.g. a registry version's
+      sample) for compile="auto" to time the tiers on; default: rows drawn from the thresholds.
 
     Raises ``ModelFormatError`` naming the tree and key for a truncated, inconsistent or
-    unsupported file; ``InputError`` (path "compile") for an unknown ``compile``.
+    unsupported file; ``InputError`` (path "compile") for an unknown ``compile``, (path
+    "sample_rows") for sample rows of the wrong shape.
     """
     if compile not in _TIERS:
         raise InputError(f"compile must be one of {', '.join(map(repr, _TIERS))}, got {compile!r}", path="compile")

@@ -255,7 +255,8 @@ class TierSet:
             self._set(frozenset(ready), self._measure(ready))
             if spec is None or compiled:
                 save_choice(self._key, self._choice, self._dir)
-        if spec is not None and not compiled:
+        wanted = choice is None or any(order[0] == "model" for _, order in choice.rankings)
+        if spec is not None and not compiled and wanted:
             # Measure again once compiled only when the choice was not already made with it.
             self._thread = threading.Thread(target=self._compile, args=(choice is None,),
                                             name="scoreline-treecode", daemon=False)
@@ -287,9 +288,10 @@ class TierSet:
         return measure(candidates, self._rows, out)
 
     def _warm(self) -> None:
-        """Call every ready tier once, so its machine code is loaded before traffic."""
+        """Call every tier the choice uses once, so its machine code is loaded before traffic
+        (from Numba's cache the generic kernel's first call alone takes 0.6-1.7 s here)."""
         out = np.empty((1, self._model.num_class), dtype=np.float64)
-        for tier in self._ready:
+        for tier in {tier for _, tier in self._by_rows}:
             self._runner(tier)(self._rows[:1], out)
 
     def _compile(self, remeasure: bool) -> None:
