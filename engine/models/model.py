@@ -107,10 +107,12 @@ class LightGBMModel:
         self._simd = simd_forest if simd_forest is None else _writable(simd_forest)
         self._compile = compile
         self._cache_dir = cache_dir
-        self._treecode = None
         # The tiers are loaded here (and their kernels called once by the choice), so no request
         # ever compiles; engine/models/tiers.py holds the choice.
-        self._tiers = TierSet(self, sample_rows, excluded or {}, choice)
+        self._tiers = TierSet(self._run, packed, mode=compile, simd_ready=self._simd is not None,
+                              spec=treecode_spec, cache_dir=cache_dir, sample_rows=sample_rows,
+                              excluded=excluded or {}, choice_json=choice)
+        self._tiers.load()
 
     @property
     def tier(self) -> str:
@@ -169,7 +171,7 @@ class LightGBMModel:
     def treecode(self):
         """The compiled tier's ``engine.treecode.CompiledTrees`` (object file path, whether it came
         from the cache, load seconds), or None when the generic kernel scores this model."""
-        return self._treecode
+        return self._tiers.compiled
 
     @property
     def packed(self) -> PackedEnsemble:
@@ -228,7 +230,7 @@ class LightGBMModel:
         p = self._packed
         parallel = threads > 1
         if tier == "model":
-            self._treecode.predict(X, divisor, link, p.link_param, matrix, threads=threads)
+            self._tiers.compiled.predict(X, divisor, link, p.link_param, matrix, threads=threads)
         elif tier == "simd":
             f = self._simd
             kernel = simd_run.predict_parallel if parallel else simd_run.predict_serial
