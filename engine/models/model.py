@@ -247,14 +247,17 @@ class LightGBMModel:
     def warm(self, dtypes=(np.float64,), orders: str = "CF", parallel: bool = True) -> None:
         """Load (or compile, on a cold cache) the kernels for these input types before traffic.
 
-        Each dtype x order x serial/parallel pair is a separate machine-code specialization: from
-        Numba's disk cache it takes well under a second, compiling it ~10 s. C order is what numpy
-        callers pass, F order what Arrow and pandas input become.
+        Each tier x dtype x order x serial/parallel is a separate machine-code specialization:
+        from Numba's disk cache it takes well under a second, compiling it ~10 s. C order is what
+        numpy callers pass, F order what Arrow and pandas input become. Every tier the choice
+        uses for some batch size is warmed serially; the parallel path with the large-batch tier.
         """
+        out = np.empty((1, self.num_class), dtype=np.float64)
         for dtype in dtypes:
             for order in orders:
                 X = np.zeros((1, self.num_features), dtype=dtype, order=order)
-                self.predict_matrix(X, num_threads=1)
+                for tier in self._tiers.used:
+                    self._run(tier, X, 0.0, 0, out, 1)
                 if parallel:
                     big = np.zeros((PARALLEL_MIN_ROWS, self.num_features), dtype=dtype, order=order)
                     self.predict_matrix(big, num_threads=2)

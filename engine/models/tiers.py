@@ -286,6 +286,11 @@ class TierSet:
     def tier(self) -> str:
         return self.pick(BATCH_SIZES[-1])
 
+    @property
+    def used(self) -> frozenset:
+        """Every tier the choice gives some batch size to."""
+        return frozenset(tier for _, tier in self._by_rows)
+
     def _runner(self, tier: str):
         run = self._run
         return lambda X, out: run(tier, X, 0.0, 0, out, 1)
@@ -295,11 +300,11 @@ class TierSet:
         out = np.empty((self._rows.shape[0], self._num_class), dtype=np.float64)
         return measure(candidates, self._rows, out)
 
-    def _warm(self, tiers=None) -> None:
+    def _warm(self) -> None:
         """Call every tier the choice uses once, so its machine code is loaded before traffic
         (from Numba's cache the generic kernel's first call alone takes 0.6-1.7 s here)."""
         out = np.empty((1, self._num_class), dtype=np.float64)
-        for tier in tiers or {tier for _, tier in self._by_rows}:
+        for tier in self.used:
             self._runner(tier)(self._rows[:1], out)
 
     def _compile(self, remeasure: bool) -> None:
@@ -308,12 +313,14 @@ class TierSet:
         except Exception as exc:  # noqa: BLE001 -- the other tiers keep serving; the report says why
             self.excluded["model"] = f"compile failed: {exc}"
             return
+        # Every input layout a request may bring, loaded before the tier serves (the drivers
+        # copy float32 and F-order tiles: other Numba specializations).
+        out = np.empty((1, self._num_class), dtype=np.float64)
+        for dtype in (np.float64, np.float32):
+            for order in "CF":
+                self._runner("model")(np.zeros((1, self._rows.shape[1]), dtype=dtype, order=order), out)
         ready = self._ready | {"model"}
-        if remeasure:
-            choice = self._measure(ready)
-        else:
-            choice = self._choice
-            self._warm(("model",))
+        choice = self._measure(ready) if remeasure else self._choice
         self._set(ready, choice)
         save_choice(self._key, choice, self._dir)
 
