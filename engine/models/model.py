@@ -34,16 +34,20 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
         has compiled it (models of at most ``treecode.MAX_AUTO_LEAVES`` leaves) while the
         others serve: nothing compiles on a request. ``model.tiers`` reports the choice.
       "generic": the shared tree walk (kernels/trees.py); nothing per model.
-      "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (categorical
-        splits, trees over 64 leaves, linear trees) use the generic walk.
+      "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (category
+        sets past category 63, trees over 64 leaves, linear trees) use the generic walk.
       "model": this model's trees compiled to machine code at load (engine/models/treecode.py, like
         lleaves), 1-2 s per few thousand split nodes, read back from ``cache_dir`` on the next
         load; linear trees and trees deeper than ``treecode.MAX_DEPTH`` use the generic walk.
     ``model.tier`` names the tier that scores large batches.
-    cache_dir: where compiled models are kept (default ``$NUMBA_CACHE_DIR/../treecode``).
+    cache_dir: where compiled models and tier choices are kept (default
+      ``$NUMBA_CACHE_DIR/../treecode`` and ``../tiers``).
+    sample_rows: representative rows (a (rows, num_features) matrix, e.g. a registry version's
+      sample) for compile="auto" to time the tiers on; default: rows drawn from the thresholds.
 
     Raises ``ModelFormatError`` naming the tree and key for a truncated, inconsistent or
-    unsupported file; ``InputError`` (path "compile") for an unknown ``compile``.
+    unsupported file; ``InputError`` (path "compile") for an unknown ``compile``, (path
+    "sample_rows") for sample rows of the wrong shape.
     """
     if compile not in _TIERS:
         raise InputError(f"compile must be one of {', '.join(map(repr, _TIERS))}, got {compile!r}", path="compile")
@@ -103,10 +107,12 @@ class LightGBMModel:
         self._simd = simd_forest if simd_forest is None else _writable(simd_forest)
         self._compile = compile
         self._cache_dir = cache_dir
-        self._treecode = None
         # The tiers are loaded here (and their kernels called once by the choice), so no request
         # ever compiles; engine/models/tiers.py holds the choice.
-        self._tiers = TierSet(self, sample_rows, excluded or {}, choice)
+        self._tiers = TierSet(self._run, packed, mode=compile, simd_ready=self._simd is not None,
+                              spec=treecode_spec, cache_dir=cache_dir, sample_rows=sample_rows,
+                              excluded=excluded or {}, choice_json=choice)
+        self._tiers.load()
 
     @property
     def tier(self) -> str:
@@ -165,7 +171,7 @@ class LightGBMModel:
     def treecode(self):
         """The compiled tier's ``engine.treecode.CompiledTrees`` (object file path, whether it came
         from the cache, load seconds), or None when the generic kernel scores this model."""
-        return self._treecode
+        return self._tiers.compiled
 
     @property
     def packed(self) -> PackedEnsemble:
@@ -224,7 +230,7 @@ class LightGBMModel:
         p = self._packed
         parallel = threads > 1
         if tier == "model":
-            self._treecode.predict(X, divisor, link, p.link_param, matrix, threads=threads)
+            self._tiers.compiled.predict(X, divisor, link, p.link_param, matrix, threads=threads)
         elif tier == "simd":
             f = self._simd
             kernel = simd_run.predict_parallel if parallel else simd_run.predict_serial
@@ -241,14 +247,17 @@ class LightGBMModel:
     def warm(self, dtypes=(np.float64,), orders: str = "CF", parallel: bool = True) -> None:
         """Load (or compile, on a cold cache) the kernels for these input types before traffic.
 
-        Each dtype x order x serial/parallel pair is a separate machine-code specialization: from
-        Numba's disk cache it takes well under a second, compiling it ~10 s. C order is what numpy
-        callers pass, F order what Arrow and pandas input become.
+        Each tier x dtype x order x serial/parallel is a separate machine-code specialization:
+        from Numba's disk cache it takes well under a second, compiling it ~10 s. C order is what
+        numpy callers pass, F order what Arrow and pandas input become. Every tier the choice
+        uses for some batch size is warmed serially; the parallel path with the large-batch tier.
         """
+        out = np.empty((1, self.num_class), dtype=np.float64)
         for dtype in dtypes:
             for order in orders:
                 X = np.zeros((1, self.num_features), dtype=dtype, order=order)
-                self.predict_matrix(X, num_threads=1)
+                for tier in self._tiers.used:
+                    self._run(tier, X, 0.0, 0, out, 1)
                 if parallel:
                     big = np.zeros((PARALLEL_MIN_ROWS, self.num_features), dtype=dtype, order=order)
                     self.predict_matrix(big, num_threads=2)

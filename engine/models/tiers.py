@@ -216,38 +216,46 @@ def save_choice(key: str, choice: TierChoice, cache_dir: Path | None = None) -> 
 class TierSet:
     """One model's tiers at run time: which are ready, the choice, and a background compile.
 
-    ``model`` is the LightGBMModel being built (its ``_compile`` mode, ``_simd`` forest,
-    ``_treecode_spec`` and ``_run(tier, ...)``). Pinned modes load their tier now; "auto" loads
-    what is ready at once (the compiled tier only from its cached object file), measures or
-    reads the cached choice, and compiles the missing compiled tier in a thread, after which it
-    measures again and switches. Reads of the choice are single attribute loads, so requests
-    never wait on the thread.
+    run(tier, X, divisor, link, out, threads) scores with one tier (the model's dispatch);
+    spec is the compiled tier's ``treecode.model_spec`` (None: the tier cannot hold the model).
+    ``load()`` does the work: pinned modes load their tier; "auto" loads what is ready at once (the compiled tier only
+    from its cached object file), measures or reads the cached choice, and compiles a missing
+    compiled tier in a thread, after which it measures again and switches. Reads of the choice
+    are single attribute loads, so requests never wait on the thread.
     """
 
-    def __init__(self, model, sample_rows, excluded: dict, choice_json: str | None):
-        self._model = model
-        self._treecode = treecode
+    def __init__(self, run, packed: PackedEnsemble, *, mode: str, simd_ready: bool, spec: tuple | None,
+                 cache_dir, sample_rows, excluded: dict, choice_json: str | None):
+        self._run = run
+        self._num_class = packed.num_class
+        self._spec = spec
+        self._cache_dir = cache_dir
+        self.compiled = None  # the compiled tier's treecode.CompiledTrees once loaded
         self.excluded = dict(excluded)
         self._thread = None
-        self._rows = _sample(model, sample_rows)
-        spec, mode = model._treecode_spec, model._compile
-        ready = {"generic"} | ({"simd"} if model._simd is not None else set())
+        self._rows = _sample(packed, sample_rows)
+        self._packed, self._mode, self._simd_ready, self._choice_json = packed, mode, simd_ready, choice_json
+
+    def load(self) -> None:
+        """Load the ready tiers and make (or read) the choice; ``run`` may ask for ``compiled``."""
+        spec, cache_dir, mode = self._spec, self._cache_dir, self._mode
+        ready = {"generic"} | ({"simd"} if self._simd_ready else set())
         if mode != "auto":
             if mode == "model" and spec is not None:
-                model._treecode = treecode.compile_spec(spec, model._cache_dir)
+                self.compiled = treecode.compile_spec(spec, cache_dir)
                 ready.add("model")
             order = (mode, "generic") if mode in ready else ("generic",)
             self._set(frozenset(ready), TierChoice(rankings=((1, order),), source="pinned"))
             self._warm()
             return
         eventual = tuple(t for t in TIERS if t in ready or (t == "model" and spec is not None))
-        self._key = choice_key(model.packed, eventual, codegen.host_key())
-        self._dir = Path(model._cache_dir) if model._cache_dir is not None else None
-        compiled = spec is not None and treecode.cached_path(spec, model._cache_dir).exists()
+        self._key = choice_key(self._packed, eventual, codegen.host_key())
+        self._dir = Path(cache_dir) if cache_dir is not None else None
+        compiled = spec is not None and treecode.cached_path(spec, cache_dir).exists()
         if compiled:
-            model._treecode = treecode.compile_spec(spec, model._cache_dir)
+            self.compiled = treecode.compile_spec(spec, cache_dir)
             ready.add("model")
-        choice = TierChoice.from_json(choice_json) if choice_json else load_choice(self._key, self._dir)
+        choice = TierChoice.from_json(self._choice_json) if self._choice_json else load_choice(self._key, self._dir)
         if choice is not None:
             self._set(frozenset(ready), choice)
             self._warm()
@@ -255,7 +263,8 @@ class TierSet:
             self._set(frozenset(ready), self._measure(ready))
             if spec is None or compiled:
                 save_choice(self._key, self._choice, self._dir)
-        if spec is not None and not compiled:
+        wanted = choice is None or any(order[0] == "model" for _, order in choice.rankings)
+        if spec is not None and not compiled and wanted:
             # Measure again once compiled only when the choice was not already made with it.
             self._thread = threading.Thread(target=self._compile, args=(choice is None,),
                                             name="scoreline-treecode", daemon=False)
@@ -277,28 +286,39 @@ class TierSet:
     def tier(self) -> str:
         return self.pick(BATCH_SIZES[-1])
 
+    @property
+    def used(self) -> frozenset:
+        """Every tier the choice gives some batch size to."""
+        return frozenset(tier for _, tier in self._by_rows)
+
     def _runner(self, tier: str):
-        run = self._model._run
+        run = self._run
         return lambda X, out: run(tier, X, 0.0, 0, out, 1)
 
     def _measure(self, ready) -> TierChoice:
         candidates = {tier: self._runner(tier) for tier in TIERS if tier in ready}
-        out = np.empty((self._rows.shape[0], self._model.num_class), dtype=np.float64)
+        out = np.empty((self._rows.shape[0], self._num_class), dtype=np.float64)
         return measure(candidates, self._rows, out)
 
     def _warm(self) -> None:
-        """Call every ready tier once, so its machine code is loaded before traffic."""
-        out = np.empty((1, self._model.num_class), dtype=np.float64)
-        for tier in self._ready:
+        """Call every tier the choice uses once, so its machine code is loaded before traffic
+        (from Numba's cache the generic kernel's first call alone takes 0.6-1.7 s here)."""
+        out = np.empty((1, self._num_class), dtype=np.float64)
+        for tier in self.used:
             self._runner(tier)(self._rows[:1], out)
 
     def _compile(self, remeasure: bool) -> None:
-        model = self._model
         try:
-            model._treecode = self._treecode.compile_spec(model._treecode_spec, model._cache_dir)
+            self.compiled = treecode.compile_spec(self._spec, self._cache_dir)
         except Exception as exc:  # noqa: BLE001 -- the other tiers keep serving; the report says why
             self.excluded["model"] = f"compile failed: {exc}"
             return
+        # Every input layout a request may bring, loaded before the tier serves (the drivers
+        # copy float32 and F-order tiles: other Numba specializations).
+        out = np.empty((1, self._num_class), dtype=np.float64)
+        for dtype in (np.float64, np.float32):
+            for order in "CF":
+                self._runner("model")(np.zeros((1, self._rows.shape[1]), dtype=dtype, order=order), out)
         ready = self._ready | {"model"}
         choice = self._measure(ready) if remeasure else self._choice
         self._set(ready, choice)
@@ -322,14 +342,14 @@ class TierSet:
         return report
 
 
-def _sample(model, sample_rows) -> np.ndarray:
+def _sample(packed: PackedEnsemble, sample_rows) -> np.ndarray:
     """Measurement rows: the given sample rows resampled (whole rows) to BATCH_SIZES[-1], or
     rows drawn from the model's thresholds."""
     if sample_rows is None:
-        return representative_rows(model.packed)
+        return representative_rows(packed)
     rows = np.asarray(sample_rows, dtype=np.float64)
-    if rows.ndim != 2 or rows.shape[1] != model.num_features or rows.shape[0] == 0:
-        raise InputError(f"expected sample rows as a (rows, {model.num_features}) matrix, got shape "
+    if rows.ndim != 2 or rows.shape[1] != packed.num_features or rows.shape[0] == 0:
+        raise InputError(f"expected sample rows as a (rows, {packed.num_features}) matrix, got shape "
                          f"{getattr(rows, 'shape', None)}", path="sample_rows")
     pick = np.random.default_rng(0).integers(0, rows.shape[0], BATCH_SIZES[-1])
     return np.ascontiguousarray(rows[pick])
