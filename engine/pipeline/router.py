@@ -14,14 +14,16 @@ import threading
 import time
 
 import msgspec
-
 import pyarrow as pa
 
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError, ScorelineError
+from scoreline.registry import experiments as X
 from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
+from scoreline.engine.monitor import Monitor, clock
 from scoreline.engine.pipeline.deployment import Deployment, open_store
 from scoreline.engine.pipeline.logbuffer import LogBuffer
+from scoreline.engine.pipeline.routing import Experiments, Routing
 
 __all__ = ["Engine"]
 
@@ -38,10 +40,14 @@ class Engine:
         `ready` is True when this returns.
     reload_interval: seconds between checks of the registry for new versions or moved aliases
         (None: only on `reload()`).
+    monitor: watch every deployment's inputs, score and stage times (`engine.monitor`).
+
+    A model with an experiment (registry/experiments.py) routes each request made without a
+    version to the variant its entity key splits to, and scores its shadows off the answer's path.
     """
 
     def __init__(self, registry_root, *, log=None, preload: bool = False,
-                 reload_interval: float | None = None) -> None:
+                 reload_interval: float | None = None, monitor: bool = True) -> None:
         self.repository = Repository(registry_root)
         self._lock = threading.Lock()  # guards the tables below; never held while compiling
         self._deployments: dict[tuple[str, int], Deployment] = {}
@@ -51,8 +57,12 @@ class Engine:
         self._log = LogBuffer(log)
         self._closed = False
         self._token = None
+        self.monitor = Monitor() if monitor else None
+        self._experiments = Experiments(self)
         # model id -> {"versions", "aliases", "latest"}: replaced whole, never edited in place
         self._live: dict[str, dict] = self._scan()
+        if not preload:
+            self._experiments.load(compile_now=False)
         if preload:
             self.reload()
         self._watcher = None
@@ -153,7 +163,10 @@ class Engine:
                 store = open_store(spec, self.repository.root)
                 with self._lock:
                     store = self._stores.setdefault(store_key, store)
-        return Deployment(manifest, version_dir, version=version, store=store)
+        dep = Deployment(manifest, version_dir, version=version, store=store)
+        if self.monitor is not None:
+            self.monitor.watch(dep)
+        return dep
 
     # --- scoring ------------------------------------------------------------------------------
 
@@ -162,17 +175,26 @@ class Engine:
         "request-id") -> the contract dict. Raises NotFoundError (unknown model, version or
         entity), InputError (a bad value, with its path), SchemaError (a malformed request)."""
         started = time.perf_counter()
+        clock.start()
         if type(request) is not dict:
             raise SchemaError(f"expected a request object, got {type(request).__name__}", path="$")
-        dep = self.deployment(model_id, version)
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is None:
+            dep, name, role, rid = self.deployment(model_id, version), None, None, request.get("request-id")
+        else:
+            dep, role, rid = self._experiments.one(model_id, routing, request)
+            name = routing.name
         try:
             out = dep.score_request(request)
         except ScorelineError as exc:
-            self._log.row(request.get("request-id"), dep, request.get(dep.key_name), None, None,
-                          time.perf_counter() - started, exc.message)
+            self._log.row(rid, dep, request.get(dep.key_name), None, None,
+                          time.perf_counter() - started, exc.message, name, role)
             raise
-        self._log.row(request.get("request-id"), dep, out[dep.key_name], out[dep.score_name],
-                      out[dep.decision_name], time.perf_counter() - started, None)
+        logged = time.perf_counter()
+        self._log.row(rid, dep, out[dep.key_name], out[dep.score_name],
+                      out[dep.decision_name], logged - started, None, name, role)
+        if self.monitor is not None:
+            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
         return out
 
     def score_keys(self, model_id: str, keys: list[int], version: int | str | None = None,
@@ -181,26 +203,82 @@ class Engine:
         per key the dict `score` would answer or the ScorelineError it would raise, each row
         logged once. Only for deployments where `Deployment.can_score_keys()` holds."""
         started = time.perf_counter()
-        dep = self.deployment(model_id, version)
-        results = dep.score_keys(keys)
-        seconds = time.perf_counter() - started
+        clock.start()
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is None:
+            dep = self.deployment(model_id, version)
+            results = dep.score_keys(keys)
+            name, groups = None, [(dep, None, keys, request_ids, results)]
+        else:
+            results, groups = self._experiments.keys(model_id, routing, keys, request_ids)
+            name = routing.name
+        logged = time.perf_counter()
+        seconds = logged - started
         log = self._log.row
-        ids = request_ids if request_ids is not None else [None] * len(keys)
-        for rid, key, out in zip(ids, keys, results):
-            if isinstance(out, ScorelineError):
-                log(rid, dep, key, None, None, seconds, out.message)
-            else:
-                log(rid, dep, key, out[dep.score_name], out[dep.decision_name], seconds, None)
+        for dep, role, part, ids, answers in groups:
+            for rid, key, out in zip(ids if ids is not None else [None] * len(part), part, answers):
+                if isinstance(out, ScorelineError):
+                    log(rid, dep, key, None, None, seconds, out.message, name, role)
+                else:
+                    log(rid, dep, key, out[dep.score_name], out[dep.decision_name], seconds, None,
+                        name, role)
+        if self.monitor is not None and groups:
+            self.monitor.stages.record(model_id, groups[0][0].version, time.perf_counter() - logged)
         return results
 
     def score_batch(self, model_id: str, batch, version: int | str | None = None,
                     request_ids=None) -> pa.RecordBatch:
         """Score an Arrow batch (RecordBatch or Table) -> the contract columns + `error`, logged."""
         started = time.perf_counter()
-        dep = self.deployment(model_id, version)
-        out = dep.score(batch)
-        self._log.batch(dep, out, request_ids, time.perf_counter() - started)
+        clock.start()
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is None:
+            dep = self.deployment(model_id, version)
+            out = dep.score(batch)
+            name = roles = None
+        else:
+            dep, out, roles, request_ids = self._experiments.batch(model_id, routing, batch, request_ids)
+            name = routing.name
+        logged = time.perf_counter()
+        self._log.batch(dep, out, request_ids, logged - started, name, roles)
+        if self.monitor is not None:
+            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
         return out
+
+    # --- experiments (registry/experiments.py; routing in engine/pipeline/routing.py) ----------
+
+    def experiment(self, model_id: str) -> dict | None:
+        """The experiment routing `model_id`'s requests now (None: the default version answers)."""
+        routing = self._experiments.table.get(model_id)
+        return None if routing is None else routing.describe()
+
+    def set_experiment(self, model_id: str, experiment: dict, message: str = "") -> dict:
+        """Compile and warm the experiment's versions, record it in the registry, route by it;
+        requests in flight finish on the routing they started with."""
+        try:
+            spec = msgspec.convert(experiment, X.Experiment)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"invalid experiment: {exc}", path="$") from None
+        for v in Routing(spec).versions:
+            self._get(model_id, self.repository.resolve(model_id, int(v)))
+        X.set_experiment(self.repository, model_id, spec, message or "set through the engine")
+        self._experiments.apply(model_id)
+        return self.experiment(model_id)
+
+    def set_canary(self, model_id: str, version: int | None = None, share: float | None = None,
+                   *, rollback: bool = False, message: str = "") -> dict | None:
+        """Raise the canary's share (starting one if needed) or roll it back a step."""
+        if version is not None:
+            self._get(model_id, self.repository.resolve(model_id, int(version)))
+        X.set_canary(self.repository, model_id, version, share, rollback=rollback,
+                     message=message or "canary through the engine")
+        self._experiments.apply(model_id)
+        return self.experiment(model_id)
+
+    def stop_experiment(self, model_id: str, message: str = "") -> None:
+        """End the model's experiment: its default version answers everything again."""
+        X.stop_experiment(self.repository, model_id, message or "stopped through the engine")
+        self._experiments.apply(model_id)
 
     # --- the registry -------------------------------------------------------------------------
 
@@ -229,7 +307,7 @@ class Engine:
                                        for i in m.inputs]}
             out.append({"model-id": model_id, "versions": versions,
                         "aliases": dict(entry["aliases"]), "default-version": default,
-                        "contract": contract})
+                        "contract": contract, "experiment": self.experiment(model_id)})
         return out
 
     def reload(self) -> None:
@@ -258,6 +336,7 @@ class Engine:
                         else:
                             entry["latest"] = previous
         self._live = live
+        self._experiments.load(compile_now=True)
 
     def promote(self, model_id: str, version: int | str, alias: str = DEFAULT_ALIAS,
                 message: str = "") -> int:
@@ -277,7 +356,9 @@ class Engine:
     def ready(self) -> bool:
         """Whether every live version is compiled and warmed."""
         return all((model_id, v) in self._deployments
-                   for model_id, entry in self._live.items() for v in _live_versions(entry))
+                   for model_id, entry in self._live.items() for v in _live_versions(entry)) \
+            and all((model_id, v) in self._deployments
+                    for model_id, routing in self._experiments.table.items() for v in routing.versions)
 
     def close(self) -> None:
         """Stop watching the registry and flush (and, if it is ours, close) the decision log."""
@@ -287,6 +368,7 @@ class Engine:
         if self._watcher is not None:
             self._stop.set()
             self._watcher.join(timeout=5)
+        self._experiments.pool.close()
         self._log.close()
         for store in self._stores.values():
             close = getattr(store, "close", None)
@@ -294,14 +376,19 @@ class Engine:
                 close()
 
     def flush(self) -> None:
-        """Write every decision logged so far to the decision log."""
+        """Write every decision logged so far (the shadows' queued rows too) to the decision log."""
+        self._experiments.pool.drain()
         self._log.flush()
 
     # --- internals ----------------------------------------------------------------------------
 
     def _scan(self) -> dict[str, dict]:
-        self._token = self.repository.state_token()
+        self._token = self._state()
         return {model_id: self._scan_one(model_id) for model_id in self.repository.model_ids()}
+
+    def _state(self) -> tuple:
+        """What the watcher compares: versions, aliases and experiments of every model."""
+        return self.repository.state_token(), X.experiment_stamp(self.repository)
 
     def _scan_one(self, model_id: str) -> dict:
         versions = self.repository.versions(model_id)
@@ -311,7 +398,7 @@ class Engine:
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                if self.repository.state_token() != self._token:
+                if self._state() != self._token:
                     self.reload()
             except Exception:  # a half-written registry: try again next time
                 continue
