@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
-from .profile import Profile, build_profile, load_profile, tracked_columns
+from .profile import load_profile
 from .stages import StageHistograms, clock
 from .tracker import Tracker
 
-__all__ = ["Monitor", "instrument", "reference_profile"]
+__all__ = ["Monitor", "instrument"]
 
 
 class _Plan:
@@ -108,55 +108,6 @@ def instrument(deployment, tracker: Tracker | None) -> None:
     deployment.decider = _Decider(deployment.decider, tracker)
 
 
-def reference_profile(deployment, rows=None, *, sample: int = 5000, seed: int = 0) -> Profile:
-    """The reference profile of `deployment` from `rows` (an Arrow table or batch of raw inputs,
-    or of keys), or else from `sample` entities drawn from its entity store; scored through the
-    deployment itself, so the profile holds exactly what serving will see."""
-    import pyarrow as pa
-
-    source = "sample"
-    if rows is None:
-        keys = _draw_keys(deployment, sample, seed)
-        rows = pa.record_batch({deployment.key_name: keys})
-        source = "store"
-    tracked = tracked_columns(deployment.plan, deployment.manifest)
-    captured = {}
-
-    class _Capture(Tracker):
-        def __init__(self) -> None:
-            pass
-
-        def observe(self, work, score):
-            captured["values"] = work[:, [t[2] for t in tracked]].copy()
-            captured["score"] = np.asarray(score, dtype=np.float64).copy()
-
-    plan, decider = deployment.plan, deployment.decider
-    try:
-        deployment.plan, deployment.decider = _Plan(plan, _Capture()), _Decider(decider, _Capture())
-        out = deployment.score(rows)
-    finally:
-        deployment.plan, deployment.decider = plan, decider
-    score = captured["score"]
-    errors = out.column("error").is_valid().to_numpy(zero_copy_only=False)
-    score[errors] = np.nan  # a row that failed has no score to compare with
-    return build_profile(deployment.model_id, deployment.version, tracked, captured["values"],
-                         score, source)
-
-
-def _draw_keys(deployment, n: int, seed: int):
-    from scoreline.errors import SchemaError
-
-    deployment._need_store()
-    table = getattr(getattr(deployment.store, "_state", None), "table", None)
-    if table is None:
-        raise SchemaError(f"model {deployment.model_id!r}: its entity store cannot be sampled "
-                          "here; give sample rows for the reference profile", path="sample")
-    keys = table.column(deployment.store.key_column)
-    rng = np.random.default_rng(seed)
-    take = rng.choice(len(keys), size=min(n, len(keys)), replace=False) if len(keys) else []
-    return keys.take(np.sort(np.asarray(take, dtype=np.int64)))
-
-
 class Monitor:
     """The engine's watched deployments: a Tracker per (model, version) and stage histograms."""
 
@@ -164,7 +115,6 @@ class Monitor:
         self.trackers: dict[tuple[str, int], Tracker] = {}
         self.stages = StageHistograms()
         self.shadow_errors: dict[tuple[str, int], int] = {}
-        self.shadow_dropped: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def watch(self, deployment) -> Tracker | None:
@@ -174,15 +124,34 @@ class Monitor:
         try:
             profile = load_profile(deployment.version_dir)
             if profile is None:
+                from .reference import reference_profile
+
                 profile = reference_profile(deployment)
             tracker = Tracker(profile)
         except Exception:  # no profile and no store to draw one from: timed, not tracked
             tracker = None
         instrument(deployment, tracker)
         if tracker is not None:
+            deployment.on_errors = lambda errors: self.refuse(
+                deployment.model_id, deployment.version, errors.values(), reached_model=True)
             with self._lock:
                 self.trackers[(deployment.model_id, deployment.version)] = tracker
         return tracker
+
+    def refuse(self, model_id: str, version: int, errors, *, reached_model: bool) -> None:
+        """Count rows refused for an input's value (errors tagged with a `reason` by the input
+        checks, whose path is `$.inputs.<name>`). `reached_model`: the batch path, where a
+        refused value went on into the work matrix blanked, so the tracker counted it as
+        missing; it is moved to its reason here."""
+        tracker = self.trackers.get((model_id, version))
+        if tracker is None:
+            return
+        for error in errors:
+            reason = getattr(error, "reason", None)
+            path = error.path or ""
+            if reason is None or not path.startswith("$.inputs."):
+                continue
+            tracker.refused(path[len("$.inputs."):], reason, reached_model)
 
     def shadow_failed(self, model_id: str, version: int) -> None:
         with self._lock:

@@ -120,6 +120,24 @@ class Tracker:
             self._ring[self._chunk] = 0
             self._ring_rows[self._chunk] = 0
 
+    def refused(self, name: str, reason: str, reached_model: bool) -> None:
+        """Count one value of input `name` refused by the manifest's checks (`reason`: missing,
+        out_of_range, unseen); see `Monitor.refuse` for `reached_model`."""
+        try:
+            j = self.names.index(name)
+        except ValueError:  # not a tracked input: nothing to count it under
+            return
+        counter = {"missing": self.missing, "out_of_range": self.out_of_range,
+                   "unseen": self.unseen}.get(reason)
+        if counter is None:
+            return
+        with self._lock:
+            if reached_model:
+                if reason == "missing":
+                    return  # already counted: a null is NaN in the work matrix
+                self.missing[j] -= 1  # blanked to NaN there, counted as missing: move it
+            counter[j] += 1
+
     # --- reading ------------------------------------------------------------------------------
 
     def window(self) -> tuple[int, list[np.ndarray]]:

@@ -142,6 +142,8 @@ class Deployment:
         self._view = None
         if store:
             self._attach_store(store)
+        # called with the batch path's row errors {row: error} (the monitor counts refusals)
+        self.on_errors = None
         self._request_fields = frozenset(
             (self.key_name, "inputs", "request-id", "model-id", "model-version"))
         self.compile_seconds = time.perf_counter() - started
@@ -306,6 +308,8 @@ class Deployment:
                 errors.setdefault(row, InputError(
                     f"the model gave a non-finite score ({score[row]}) for this row", path="score"))
         if errors:
+            if self.on_errors is not None:
+                self.on_errors(errors)
             bad[list(errors)] = True
             any_bad = True
             error_text = [None] * n

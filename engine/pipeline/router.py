@@ -189,6 +189,8 @@ class Engine:
         except ScorelineError as exc:
             self._log.row(rid, dep, request.get(dep.key_name), None, None,
                           time.perf_counter() - started, exc.message, name, role)
+            if self.monitor is not None:
+                self.monitor.refuse(model_id, dep.version, (exc,), reached_model=False)
             raise
         logged = time.perf_counter()
         self._log.row(rid, dep, out[dep.key_name], out[dep.score_name],
@@ -219,6 +221,8 @@ class Engine:
             for rid, key, out in zip(ids if ids is not None else [None] * len(part), part, answers):
                 if isinstance(out, ScorelineError):
                     log(rid, dep, key, None, None, seconds, out.message, name, role)
+                    if self.monitor is not None:
+                        self.monitor.refuse(model_id, dep.version, (out,), reached_model=False)
                 else:
                     log(rid, dep, key, out[dep.score_name], out[dep.decision_name], seconds, None,
                         name, role)

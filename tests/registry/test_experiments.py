@@ -72,7 +72,9 @@ def demo(tmp_path_factory):
 @pytest.fixture
 def repo(demo, tmp_path):
     shutil.copytree(demo / "registry", tmp_path / "registry")
-    return Repository(tmp_path / "registry")
+    repo = Repository(tmp_path / "registry")
+    stop_experiment(repo, "customer-segmentation")  # the demo's own shadow experiment
+    return repo
 
 
 def test_set_show_and_stop_are_recorded_in_the_history(repo):

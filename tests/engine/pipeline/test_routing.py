@@ -16,7 +16,8 @@ pytest.importorskip("lightgbm")
 from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 from scoreline.registry.decision_log import DecisionLog  # noqa: E402
-from scoreline.registry.experiments import split  # noqa: E402
+from scoreline.registry.experiments import split, stop_experiment  # noqa: E402
+from scoreline.registry.repository import Repository  # noqa: E402
 
 MODEL = "customer-segmentation"
 KEYS = list(range(FIRST_CUSTOMER_ID, FIRST_CUSTOMER_ID + 400))
@@ -35,6 +36,8 @@ def demo(tmp_path_factory):
 def registry(demo, tmp_path):
     shutil.copytree(demo / "registry", tmp_path / "registry")
     shutil.copytree(demo / "store", tmp_path / "store")
+    # the demo starts with v1 in v2's shadow: each test sets its own experiment
+    stop_experiment(Repository(tmp_path / "registry"), MODEL)
     return tmp_path / "registry"
 
 
@@ -138,7 +141,6 @@ def test_experiment_changes_under_load_drop_no_request(registry):
 
 def test_the_watcher_picks_up_an_experiment_written_by_another_process(registry):
     from scoreline.registry.experiments import set_experiment
-    from scoreline.registry.repository import Repository
 
     with Engine(registry, reload_interval=0.05) as engine:
         set_experiment(Repository(registry), MODEL, SPLIT)
