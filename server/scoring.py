@@ -88,10 +88,13 @@ class Scored:
 
 
 class _Entry:
-    __slots__ = ("deployment", "batcher", "shape", "labels", "fields", "ok_labels")
+    __slots__ = ("deployment", "batcher", "shape", "labels", "fields", "ok_labels", "version")
 
-    def __init__(self, deployment, batcher: MicroBatcher, shape: RowShape) -> None:
+    def __init__(self, deployment, batcher: MicroBatcher, shape: RowShape, version) -> None:
         self.deployment = deployment
+        # what the engine is asked for: the resolved version, or None for a model whose
+        # requests without a version an experiment routes (the engine picks the variant per row)
+        self.version = version
         self.batcher = batcher
         self.shape = shape
         self.labels = (deployment.model_id, str(deployment.version))
@@ -149,16 +152,19 @@ class Scorer:
             loop = asyncio.get_running_loop()
             deployment = await loop.run_in_executor(None, engine.deployment, model_id, version)
             self._resolved.add((model_id, version))
-        key = (deployment.model_id, deployment.version)
+        routed = version is None and getattr(engine, "routes", None) is not None \
+            and engine.routes(deployment.model_id)
+        key = (deployment.model_id, None if routed else deployment.version)
         entry = self._entries.get(key)
         if entry is None or entry.deployment is not deployment:
             # a new deployment object (first use, or a reload rebuilt it): requests already queued
             # on the old batcher still finish on the old object.
-            entry = _Entry(deployment, self._batcher(deployment), RowShape(deployment))
+            asked = key[1]
+            entry = _Entry(deployment, self._batcher(deployment, asked), RowShape(deployment), asked)
             self._entries[key] = entry
         return entry
 
-    def _batcher(self, deployment) -> MicroBatcher:
+    def _batcher(self, deployment, version) -> MicroBatcher:
         s = self.settings
         fields = contract_fields(deployment)
         # Whether a lone key-only call may be scored on the event loop (see MicroBatcher): only
@@ -170,7 +176,7 @@ class Scorer:
         def score(parts):
             if not from_memory:
                 from_memory.append(bool(getattr(self.engine, "score_keys", None)) and deployment.can_score_keys())
-            return self._score_parts(deployment, parts, fields)
+            return self._score_parts(deployment, parts, fields, version)
 
         def inline(part: Rows) -> bool:
             return part.request is not None and part.inputs is None and bool(from_memory) and from_memory[0]
@@ -195,7 +201,7 @@ class Scorer:
         deployment = entry.deployment
         out = await loop.run_in_executor(
             self.executor,
-            lambda: self.engine.score_batch(deployment.model_id, batch, version=deployment.version, request_ids=request_ids),
+            lambda: self.engine.score_batch(deployment.model_id, batch, version=entry.version, request_ids=request_ids),
         )
         self.metrics.batch_rows.observe(entry.labels, out.num_rows)
         errors = out.num_rows - out.column("error").null_count if out.num_rows else 0
@@ -219,16 +225,17 @@ class Scorer:
             m.rows.inc((*entry.labels, "error"), errors)
         m.score_latency.observe(entry.labels, seconds)
 
-    def _score_parts(self, deployment, parts: list[Rows], fields: tuple[str, ...]) -> list:
+    def _score_parts(self, deployment, parts: list[Rows], fields: tuple[str, ...], version) -> list:
         """Runs in the executor: one engine call for all parts, results split back per part;
-        `fields`: the deployment's contract fields (`contract_fields`), for one-row answers."""
+        `fields`: the deployment's contract fields (`contract_fields`), for one-row answers;
+        `version`: what the engine is asked for (the entry's)."""
         if len(parts) == 1 and parts[0].request is not None:
             # Alone in its batch (an idle service): the engine's one-row path skips building
             # Arrow arrays and is several times faster than a batch of one (same kernels, same
             # values: the engine checks both paths agree when a version loads). It logs the row
             # and raises a row's error with the engine's own field path.
             try:
-                answer = self.engine.score(deployment.model_id, parts[0].request, version=deployment.version)
+                answer = self.engine.score(deployment.model_id, parts[0].request, version=version)
             except ScorelineError as exc:
                 return [exc]
             return [self._one(fields, parts[0], answer, 1, True)]
@@ -238,11 +245,11 @@ class Scorer:
             # Key-only one-entity calls (the common case): the engine scores them by the one-row
             # path's rules with one kernel call and no Arrow, about twice as fast per row as
             # building a batch; each result is what the call alone would have answered.
-            return self._score_keys(score_keys, deployment, parts, fields)
+            return self._score_keys(score_keys, deployment, parts, fields, version)
         shape = self._entries_shape(deployment)
         try:
             batch, ids = shape.to_batch(parts)
-            out = self.engine.score_batch(deployment.model_id, batch, version=deployment.version, request_ids=ids)
+            out = self.engine.score_batch(deployment.model_id, batch, version=version, request_ids=ids)
         except (ScorelineError, pa.ArrowException) as exc:
             if len(parts) == 1:
                 raise exc if isinstance(exc, ScorelineError) else InputError(f"cannot build the batch: {exc}") from None
@@ -251,7 +258,7 @@ class Scorer:
             results = []
             for part in parts:
                 try:
-                    results.append(self._score_parts(deployment, [part], fields)[0])
+                    results.append(self._score_parts(deployment, [part], fields, version)[0])
                 except ScorelineError as one:
                     results.append(one)
             return results
@@ -262,10 +269,10 @@ class Scorer:
             offset += part.n
         return results
 
-    def _score_keys(self, score_keys, deployment, parts: list[Rows], fields: tuple[str, ...]) -> list:
+    def _score_keys(self, score_keys, deployment, parts: list[Rows], fields: tuple[str, ...], version) -> list:
         keys = [part.keys[0] for part in parts]
         ids = [part.request_ids[0] for part in parts]
-        answers = score_keys(deployment.model_id, keys, version=deployment.version, request_ids=ids)
+        answers = score_keys(deployment.model_id, keys, version=version, request_ids=ids)
         results, first, n = [], True, len(parts)
         one = self._one
         for part, answer in zip(parts, answers):
@@ -299,6 +306,6 @@ class Scorer:
                 raise error
 
     def _queue_gauge(self):
-        for (model_id, version), entry in sorted(self._entries.items()):
-            yield (model_id, str(version)), entry.batcher.queued_rows
+        for _, entry in sorted(self._entries.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
+            yield entry.labels, entry.batcher.queued_rows
 

@@ -256,6 +256,26 @@ class Engine:
         routing = self._experiments.table.get(model_id)
         return None if routing is None else routing.describe()
 
+    def routes(self, model_id: str) -> bool:
+        """Whether requests for `model_id` without a version are routed by an experiment."""
+        return model_id in self._experiments.table
+
+    def figures(self):
+        """The monitor's metric families (engine/monitor/figures.py), read at scrape time."""
+        if self.monitor is None:
+            return ()
+        from scoreline.engine.monitor import families
+
+        return families(self.monitor, self._experiments.table)
+
+    def drift(self, model_id: str | None = None) -> list[dict]:
+        """Data quality and drift per watched version (see `engine.monitor.drift_report`)."""
+        if self.monitor is None:
+            return []
+        from scoreline.engine.monitor import drift_report
+
+        return drift_report(self.monitor, model_id)
+
     def set_experiment(self, model_id: str, experiment: dict, message: str = "") -> dict:
         """Compile and warm the experiment's versions, record it in the registry, route by it;
         requests in flight finish on the routing they started with."""
