@@ -102,7 +102,7 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
         # v1 keeps scoring every segmentation request in the shadow of v2 (logged, never answered):
         # `scoreline log compare customer-segmentation` shows how often they agree
         set_experiment(repo, "customer-segmentation",
-                       {"name": "v1-shadow", "champion": 2, "shadows": [1]},
+                       {"name": "v1-shadow", "shadows": [1]},
                        "demo: v1 scores in the shadow of v2")
     (root / _MARKER).write_text(json.dumps({"customers": customers, "seed": seed}))
     example = FIRST_CUSTOMER_ID + min(973_628, customers - 1)
@@ -208,7 +208,7 @@ def _entity() -> dict:
 
 def _customer_inputs(postcode: bool) -> list[dict]:
     inputs = [
-        {"name": "date-of-birth", "type": "date"},
+        {"name": "date-of-birth", "type": "date", "earliest": "1900-01-01", "latest": "today"},
         {"name": "state", "type": "string", "allowed": list(STATES)},
         {"name": "account-balance", "type": "float"},
     ]

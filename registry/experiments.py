@@ -43,16 +43,19 @@ class Variant(msgspec.Struct, **_STRICT):
 
 
 class Experiment(msgspec.Struct, **_STRICT):
-    """One model's experiment: the champion answers what the challengers and canary do not."""
+    """One model's experiment: the champion answers what the challengers and canary do not.
+    `champion` None (the default): whatever version answers the model's requests without a
+    version (the `production` alias, else the latest), so a promotion moves it; a number pins it."""
 
     name: str
-    champion: int
+    champion: int | None = None
     challengers: list[Variant] = []
     shadows: list[int] = []
     canary: Variant | None = None
 
     def routes(self) -> list[Route]:
-        """The answering variants, champion first, with their shares (adding up to 1)."""
+        """The answering variants, champion first (version None: the default version), with
+        their shares (adding up to 1)."""
         others = [Route(v.version, "challenger", v.share) for v in self.challengers]
         if self.canary is not None and self.canary.share > 0:
             others.append(Route(self.canary.version, "canary", self.canary.share))
@@ -61,7 +64,7 @@ class Experiment(msgspec.Struct, **_STRICT):
 
 
 class Route(msgspec.Struct, frozen=True):
-    version: int
+    version: int | None
     role: str
     share: float
 
@@ -138,8 +141,7 @@ def set_canary(repo: Repository, model_id: str, version: int | None = None,
         if share is None:
             raise SchemaError("give the canary's share (0..1)", path="share")
         if current is None:
-            champion = repo.resolve(model_id, None)
-            current = Experiment(name=f"{model_id}-canary", champion=champion)
+            current = Experiment(name=f"{model_id}-canary")
         if version is None:
             if current.canary is None:
                 raise SchemaError("give the canary's version", path="version")
@@ -168,7 +170,8 @@ def stop_experiment(repo: Repository, model_id: str, message: str = "") -> None:
 def _check(repo: Repository, model_id: str, e: Experiment) -> None:
     if not e.name or len(e.name) > 128:
         raise SchemaError("an experiment needs a name of 1-128 characters", path="$.name")
-    versions = [e.champion, *(v.version for v in e.challengers), *e.shadows]
+    champion = e.champion if e.champion is not None else repo.resolve(model_id, None)
+    versions = [champion, *(v.version for v in e.challengers), *e.shadows]
     if e.canary is not None:
         versions.append(e.canary.version)
     for v in versions:
@@ -181,11 +184,11 @@ def _check(repo: Repository, model_id: str, e: Experiment) -> None:
             raise SchemaError(f"expected a share between 0 and 1, got {s}", path=f"$.share[{i}]")
     if round(sum(shares), _ROUND) > 1.0:
         raise SchemaError(f"the shares add up to {sum(shares):g}, more than 1", path="$")
-    base = _contract(repo, model_id, e.champion)
+    base = _contract(repo, model_id, champion)
     for v in versions[1:]:
         if _contract(repo, model_id, v) != base:
             raise SchemaError(f"version {v} answers a different contract than the champion "
-                              f"{e.champion} (key, score, decision): it cannot share its traffic",
+                              f"{champion} (key, score, decision): it cannot share its traffic",
                               path="$")
 
 

@@ -83,7 +83,8 @@ def families(monitor, experiments: dict | None = None):
            "Shadow scorings that failed (never seen by a client), by model and version.", _MV,
            [((m, str(v)), n) for (m, v), n in sorted(monitor.shadow_errors.items())], None)
     if experiments is not None:
-        shares = [((m, r.name, str(route.version), route.role), route.share)
+        shares = [((m, r.name, "default" if route.version is None else str(route.version),
+                    route.role), route.share)
                   for m, r in sorted(experiments.items()) for route in r.routes]
         shares += [((m, r.name, str(v), "shadow"), 1.0)
                    for m, r in sorted(experiments.items()) for v in r.shadows]

@@ -1,8 +1,8 @@
-"""Watch a Deployment without changing its code: its plan, model and decider are wrapped by thin
-proxies that note the stage times on this thread's clock and hand the filled work matrix and the
-scores to the deployment's Tracker. Every scoring path of the deployment (batch, one row, several
-keys) runs `plan.run` on the filled work matrix, `model.predict_matrix` and the decider, so the
-three wraps see them all.
+"""Watch a Deployment's pipeline: each of its stages is wrapped to note its time on this thread's
+clock (fill -> "lookup", transforms, predict -> "model", decide -> "decision"), and a last `Track`
+stage hands the filled work matrix, the scores and the refusals (per-row errors tagged with a
+reason by the input checks) to the deployment's Tracker. The n-row run and the one-row run
+(`run_one`) of the pipeline both pass through them.
 
 `Monitor` is the engine's registry of watched deployments and their figures.
 """
@@ -12,100 +12,75 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
-
 from .profile import load_profile
 from .stages import StageHistograms, clock
 from .tracker import Tracker
 
-__all__ = ["Monitor", "instrument"]
+__all__ = ["Monitor", "instrument", "Track"]
 
 
-class _Plan:
-    __slots__ = ("_plan", "_tracker")
+def _slots() -> dict:
+    """Stage class -> its slot in the clock's times (engine/monitor/stages.py STAGES order);
+    imported here, not at the top: the pipeline's package imports the router, which imports this."""
+    from scoreline.engine.pipeline.fill import Fill
+    from scoreline.engine.pipeline.stages import Decide, Predict, Transform
 
-    def __init__(self, plan, tracker: Tracker | None) -> None:
-        self._plan = plan
-        self._tracker = tracker
+    return {Fill: 0, Transform: 1, Predict: 2, Decide: 3}
 
-    def __getattr__(self, name):
-        return getattr(self._plan, name)
 
-    def run(self, work: np.ndarray, today: int) -> np.ndarray:
-        c = clock
+class Timed:
+    """A stage (engine/pipeline/stages.py protocol) whose run time is added to this thread's clock."""
+
+    def __init__(self, stage: Stage, slot: int) -> None:
+        self.stage = stage
+        self.slot = slot
+        self.fields = stage.fields
+
+    def run(self, state) -> None:
         t0 = time.perf_counter()
-        # lookup: from the call's start to here (resolving, the store, checking inputs)
-        c.lookup = t0 - c.started if c.started else 0.0
-        if self._tracker is not None:
-            c.work = work  # the scores' half comes from the decider
-            c.row = 0
-        out = self._plan.run(work, today)
-        c.transforms += time.perf_counter() - t0
-        c.timed = True
-        return out
+        try:
+            self.stage.run(state)
+        finally:
+            clock.times[self.slot] += time.perf_counter() - t0
 
-
-class _Model:
-    __slots__ = ("_model",)
-
-    def __init__(self, model) -> None:
-        self._model = model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def predict_matrix(self, X, *args, **kwargs):
+    def run_one(self, state) -> None:
         t0 = time.perf_counter()
-        out = self._model.predict_matrix(X, *args, **kwargs)
-        clock.model += time.perf_counter() - t0
-        return out
+        try:
+            self.stage.run_one(state)
+        finally:
+            clock.times[self.slot] += time.perf_counter() - t0
 
 
-class _Decider:
-    __slots__ = ("_decider", "_tracker")
+class Track:
+    """The last stage: the rows' inputs (from the work matrix), scores and refusals to `tracker`."""
 
-    def __init__(self, decider, tracker: Tracker | None) -> None:
-        self._decider = decider
-        self._tracker = tracker
+    fields = ()
 
-    def __getattr__(self, name):
-        return getattr(self._decider, name)
+    def __init__(self, tracker: Tracker, refuse) -> None:
+        self.tracker = tracker
+        self.refuse = refuse  # Monitor.refuse bound to the deployment
 
-    def scores(self, raw):
-        t0 = time.perf_counter()
-        score = self._decider.scores(raw)
-        clock.decision += time.perf_counter() - t0
-        if self._tracker is not None:
-            self._tracker.observe(clock.work, score)
-        return score
+    def run(self, state) -> None:
+        self.tracker.observe(state.work, state.score)
+        if state.errors:
+            # the n-row run blanks a refused value to NaN and carries on: the tracker counted it
+            # as missing, and refuse() moves it to its reason
+            self.refuse(state.errors.values(), reached_model=True)
 
-    def decide(self, raw, score):
-        t0 = time.perf_counter()
-        out = self._decider.decide(raw, score)
-        clock.decision += time.perf_counter() - t0
-        return out
-
-    def decide_one(self, raw):
-        t0 = time.perf_counter()
-        out = self._decider.decide_one(raw)
-        c = clock
-        c.decision += time.perf_counter() - t0
-        if self._tracker is not None:
-            # score_keys calls this once per row of its work matrix, in order
-            work = c.work
-            i = c.row if work.shape[0] > 1 else 0
-            self._tracker.observe_one(work[i], out[0])
-            c.row = i + 1
-        return out
+    def run_one(self, state) -> None:
+        self.tracker.observe_one(state.work[0], state.score[0])
 
 
-def instrument(deployment, tracker: Tracker | None) -> None:
-    """Wrap `deployment`'s plan, model and decider (once) so its calls are timed and tracked."""
-    if isinstance(deployment.plan, _Plan):
+def instrument(deployment, tracker: Tracker | None, refuse=None) -> None:
+    """Wrap `deployment`'s stages (once) so they are timed, and end its pipeline with a `Track`
+    stage when there is a tracker."""
+    if any(isinstance(s, Timed) for s in deployment.stages):
         return
-    deployment.plan = _Plan(deployment.plan, tracker)
-    deployment.model = _Model(deployment.model)
-    deployment.decider = _Decider(deployment.decider, tracker)
+    slots = _slots()
+    deployment.stages = [Timed(s, slots[type(s)]) if type(s) in slots else s
+                         for s in deployment.stages]
+    if tracker is not None:
+        deployment.add_stage(Track(tracker, refuse))
 
 
 class Monitor:
@@ -130,10 +105,12 @@ class Monitor:
             tracker = Tracker(profile)
         except Exception:  # no profile and no store to draw one from: timed, not tracked
             tracker = None
-        instrument(deployment, tracker)
+        def refuse(errors, *, reached_model: bool) -> None:
+            self.refuse(deployment.model_id, deployment.version, errors,
+                        reached_model=reached_model)
+
+        instrument(deployment, tracker, refuse)
         if tracker is not None:
-            deployment.on_errors = lambda errors: self.refuse(
-                deployment.model_id, deployment.version, errors.values(), reached_model=True)
             with self._lock:
                 self.trackers[(deployment.model_id, deployment.version)] = tracker
         return tracker

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .instrument import _Decider, _Plan
 from .profile import Profile, build_profile, save_profile, tracked_columns
 
 __all__ = ["reference_profile", "profiling_validator"]
@@ -37,7 +36,7 @@ def profiling_validator(rows=None, *, sample: int = 5000):
 def reference_profile(deployment, rows=None, *, sample: int = 5000, seed: int = 0) -> Profile:
     """The reference profile of `deployment` from `rows` (an Arrow table or batch of raw inputs,
     or of keys), or else from `sample` entities drawn from its entity store; scored through the
-    deployment itself, so the profile holds exactly what serving will see."""
+    deployment's own pipeline, so the profile holds exactly what serving will see."""
     import pyarrow as pa
 
     source = "sample"
@@ -46,39 +45,38 @@ def reference_profile(deployment, rows=None, *, sample: int = 5000, seed: int = 
         rows = pa.record_batch({deployment.key_name: keys})
         source = "store"
     tracked = tracked_columns(deployment.plan, deployment.manifest)
+    slots = [t[2] for t in tracked]
     captured = {}
 
-    class _Capture:  # takes a Tracker's place for one batch
-        def observe(self, work, score):
-            captured["values"] = work[:, [t[2] for t in tracked]].copy()
-            captured["score"] = np.asarray(score, dtype=np.float64).copy()
+    class _Capture:  # the last stage, for this one run
+        fields = ()
 
-    capture = _Capture()
+        def run(self, state) -> None:
+            captured["values"] = state.work[:, slots].copy()
+            score = np.array(state.score, dtype=np.float64)
+            if state.errors:
+                score[list(state.errors)] = np.nan  # a row that failed has no score to compare
+            captured["score"] = score
 
-    plan, decider = deployment.plan, deployment.decider
+    stages = deployment.stages
     try:
-        deployment.plan, deployment.decider = _Plan(plan, capture), _Decider(decider, capture)
-        out = deployment.score(rows)
+        deployment.stages = [*stages, _Capture()]
+        deployment.run(rows)
     finally:
-        deployment.plan, deployment.decider = plan, decider
-    score = captured["score"]
-    errors = out.column("error").is_valid().to_numpy(zero_copy_only=False)
-    score[errors] = np.nan  # a row that failed has no score to compare with
+        deployment.stages = stages
     return build_profile(deployment.model_id, deployment.version, tracked, captured["values"],
-                         score, source)
+                         captured["score"], source)
 
 
 def _draw_keys(deployment, n: int, seed: int):
     from scoreline.errors import SchemaError
 
-    deployment._need_store()
-    table = getattr(getattr(deployment.store, "_state", None), "table", None)
-    if table is None:
+    entities = deployment.entities
+    snapshot = entities.store.snapshot() if entities.ready() else None
+    if snapshot is None:
         raise SchemaError(f"model {deployment.model_id!r}: its entity store cannot be sampled "
                           "here; give sample rows for the reference profile", path="sample")
-    keys = table.column(deployment.store.key_column).combine_chunks()
+    keys = snapshot.table.column(entities.store.key_column).combine_chunks()
     rng = np.random.default_rng(seed)
     take = rng.choice(len(keys), size=min(n, len(keys)), replace=False) if len(keys) else []
     return keys.take(np.sort(np.asarray(take, dtype=np.int64)))
-
-

@@ -1,11 +1,10 @@
-"""Where a scoring call's time goes: per-thread stage clocks filled by the instrumented deployment
-(lookup, transforms, model, decision) and the router (log), folded into one histogram per model,
-version and stage when the call ends."""
+"""Where a scoring call's time goes: per-thread stage clocks filled by the instrumented pipeline
+(lookup: the fill from the request or the entity store, transforms, model, decision) and the
+router (log), folded into one histogram per model, version and stage when the call ends."""
 
 from __future__ import annotations
 
 import threading
-import time
 from bisect import bisect_left
 
 __all__ = ["STAGES", "StageHistograms", "clock", "LATENCY_BUCKETS"]
@@ -20,16 +19,10 @@ class _Clock(threading.local):
     """One scoring call's stage times on this thread (seconds), reset by `start`."""
 
     def __init__(self) -> None:
-        self.started = 0.0
-        self.lookup = self.transforms = self.model = self.decision = 0.0
-        self.timed = False
-        self.work = None  # the last filled work matrix (for the tracker)
-        self.row = 0      # rows of it already decided one by one
+        self.times = [0.0, 0.0, 0.0, 0.0]  # lookup, transforms, model, decision
 
     def start(self) -> None:
-        self.started = time.perf_counter()
-        self.lookup = self.transforms = self.model = self.decision = 0.0
-        self.timed = False
+        self.times = [0.0, 0.0, 0.0, 0.0]
 
 
 clock = _Clock()
@@ -44,17 +37,12 @@ class StageHistograms:
 
     def record(self, model_id: str, version: int, log_seconds: float) -> None:
         """Fold this thread's clock (and the log stage's time) into the histograms."""
-        c = clock
-        c.started = 0.0
-        c.work = None
-        if not c.timed:  # the deployment was not instrumented, or the call failed before it ran
+        times = clock.times
+        if not times[0]:  # the deployment was not instrumented, or the call failed first
             return
-        c.timed = False
         version = str(version)
         with self._lock:
-            for stage, seconds in (("lookup", c.lookup), ("transforms", c.transforms),
-                                   ("model", c.model), ("decision", c.decision),
-                                   ("log", log_seconds)):
+            for stage, seconds in zip(STAGES, (*times, log_seconds)):
                 key = (model_id, version, stage)
                 slots = self.values.get(key)
                 if slots is None:

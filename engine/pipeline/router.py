@@ -10,22 +10,30 @@ ask for. Every scored row (and every refused one) is logged through the Decision
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import msgspec
+
 import pyarrow as pa
 
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError, ScorelineError
 from scoreline.registry import experiments as X
 from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
+from scoreline.engine.data.request import RowBatch
 from scoreline.engine.monitor import Monitor, clock
 from scoreline.engine.pipeline.deployment import Deployment, open_store
 from scoreline.engine.pipeline.logbuffer import LogBuffer
+from scoreline.engine.pipeline.result import Result
 from scoreline.engine.pipeline.routing import Experiments, Routing
 
 __all__ = ["Engine"]
+
+log = logging.getLogger("scoreline.engine")
+# Up to this many rows a result is logged row by row (plain tuples, no Arrow); past it as a batch.
+_ROW_LOG_LIMIT = 64
 
 
 class Engine:
@@ -114,8 +122,7 @@ class Engine:
         self._check_version(model_id, version)
         failed = self._failed.get(key)
         if failed is not None:
-            raise NotReadyError(f"model {model_id!r} version {version} failed to load: "
-                                f"{failed.message}", path=failed.path)
+            raise _failure(model_id, version, failed)
         with self._lock:
             compiling = self._compiling.setdefault(key, threading.Lock())
         with compiling:  # one compilation per version; other callers wait for it
@@ -132,12 +139,14 @@ class Engine:
                 raise
             except ScorelineError as exc:
                 self._failed[key] = exc
-                raise NotReadyError(f"model {model_id!r} version {version} failed to load: "
-                                    f"{exc.message}", path=exc.path) from exc
+                log.warning("model %r version %s failed to load: %s (at %s)", model_id, version,
+                            exc.message, exc.path)
+                raise _failure(model_id, version, exc) from exc
             except Exception as exc:
+                log.exception("model %r version %s failed to load", model_id, version)
                 error = NotReadyError(f"{type(exc).__name__}: {exc}")
                 self._failed[key] = error
-                raise error from exc
+                raise _failure(model_id, version, error) from exc
             self._deployments[key] = dep
             return dep
 
@@ -174,107 +183,95 @@ class Engine:
         """Score one entity: `{"<key>": 5973628}` or `{"inputs": {...}}` (optionally with
         "request-id") -> the contract dict. Raises NotFoundError (unknown model, version or
         entity), InputError (a bad value, with its path), SchemaError (a malformed request)."""
-        started = time.perf_counter()
-        clock.start()
         if type(request) is not dict:
             raise SchemaError(f"expected a request object, got {type(request).__name__}", path="$")
         routing = self._experiments.table.get(model_id) if version is None else None
-        if routing is None:
-            dep, name, role, rid = self.deployment(model_id, version), None, None, request.get("request-id")
-        else:
-            dep, role, rid = self._experiments.one(model_id, routing, request)
-            name = routing.name
-        try:
-            out = dep.score_request(request)
-        except ScorelineError as exc:
-            self._log.row(rid, dep, request.get(dep.key_name), None, None,
-                          time.perf_counter() - started, exc.message, name, role)
-            if self.monitor is not None:
-                self.monitor.refuse(model_id, dep.version, (exc,), reached_model=False)
-            raise
-        logged = time.perf_counter()
-        self._log.row(rid, dep, out[dep.key_name], out[dep.score_name],
-                      out[dep.decision_name], logged - started, None, name, role)
-        if self.monitor is not None:
-            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
-        return out
+        if routing is not None:  # the variants share the champion's request schema (contract)
+            dep = self._experiments.champion(model_id, routing)
+            rows = dep.request_schema.parse_request(request, strict=False)
+            return self.score_rows(model_id, rows).one()
+        dep = self.deployment(model_id, version)
+        rows = dep.request_schema.parse_request(request, strict=False)
+        return self.score_rows(model_id, rows, version=dep.version).one()
 
-    def score_keys(self, model_id: str, keys: list[int], version: int | str | None = None,
-                   request_ids=None) -> list:
-        """Several key-only one-entity requests at once (the HTTP micro-batcher's common case):
-        per key the dict `score` would answer or the ScorelineError it would raise, each row
-        logged once. Only for deployments where `Deployment.can_score_keys()` holds."""
+    def score_rows(self, model_id: str, rows: RowBatch, version: int | str | None = None) -> Result:
+        """Score raw request rows (a RowBatch: the JSON doors, micro-batched or not) -> the
+        typed Result; every row is logged once with its request id (and its experiment role)."""
         started = time.perf_counter()
         clock.start()
         routing = self._experiments.table.get(model_id) if version is None else None
         if routing is None:
             dep = self.deployment(model_id, version)
-            results = dep.score_keys(keys)
-            name, groups = None, [(dep, None, keys, request_ids, results)]
+            result = dep.score_rows(rows)
+            name, parts = None, [(dep, None, result, rows.request_ids)]
         else:
-            results, groups = self._experiments.keys(model_id, routing, keys, request_ids)
+            result, parts = self._experiments.rows(model_id, routing, rows)
             name = routing.name
         logged = time.perf_counter()
-        seconds = logged - started
-        log = self._log.row
-        for dep, role, part, ids, answers in groups:
-            for rid, key, out in zip(ids if ids is not None else [None] * len(part), part, answers):
-                if isinstance(out, ScorelineError):
-                    log(rid, dep, key, None, None, seconds, out.message, name, role)
-                    if self.monitor is not None:
-                        self.monitor.refuse(model_id, dep.version, (out,), reached_model=False)
-                else:
-                    log(rid, dep, key, out[dep.score_name], out[dep.decision_name], seconds, None,
-                        name, role)
-        if self.monitor is not None and groups:
-            self.monitor.stages.record(model_id, groups[0][0].version, time.perf_counter() - logged)
-        return results
+        for dep, role, part, ids in parts:
+            self._log_result(dep, part, ids, logged - started, name, role)
+            if part.n == 1 and part.errors and self.monitor is not None:
+                # the one-row run raises at the refused input, before the tracking stage
+                self.monitor.refuse(model_id, dep.version, part.errors.values(), reached_model=False)
+        if self.monitor is not None:
+            self.monitor.stages.record(model_id, parts[0][0].version, time.perf_counter() - logged)
+        return result
 
     def score_batch(self, model_id: str, batch, version: int | str | None = None,
                     request_ids=None) -> pa.RecordBatch:
         """Score an Arrow batch (RecordBatch or Table) -> the contract columns + `error`, logged."""
+        return self.score_arrow(model_id, batch, version, request_ids).to_batch()
+
+    def score_arrow(self, model_id: str, batch, version: int | str | None = None,
+                    request_ids=None) -> Result:
+        """Score an Arrow batch -> the typed Result, logged."""
         started = time.perf_counter()
         clock.start()
         routing = self._experiments.table.get(model_id) if version is None else None
         if routing is None:
             dep = self.deployment(model_id, version)
-            out = dep.score(batch)
+            result = dep.run(batch)
             name = roles = None
         else:
-            dep, out, roles, request_ids = self._experiments.batch(model_id, routing, batch, request_ids)
+            dep, result, roles, request_ids = self._experiments.batch(model_id, routing, batch,
+                                                                      request_ids)
             name = routing.name
         logged = time.perf_counter()
-        self._log.batch(dep, out, request_ids, logged - started, name, roles)
+        self._log.batch(dep, result.to_batch(), request_ids, logged - started, name, roles)
         if self.monitor is not None:
             self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
-        return out
+        return result
+
+    def _log_result(self, dep: Deployment, result: Result, request_ids, seconds: float,
+                    experiment: str | None = None, role: str | None = None) -> None:
+        if result.n > _ROW_LOG_LIMIT:
+            self._log.batch(dep, result.to_batch(), request_ids, seconds, experiment, role)
+            return
+        keys, scores, labels, _ = result.pylists()
+        errors = result.errors
+        log = self._log.row
+        for i in range(result.n):
+            error = errors.get(i) if errors else None
+            if error is None:
+                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None, experiment, role)
+            else:
+                log(request_ids[i], dep, keys[i], None, None, seconds, error.message, experiment, role)
 
     # --- experiments (registry/experiments.py; routing in engine/pipeline/routing.py) ----------
 
     def experiment(self, model_id: str) -> dict | None:
         """The experiment routing `model_id`'s requests now (None: the default version answers)."""
         routing = self._experiments.table.get(model_id)
-        return None if routing is None else routing.describe()
+        if routing is None:
+            return None
+        described = routing.describe()
+        if described["routes"][0]["version"] is None:  # following the default version
+            described["routes"][0]["version"] = self._resolve(model_id, None)
+        return described
 
     def routes(self, model_id: str) -> bool:
         """Whether requests for `model_id` without a version are routed by an experiment."""
         return model_id in self._experiments.table
-
-    def figures(self):
-        """The monitor's metric families (engine/monitor/figures.py), read at scrape time."""
-        if self.monitor is None:
-            return ()
-        from scoreline.engine.monitor import families
-
-        return families(self.monitor, self._experiments.table)
-
-    def drift(self, model_id: str | None = None) -> list[dict]:
-        """Data quality and drift per watched version (see `engine.monitor.drift_report`)."""
-        if self.monitor is None:
-            return []
-        from scoreline.engine.monitor import drift_report
-
-        return drift_report(self.monitor, model_id)
 
     def set_experiment(self, model_id: str, experiment: dict, message: str = "") -> dict:
         """Compile and warm the experiment's versions, record it in the registry, route by it;
@@ -304,6 +301,22 @@ class Engine:
         X.stop_experiment(self.repository, model_id, message or "stopped through the engine")
         self._experiments.apply(model_id)
 
+    def figures(self):
+        """The monitor's metric families (engine/monitor/figures.py), read at scrape time."""
+        if self.monitor is None:
+            return ()
+        from scoreline.engine.monitor import families
+
+        return families(self.monitor, self._experiments.table)
+
+    def drift(self, model_id: str | None = None) -> list[dict]:
+        """Data quality and drift per watched version (see `engine.monitor.drift_report`)."""
+        if self.monitor is None:
+            return []
+        from scoreline.engine.monitor import drift_report
+
+        return drift_report(self.monitor, model_id)
+
     # --- the registry -------------------------------------------------------------------------
 
     def models(self) -> list[dict]:
@@ -319,7 +332,7 @@ class Engine:
                 item = {"version": v, "state": state,
                         "aliases": sorted(a for a, av in entry["aliases"].items() if av == v)}
                 if state == "failed":
-                    item["error"] = self._failed[(model_id, v)].message
+                    item["error"] = _failure(model_id, v, self._failed[(model_id, v)]).message
                 versions.append(item)
             default = entry["aliases"].get(DEFAULT_ALIAS, entry["latest"])
             contract = None
@@ -381,8 +394,9 @@ class Engine:
         """Whether every live version is compiled and warmed."""
         return all((model_id, v) in self._deployments
                    for model_id, entry in self._live.items() for v in _live_versions(entry)) \
-            and all((model_id, v) in self._deployments
-                    for model_id, routing in self._experiments.table.items() for v in routing.versions)
+            and all((model_id, r.version) in self._deployments  # shadows compile off the path
+                    for model_id, routing in self._experiments.table.items()
+                    for r in routing.routes if r.version is not None)
 
     def close(self) -> None:
         """Stop watching the registry and flush (and, if it is ours, close) the decision log."""
@@ -426,6 +440,14 @@ class Engine:
                     self.reload()
             except Exception:  # a half-written registry: try again next time
                 continue
+
+
+def _failure(model_id: str, version: int, exc: ScorelineError) -> NotReadyError:
+    """What a client is told about a version that failed to load: its kind, never the detail
+    (which may name the server's files; the server log has it)."""
+    where = f" at {exc.path}" if exc.path and exc.path.startswith("$") else ""
+    return NotReadyError(f"model {model_id!r} version {version} failed to load ({exc.kind} "
+                         f"error{where}); the server log has the detail", path=exc.path if where else None)
 
 
 def _live_versions(entry: dict) -> set[int]:

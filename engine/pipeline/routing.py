@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 from scoreline.errors import ScorelineError
 from scoreline.registry.experiments import Experiment, load_experiment, split, split_one
 
-__all__ = ["Routing", "ShadowPool", "Experiments"]
+from scoreline.engine.data.request import RowBatch
+
+__all__ = ["Routing", "ShadowPool", "Experiments", "Combined"]
 
 
 class Routing:
@@ -35,7 +37,8 @@ class Routing:
         self.routes = experiment.routes()
         self.shares = [r.share for r in self.routes]
         self.shadows = tuple(experiment.shadows)
-        self.versions = {r.version for r in self.routes} | set(self.shadows)
+        # every pinned version (a champion of None follows the default version)
+        self.versions = {r.version for r in self.routes if r.version is not None} | set(self.shadows)
 
     def pick(self, key) -> int:
         """The route index answering `key` (None: the champion)."""
@@ -150,97 +153,81 @@ class Experiments:
 
     # --- routing ------------------------------------------------------------------------------
 
-    def one(self, model_id: str, routing: Routing, request: dict):
-        """(deployment, role, request id) for a one-row request; its shadows are queued."""
-        get = self.engine._get
-        champion = get(model_id, routing.routes[0].version)
-        route = routing.routes[routing.pick(request.get(champion.key_name))]
-        dep = champion if route.version == champion.version else get(model_id, route.version)
-        rid = request.get("request-id")
-        if routing.shadows:
-            rid = self._pair_id(rid)
-            self.pool.submit(self._shadow_rows, model_id, routing, [rid],
-                             [request.get(champion.key_name)], lambda d: [_catch(d.score_request, request)])
-        return dep, route.role, rid
+    def champion(self, model_id: str, routing: Routing):
+        """The champion's deployment: the pinned version, or the model's default version."""
+        version = routing.routes[0].version
+        if version is None:
+            return self.engine.deployment(model_id, None)
+        return self.engine._get(model_id, version)
 
-    def keys(self, model_id: str, routing: Routing, keys: list, request_ids):
-        """Per key the answer or error (as `Deployment.score_keys`), and the logging groups
-        [(deployment, role, keys, request ids, results)]."""
+    def rows(self, model_id: str, routing: Routing, rows: RowBatch):
+        """Score request rows by their variants -> (the Result, or a `Combined` of several, in
+        row order; the logging parts [(deployment, role, result, request ids)]). Shadows are
+        queued for the pool with the same rows and request ids."""
+        get = self.engine._get
+        ids = rows.request_ids
         if routing.shadows:
-            request_ids = [self._pair_id(r) for r in (request_ids or [None] * len(keys))]
-            self.pool.submit(self._shadow_rows, model_id, routing, request_ids, keys,
-                             lambda d: d.score_keys(keys))
-        index = routing.pick_many(np.asarray(keys, dtype=np.int64))
-        results: list = [None] * len(keys)
-        groups = []
+            ids = [self._pair_id(r) for r in ids]
+            paired = RowBatch(rows.keys, rows.inputs, ids)
+            self.pool.submit(self._shadow, model_id, routing, lambda d: d.score_rows(paired), ids)
+            rows = paired
+        index = [routing.pick(k) for k in rows.keys]
+        champion = self.champion(model_id, routing)
+        if not any(index):
+            result = champion.score_rows(rows)
+            return result, [(champion, "champion", result, ids)]
+        parts, logged = [], []
         for r, route in enumerate(routing.routes):
-            rows = np.flatnonzero(index == r).tolist()
-            if not rows:
+            at = [i for i, v in enumerate(index) if v == r]
+            if not at:
                 continue
-            dep = self.engine._get(model_id, route.version)
-            part = [keys[i] for i in rows]
-            answers = dep.score_keys(part)
-            for i, out in zip(rows, answers):
-                results[i] = out
-            ids = None if request_ids is None else [request_ids[i] for i in rows]
-            groups.append((dep, route.role, part, ids, answers))
-        return results, groups
+            dep = champion if r == 0 else get(model_id, route.version)
+            sub = RowBatch([rows.keys[i] for i in at],
+                           None if rows.inputs is None else
+                           {name: [col[i] for i in at] for name, col in rows.inputs.items()},
+                           [ids[i] for i in at])
+            result = dep.score_rows(sub)
+            parts.append((result, at))
+            logged.append((dep, route.role, result, sub.request_ids))
+        return Combined(rows.n, parts), logged
 
     def batch(self, model_id: str, routing: Routing, batch, request_ids):
-        """(champion deployment, output batch in input order, role per row, request ids)."""
+        """(champion deployment, Result or Combined in input order, role per row, request ids)."""
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
+                pa.RecordBatch.from_pylist([], schema=batch.schema)
         if routing.shadows:
             request_ids = self._pair_ids(request_ids, batch.num_rows)
-            self.pool.submit(self._shadow_batch, model_id, routing, batch, request_ids)
-        champion = self.engine._get(model_id, routing.routes[0].version)
+            self.pool.submit(self._shadow, model_id, routing, lambda d: d.run(batch), request_ids)
+        champion = self.champion(model_id, routing)
         if champion.key_name not in batch.schema.names:
-            return champion, champion.score(batch), "champion", request_ids
+            return champion, champion.run(batch), "champion", request_ids
         index = routing.pick_many(batch.column(champion.key_name))
         roles = np.array([r.role for r in routing.routes], dtype=object)[index]
         if not index.any():
-            return champion, champion.score(batch), roles, request_ids
-        parts, positions = [], []
+            return champion, champion.run(batch), roles, request_ids
+        parts = []
         for r, route in enumerate(routing.routes):
             mask = index == r
             if mask.any():
                 dep = champion if r == 0 else self.engine._get(model_id, route.version)
-                parts.append(dep.score(batch.filter(pa.array(mask))))
-                positions.append(np.flatnonzero(mask))
-        order = np.argsort(np.concatenate(positions), kind="stable")
-        out = pa.Table.from_batches(parts).take(order).combine_chunks().to_batches()[0]
-        return champion, out, roles, request_ids
+                parts.append((dep.run(batch.filter(pa.array(mask))), np.flatnonzero(mask).tolist()))
+        return champion, Combined(batch.num_rows, parts), roles, request_ids
 
     # --- shadows (on the pool's thread) -------------------------------------------------------
 
-    def _shadow_rows(self, model_id, routing, request_ids, keys, run) -> None:
-        """Score each shadow version with `run(dep)` (per-row answers or errors) and log them."""
-        log = self.engine._log.row
+    def _shadow(self, model_id, routing, run, request_ids) -> None:
+        """Score each shadow version with `run(dep)` (a Result) and log its rows as `shadow`."""
         for version in routing.shadows:
             started = time.perf_counter()
             try:
                 dep = self.engine._get(model_id, version)
-                results = run(dep)
+                result = run(dep)
             except Exception:  # counted, never raised: the answers are already on their way
                 self._failed(model_id, version)
                 continue
-            seconds = time.perf_counter() - started
-            for rid, key, out in zip(request_ids, keys, results):
-                if isinstance(out, Exception):
-                    log(rid, dep, key, None, None, seconds, _text(out), routing.name, "shadow")
-                else:
-                    log(rid, dep, out[dep.key_name], out[dep.score_name], out[dep.decision_name],
-                        seconds, None, routing.name, "shadow")
-
-    def _shadow_batch(self, model_id, routing, batch, request_ids) -> None:
-        for version in routing.shadows:
-            started = time.perf_counter()
-            try:
-                dep = self.engine._get(model_id, version)
-                out = dep.score(batch)
-            except Exception:
-                self._failed(model_id, version)
-                continue
-            self.engine._log.batch(dep, out, request_ids, time.perf_counter() - started,
-                                   routing.name, "shadow")
+            self.engine._log_result(dep, result, request_ids, time.perf_counter() - started,
+                                    routing.name, "shadow")
 
     def _failed(self, model_id: str, version: int) -> None:
         monitor = self.engine.monitor
@@ -259,12 +246,33 @@ class Experiments:
                                            pa.array(np.arange(n)).cast(pa.string()), "")
 
 
-def _catch(score, request):
-    try:
-        return score(request)
-    except ScorelineError as exc:  # the shadow's own answer: logged as its row's error
-        return exc
+class Combined:
+    """The Result of rows answered by several variants, in the rows' order: `parts` are
+    (Result, the row positions it answers). Offers what the doors read of a Result."""
 
+    def __init__(self, n: int, parts: list) -> None:
+        self.n = n
+        self.parts = parts
+        self.where = [None] * n  # row -> (part, its row there)
+        self.errors: dict = {}
+        for p, (result, at) in enumerate(parts):
+            for j, i in enumerate(at):
+                self.where[i] = (p, j)
+            for j, error in result.errors.items():
+                self.errors[at[j]] = error
 
-def _text(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, ScorelineError) else f"{type(exc).__name__}: {exc}"
+    def error(self, i: int):
+        return self.errors.get(i)
+
+    def answer(self, i: int) -> dict:
+        p, j = self.where[i]
+        return self.parts[p][0].answer(j)
+
+    def one(self) -> dict:
+        p, j = self.where[0]
+        return self.parts[p][0].one()
+
+    def to_batch(self) -> pa.RecordBatch:
+        positions = np.concatenate([np.asarray(at, dtype=np.int64) for _, at in self.parts])
+        table = pa.Table.from_batches([result.to_batch() for result, _ in self.parts])
+        return table.take(np.argsort(positions, kind="stable")).combine_chunks().to_batches()[0]

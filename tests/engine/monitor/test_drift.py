@@ -15,6 +15,7 @@ from scoreline.engine.monitor import PSI_ALERT, PSI_WARN, load_profile, psi
 
 pytest.importorskip("lightgbm")
 
+from scoreline.engine.data.request import RowBatch  # noqa: E402
 from scoreline.engine.demo import build_demo  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 
@@ -71,7 +72,7 @@ def test_an_unchanged_stream_stays_quiet(root):
             engine.score_batch(MODEL, pa.record_batch({"customer-id": rng.choice(keys, 500)}))
         for k in rng.choice(keys, 300).tolist():
             engine.score(MODEL, {"customer-id": k})
-        engine.score_keys(MODEL, rng.choice(keys, 200).tolist())
+        engine.score_rows(MODEL, RowBatch(rng.choice(keys, 200).tolist(), None, [None] * 200))
         tracker = _tracker(engine)
         drift = tracker.drift()
         quality = tracker.quality()

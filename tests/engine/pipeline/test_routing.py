@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("lightgbm")
 
+from scoreline.engine.data.request import RowBatch  # noqa: E402
 from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 from scoreline.registry.decision_log import DecisionLog  # noqa: E402
@@ -41,6 +42,12 @@ def registry(demo, tmp_path):
     return tmp_path / "registry"
 
 
+def _rows(engine, keys) -> list[dict]:
+    """The answers of several key-only requests scored together (the micro-batched JSON path)."""
+    result = engine.score_rows(MODEL, RowBatch(list(keys), None, [None] * len(keys)))
+    return [result.answer(i) for i in range(len(keys))]
+
+
 def _expected_versions(keys) -> list[int]:
     return [2 if i == 0 else 1 for i in split(np.array(keys), SPLIT["name"], [0.5, 0.5])]
 
@@ -51,7 +58,7 @@ def test_each_key_is_answered_by_its_split_variant_on_every_path(registry):
         expected = _expected_versions(KEYS)
         assert 0.35 < expected.count(1) / len(KEYS) < 0.65
         one = [engine.score(MODEL, {"customer-id": k})["model-version"] for k in KEYS]
-        many = [a["model-version"] for a in engine.score_keys(MODEL, KEYS)]
+        many = [a["model-version"] for a in _rows(engine, KEYS)]
         batch = engine.score_batch(MODEL, pa.record_batch({"customer-id": KEYS}))
         assert one == many == expected
         assert batch.column("model-version").to_pylist() == expected
@@ -70,11 +77,11 @@ def test_shadows_never_change_an_answer_and_are_logged_with_their_role(registry,
     log = DecisionLog(f"sqlite:///{tmp_path / 'log.db'}")
     with Engine(registry, log=log) as engine:
         plain_one = [engine.score(MODEL, {"customer-id": k}) for k in KEYS[:50]]
-        plain_many = engine.score_keys(MODEL, KEYS[:50])
+        plain_many = _rows(engine, KEYS[:50])
         plain_batch = engine.score_batch(MODEL, pa.record_batch({"customer-id": KEYS[:50]}))
         engine.set_experiment(MODEL, SHADOW)
         assert [engine.score(MODEL, {"customer-id": k}) for k in KEYS[:50]] == plain_one
-        assert engine.score_keys(MODEL, KEYS[:50]) == plain_many
+        assert _rows(engine, KEYS[:50]) == plain_many
         assert engine.score_batch(MODEL, pa.record_batch({"customer-id": KEYS[:50]})).equals(plain_batch)
         engine.flush()
     rows = [r for r in log.tail(1000).to_pylist() if r["experiment"] == "v1-shadow"]
@@ -96,10 +103,10 @@ def test_a_failing_shadow_never_fails_a_request(registry):
         def broken(*args, **kwargs):
             raise RuntimeError("the shadow's disk is gone")
 
-        shadow.score_request = shadow.score_keys = shadow.score = broken
+        shadow.score_rows = shadow.run = broken
         for k in KEYS[:20]:
             assert engine.score(MODEL, {"customer-id": k})["model-version"] == 2
-        assert all(a["model-version"] == 2 for a in engine.score_keys(MODEL, KEYS[:20]))
+        assert all(a["model-version"] == 2 for a in _rows(engine, KEYS[:20]))
         out = engine.score_batch(MODEL, pa.record_batch({"customer-id": KEYS[:20]}))
         assert out.column("error").null_count == 20
         engine.flush()
