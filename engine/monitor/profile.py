@@ -10,6 +10,7 @@ live counts are the same quantity, made by the same code.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from pathlib import Path
 
@@ -22,6 +23,7 @@ __all__ = ["Column", "Profile", "tracked_columns", "build_profile", "load_profil
            "save_profile", "PROFILE_FILE", "SCORE"]
 
 PROFILE_FILE = "profile.json"
+_EPOCH = dt.date(1970, 1, 1)
 SCORE = "score"  # the name the score's column has in a profile
 _QUANTILES = np.linspace(0.1, 0.9, 9)  # deciles: ten bins where the reference has ten values
 
@@ -31,7 +33,7 @@ class Column(msgspec.Struct, frozen=True, rename="kebab"):
     is the bin), a label per bin, the reference share per bin with the missing share last."""
 
     name: str
-    kind: str                    # "number" | "category" | "score"
+    kind: str                    # "number" | "date" | "category" | "score"
     slot: int                    # work-matrix column (-1 for the score)
     edges: list[float]
     labels: list[str]
@@ -60,7 +62,8 @@ def tracked_columns(plan, manifest) -> list[tuple[str, str, int, tuple, float | 
     for slot in plan.inputs:
         spec = specs[slot.spec.name]
         if slot.slot >= 0:
-            out.append((spec.name, "number", slot.slot, (), spec.minimum, spec.maximum))
+            kind = "date" if spec.type == "date" else "number"  # a date's number: days since 1970
+            out.append((spec.name, kind, slot.slot, (), spec.minimum, spec.maximum))
         elif slot.codes:
             code = slot.codes[0]
             out.append((spec.name, "category", code.slot, tuple(code.keys), None, None))
@@ -106,8 +109,12 @@ def bin_counts(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def _range_labels(edges: list[float], kind: str) -> list[str]:
     if not edges:
         return ["all"]
-    shown = [_short(e) for e in edges]
+    shown = [_day(e) if kind == "date" else _short(e) for e in edges]
     return [f"< {shown[0]}", *(f"{a}..{b}" for a, b in zip(shown, shown[1:])), f">= {shown[-1]}"]
+
+
+def _day(v: float) -> str:
+    return (_EPOCH + dt.timedelta(days=int(v))).isoformat()[:7] if abs(v) < 3e6 else _short(v)
 
 
 def _short(v: float) -> str:

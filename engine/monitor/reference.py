@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scoreline.errors import SchemaError
+
 from .profile import Profile, build_profile, save_profile, tracked_columns
 
 __all__ = ["reference_profile", "profiling_validator"]
@@ -28,7 +30,13 @@ def profiling_validator(rows=None, *, sample: int = 5000):
 
             data = pq.read_table(data)
         deployment = Deployment(manifest, version_dir, warm=False)
-        save_profile(reference_profile(deployment, data, sample=sample), version_dir)
+        try:
+            profile = reference_profile(deployment, data, sample=sample)
+        except SchemaError:
+            if data is not None:
+                raise  # the sample given is unusable: say so
+            return  # no rows given and a store that cannot be sampled: registered without one
+        save_profile(profile, version_dir)
 
     return validate
 
@@ -69,8 +77,6 @@ def reference_profile(deployment, rows=None, *, sample: int = 5000, seed: int = 
 
 
 def _draw_keys(deployment, n: int, seed: int):
-    from scoreline.errors import SchemaError
-
     entities = deployment.entities
     snapshot = entities.store.snapshot() if entities.ready() else None
     if snapshot is None:
