@@ -68,7 +68,7 @@ class Track:
             self.refuse(state.errors.values(), reached_model=True)
 
     def run_one(self, state) -> None:
-        self.tracker.observe_one(state.work[0], state.score[0])
+        self.tracker.observe_one(state.work, state.score[0])
 
 
 def instrument(deployment, tracker: Tracker | None, refuse=None) -> None:

@@ -10,6 +10,7 @@ a 10k batch, and a fixed sample keeps a bulk run's overhead flat).
 
 from __future__ import annotations
 
+import collections
 import threading
 
 import numpy as np
@@ -63,8 +64,8 @@ class Tracker:
         self._ring_rows = np.zeros(chunks, dtype=np.int64)
         self._chunk = 0
         self._sample = sample_rows
-        self._buffer = np.empty((buffer_rows, m + 1), dtype=np.float64)
-        self._buffered = 0
+        self._pending: collections.deque = collections.deque()
+        self._buffer_rows = buffer_rows
         self._lock = threading.Lock()
 
     # --- updates ------------------------------------------------------------------------------
@@ -76,25 +77,25 @@ class Tracker:
         with self._lock:
             self._observe(values, score)
 
-    def observe_one(self, work_row: np.ndarray, score: float) -> None:
-        """Buffer one row (a work-matrix row) and its score; folded in when the buffer fills."""
-        with self._lock:
-            i = self._buffered
-            buf = self._buffer
-            buf[i, :-1] = work_row[self.slots]
-            buf[i, -1] = score
-            self._buffered = i + 1
-            if i + 1 == len(buf):
-                self._observe(buf[:, :-1], buf[:, -1])
-                self._buffered = 0
+    def observe_one(self, work: np.ndarray, score: float) -> None:
+        """Queue one row (a one-row call's own work matrix, not copied: the pipeline makes a
+        new one per call) and its score; folded in as a batch every `buffer_rows` rows (a deque
+        append needs no lock: ~0.1 us on the request path)."""
+        pending = self._pending
+        pending.append((work, score))
+        if len(pending) >= self._buffer_rows:
+            self.flush()
 
     def flush(self) -> None:
-        """Fold in the buffered one-row calls now (before reading figures)."""
-        with self._lock:
-            if self._buffered:
-                n = self._buffered
-                self._observe(self._buffer[:n, :-1], self._buffer[:n, -1])
-                self._buffered = 0
+        """Fold in the queued one-row calls now (before reading figures)."""
+        pending = self._pending
+        with self._lock:  # one folder at a time: the pops below never meet an empty queue
+            n = len(pending)
+            if not n:
+                return
+            items = [pending.popleft() for _ in range(n)]
+            values = np.concatenate([w for w, _ in items])[:, self.slots]
+            self._observe(values, np.array([s for _, s in items], dtype=np.float64))
 
     def _observe(self, values: np.ndarray, score: np.ndarray) -> None:
         n = values.shape[0]
