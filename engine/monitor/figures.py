@@ -80,7 +80,7 @@ def families(monitor, experiments: dict | None = None):
            "Time per scoring call in each stage (lookup, transforms, model, decision, log).",
            ("model", "version", "stage"), stages, LATENCY_BUCKETS)
     yield ("scoreline_shadow_errors_total", "counter",
-           "Shadow scorings that failed (never seen by a client), by model and version.", _MV,
+           "Rows a shadow failed to score (never seen by a client), by model and version.", _MV,
            [((m, str(v)), n) for (m, v), n in sorted(monitor.shadow_errors.items())], None)
     if experiments is not None:
         shares = [((m, r.name, "default" if route.version is None else str(route.version),

@@ -130,7 +130,8 @@ class Monitor:
                 continue
             tracker.refused(path[len("$.inputs."):], reason, reached_model)
 
-    def shadow_failed(self, model_id: str, version: int) -> None:
+    def shadow_failed(self, model_id: str, version: int, rows: int = 1) -> None:
+        """Count `rows` a shadow failed to score (never seen by a client)."""
         with self._lock:
             key = (model_id, version)
-            self.shadow_errors[key] = self.shadow_errors.get(key, 0) + 1
+            self.shadow_errors[key] = self.shadow_errors.get(key, 0) + rows

@@ -8,11 +8,11 @@ be sticky.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -63,45 +63,86 @@ class Routing:
 
 
 class ShadowPool:
-    """Runs shadow scoring off the request path: at most `max_pending` jobs wait; beyond that a job
-    is dropped and counted (a slow shadow must not pile up memory or delay answers)."""
+    """Runs shadow scoring off the request path on one thread. Jobs wait at most `interval`
+    seconds so that many requests' rows go in one call (`merge`: jobs with the same merge key
+    have their RowBatch, the last argument, concatenated): one batch run per shadow instead of
+    one run per request (measured: per-request shadow runs on their own thread made a lone
+    request wait for the GIL, p50 0.7 -> 3 ms at concurrency 1). Past `max_rows` waiting rows a
+    job is dropped and counted (a slow shadow must not pile up memory or delay answers)."""
 
-    def __init__(self, threads: int = 1, max_pending: int = 256) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="scoreline-shadow")
-        self._max = max_pending
-        self._pending = 0
-        self._lock = threading.Lock()
+    def __init__(self, *, interval: float = 0.02, max_rows: int = 65_536) -> None:
+        self._queue: collections.deque = collections.deque()
+        self._interval = interval
+        self._max = max_rows
+        self._waiting = 0  # rows queued (read without a lock: a bound, not a count to the row)
+        self._wake = threading.Event()
+        self._busy = False
+        self._stop = False
         self.dropped = 0
         self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="scoreline-shadow", daemon=True)
+        self._thread.start()
 
-    def submit(self, job, *args) -> bool:
-        with self._lock:
-            if self._pending >= self._max:
-                self.dropped += 1
-                return False
-            self._pending += 1
-        self._pool.submit(self._run, job, args)
+    def submit(self, job, *args, rows: int = 1, merge=None) -> bool:
+        if self._waiting >= self._max:
+            self.dropped += rows
+            return False
+        self._waiting += rows
+        self._queue.append((job, args, rows, merge))
+        if not self._wake.is_set():
+            self._wake.set()
         return True
 
-    def _run(self, job, args) -> None:
-        try:
-            job(*args)
-        except Exception:  # a failing shadow never reaches a request; it is counted here
-            with self._lock:
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait()
+            if self._stop:
+                break
+            time.sleep(self._interval)  # let more requests' rows gather
+            self._wake.clear()
+            self._busy = True
+            try:
+                self._drain_once()
+            finally:
+                self._busy = False
+
+    def _drain_once(self) -> None:
+        queue = self._queue
+        items = [queue.popleft() for _ in range(len(queue))]
+        merged: dict = {}
+        order = []
+        for job, args, rows, merge in items:
+            if merge is None:
+                order.append((job, args, rows))
+            elif merge in merged:
+                merged[merge][1].append(args[-1])
+                merged[merge][2] += rows
+            else:
+                entry = merged[merge] = [job, [args[-1]], rows, args[:-1]]
+                order.append(entry)
+        for item in order:
+            if isinstance(item, list):
+                job, batches, rows, head = item
+                args = (*head, RowBatch.concat(batches))
+            else:
+                job, args, rows = item
+            try:
+                job(*args)
+            except Exception:  # a failing shadow never reaches a request; it is counted here
                 self.failed += 1
-        finally:
-            with self._lock:
-                self._pending -= 1
+            self._waiting -= rows
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until every submitted job has run (tests, flush, close)."""
         deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
-            time.sleep(0.001)
+        while (self._queue or self._busy or self._wake.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def close(self) -> None:
         self.drain()
-        self._pool.shutdown(wait=True)
+        self._stop = True
+        self._wake.set()
+        self._thread.join(5)
 
 
 class Experiments:
@@ -168,9 +209,9 @@ class Experiments:
         ids = rows.request_ids
         if routing.shadows:
             ids = [self._pair_id(r) for r in ids]
-            paired = RowBatch(rows.keys, rows.inputs, ids)
-            self.pool.submit(self._shadow, model_id, routing, lambda d: d.score_rows(paired), ids)
-            rows = paired
+            rows = RowBatch(rows.keys, rows.inputs, ids)
+            self.pool.submit(self._shadow_rows, model_id, routing, rows, rows=rows.n,
+                             merge=(model_id, id(routing)))
         index = [routing.pick(k) for k in rows.keys]
         champion = self.champion(model_id, routing)
         if not any(index):
@@ -198,7 +239,8 @@ class Experiments:
                 pa.RecordBatch.from_pylist([], schema=batch.schema)
         if routing.shadows:
             request_ids = self._pair_ids(request_ids, batch.num_rows)
-            self.pool.submit(self._shadow, model_id, routing, lambda d: d.run(batch), request_ids)
+            self.pool.submit(self._shadow, model_id, routing, lambda d: d.run(batch), request_ids,
+                             rows=batch.num_rows)
         champion = self.champion(model_id, routing)
         if champion.key_name not in batch.schema.names:
             return champion, champion.run(batch), "champion", request_ids
@@ -216,6 +258,9 @@ class Experiments:
 
     # --- shadows (on the pool's thread) -------------------------------------------------------
 
+    def _shadow_rows(self, model_id, routing, rows: RowBatch) -> None:
+        self._shadow(model_id, routing, lambda d: d.score_rows(rows), rows.request_ids)
+
     def _shadow(self, model_id, routing, run, request_ids) -> None:
         """Score each shadow version with `run(dep)` (a Result) and log its rows as `shadow`."""
         for version in routing.shadows:
@@ -224,15 +269,15 @@ class Experiments:
                 dep = self.engine._get(model_id, version)
                 result = run(dep)
             except Exception:  # counted, never raised: the answers are already on their way
-                self._failed(model_id, version)
+                self._failed(model_id, version, len(request_ids))
                 continue
             self.engine._log_result(dep, result, request_ids, time.perf_counter() - started,
                                     routing.name, "shadow")
 
-    def _failed(self, model_id: str, version: int) -> None:
+    def _failed(self, model_id: str, version: int, rows: int) -> None:
         monitor = self.engine.monitor
         if monitor is not None:
-            monitor.shadow_failed(model_id, version)
+            monitor.shadow_failed(model_id, version, rows)
 
     def _pair_id(self, request_id):
         """A request id that pairs a row with its shadows' rows in the log."""

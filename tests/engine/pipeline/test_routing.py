@@ -110,7 +110,7 @@ def test_a_failing_shadow_never_fails_a_request(registry):
         out = engine.score_batch(MODEL, pa.record_batch({"customer-id": KEYS[:20]}))
         assert out.column("error").null_count == 20
         engine.flush()
-        assert engine.monitor.shadow_errors[(MODEL, 1)] == 22  # 20 one-row calls, 1 keys, 1 batch
+        assert engine.monitor.shadow_errors[(MODEL, 1)] == 60  # rows: 20 one by one, 20, 20
 
 
 def test_experiment_changes_under_load_drop_no_request(registry):
