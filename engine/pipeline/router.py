@@ -19,7 +19,7 @@ import msgspec
 import pyarrow as pa
 
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError, ScorelineError
-from scoreline.registry import experiments as X
+from scoreline.registry.experiments import experiment_stamp
 from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
 from scoreline.engine.data.request import RowBatch
@@ -27,7 +27,7 @@ from scoreline.engine.monitor import Monitor, clock
 from scoreline.engine.pipeline.deployment import Deployment, open_store
 from scoreline.engine.pipeline.logbuffer import LogBuffer
 from scoreline.engine.pipeline.result import Result
-from scoreline.engine.pipeline.routing import Experiments, Routing
+from scoreline.engine.pipeline.routing import Experiments
 
 __all__ = ["Engine"]
 
@@ -276,46 +276,31 @@ class Engine:
     def set_experiment(self, model_id: str, experiment: dict, message: str = "") -> dict:
         """Compile and warm the experiment's versions, record it in the registry, route by it;
         requests in flight finish on the routing they started with."""
-        try:
-            spec = msgspec.convert(experiment, X.Experiment)
-        except msgspec.ValidationError as exc:
-            raise SchemaError(f"invalid experiment: {exc}", path="$") from None
-        for v in Routing(spec).versions:
-            self._get(model_id, self.repository.resolve(model_id, int(v)))
-        X.set_experiment(self.repository, model_id, spec, message or "set through the engine")
-        self._experiments.apply(model_id)
+        self._experiments.set(model_id, experiment, message or "set through the engine")
         return self.experiment(model_id)
 
     def set_canary(self, model_id: str, version: int | None = None, share: float | None = None,
                    *, rollback: bool = False, message: str = "") -> dict | None:
         """Raise the canary's share (starting one if needed) or roll it back a step."""
-        if version is not None:
-            self._get(model_id, self.repository.resolve(model_id, int(version)))
-        X.set_canary(self.repository, model_id, version, share, rollback=rollback,
-                     message=message or "canary through the engine")
-        self._experiments.apply(model_id)
+        self._experiments.canary(model_id, version, share, rollback,
+                                 message or "canary through the engine")
         return self.experiment(model_id)
 
     def stop_experiment(self, model_id: str, message: str = "") -> None:
         """End the model's experiment: its default version answers everything again."""
-        X.stop_experiment(self.repository, model_id, message or "stopped through the engine")
-        self._experiments.apply(model_id)
+        self._experiments.stop(model_id, message or "stopped through the engine")
 
     def figures(self):
         """The monitor's metric families (engine/monitor/figures.py), read at scrape time."""
-        if self.monitor is None:
-            return ()
         from scoreline.engine.monitor import families
 
-        return families(self.monitor, self._experiments.table)
+        return () if self.monitor is None else families(self.monitor, self._experiments.table)
 
     def drift(self, model_id: str | None = None) -> list[dict]:
         """Data quality and drift per watched version (see `engine.monitor.drift_report`)."""
-        if self.monitor is None:
-            return []
         from scoreline.engine.monitor import drift_report
 
-        return drift_report(self.monitor, model_id)
+        return [] if self.monitor is None else drift_report(self.monitor, model_id)
 
     # --- the registry -------------------------------------------------------------------------
 
@@ -426,7 +411,7 @@ class Engine:
 
     def _state(self) -> tuple:
         """What the watcher compares: versions, aliases and experiments of every model."""
-        return self.repository.state_token(), X.experiment_stamp(self.repository)
+        return self.repository.state_token(), experiment_stamp(self.repository)
 
     def _scan_one(self, model_id: str) -> dict:
         versions = self.repository.versions(model_id)

@@ -14,11 +14,13 @@ import os
 import threading
 import time
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scoreline.errors import ScorelineError
+from scoreline.errors import SchemaError, ScorelineError
+from scoreline.registry import experiments as X
 from scoreline.registry.experiments import Experiment, load_experiment, split, split_one
 
 from scoreline.engine.data.request import RowBatch
@@ -191,6 +193,30 @@ class Experiments:
         else:
             table[model_id] = Routing(found)
         self.table = table
+
+    # --- changes (compile first, then record, then swap the table) ---------------------------
+
+    def set(self, model_id: str, experiment: dict, message: str) -> None:
+        try:
+            spec = msgspec.convert(experiment, Experiment)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"invalid experiment: {exc}", path="$") from None
+        repo = self.engine.repository
+        for v in Routing(spec).versions:
+            self.engine._get(model_id, repo.resolve(model_id, int(v)))
+        X.set_experiment(repo, model_id, spec, message)
+        self.apply(model_id)
+
+    def canary(self, model_id: str, version, share, rollback: bool, message: str) -> None:
+        repo = self.engine.repository
+        if version is not None:
+            self.engine._get(model_id, repo.resolve(model_id, int(version)))
+        X.set_canary(repo, model_id, version, share, rollback=rollback, message=message)
+        self.apply(model_id)
+
+    def stop(self, model_id: str, message: str) -> None:
+        X.stop_experiment(self.engine.repository, model_id, message)
+        self.apply(model_id)
 
     # --- routing ------------------------------------------------------------------------------
 
