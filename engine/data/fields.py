@@ -90,10 +90,16 @@ def _out_of_days(spec: Input, got) -> InputError:
 def day_bounds(spec: Input, path: str | None = None) -> tuple[float, float] | None:
     """The days (since 1970-01-01) a date or timestamp input's `earliest`/`latest` allow, or None
     without bounds; "today" is today in UTC. A bound that is not a YYYY-MM-DD day is a
-    SchemaError at `path` (the manifest's input)."""
+    SchemaError at `path` (the manifest's input; `$.inputs.<name>` by default)."""
     if spec.earliest is None and spec.latest is None:
         return None
-    lo, hi, hi_today = _fixed_bounds(spec.earliest, spec.latest, spec.name, path or input_path(spec))
+    bounds = _fixed_bounds(spec.earliest, spec.latest)
+    if type(bounds) is str:
+        where = path or input_path(spec)
+        field = "earliest" if bounds == "earliest" else "latest"
+        raise SchemaError(f"input {spec.name!r}: expected a day (YYYY-MM-DD) for {field}, got "
+                          f"{getattr(spec, field)!r}", path=f"{where}.{field}")
+    lo, hi, hi_today = bounds
     if hi_today:
         hi = float(time.time() // 86400)
     if lo > hi:
@@ -103,20 +109,24 @@ def day_bounds(spec: Input, path: str | None = None) -> tuple[float, float] | No
 
 
 @functools.lru_cache(maxsize=256)
-def _fixed_bounds(earliest, latest, name: str, path: str) -> tuple[float, float, bool]:
-    def day(text, field: str) -> float:
+def _fixed_bounds(earliest, latest) -> tuple[float, float, bool] | str:
+    """(first day, last day, whether the last is today) or the name of the bound that is not a
+    day. Cached: the one-value path asks on every value."""
+    def day(text) -> float | None:
+        if type(text) is not str or len(text) != 10:
+            return None
         try:
-            if type(text) is not str or len(text) != 10:
-                raise ValueError(text)
             return float((dt.date.fromisoformat(text) - EPOCH).days)
         except ValueError:
-            raise SchemaError(f"input {name!r}: expected a day (YYYY-MM-DD) for {field}, got "
-                              f"{text!r}", path=f"{path}.{field}") from None
+            return None
 
-    lo = -math.inf if earliest is None else day(earliest, "earliest")
+    lo = -math.inf if earliest is None else day(earliest)
+    if lo is None:
+        return "earliest"
     if latest == "today":
         return lo, math.inf, True
-    return lo, (math.inf if latest is None else day(latest, "latest")), False
+    hi = math.inf if latest is None else day(latest)
+    return "latest" if hi is None else (lo, hi, False)
 
 
 def _non_finite(spec: Input, got) -> InputError:

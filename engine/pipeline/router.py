@@ -132,11 +132,16 @@ class Engine:
             if key in self._failed:
                 return self._get(model_id, version)
             try:
-                dep = self._compile(model_id, version)
+                manifest = self.repository.load_manifest(model_id, version)
+                version_dir = self.repository.version_dir(model_id, version)
             except NotFoundError:
                 with self._lock:
                     self._compiling.pop(key, None)  # not a version: nothing to remember
                 raise
+            try:
+                # Anything that fails from here on (a store that is missing included) is this
+                # version failing to load.
+                dep = self._compile(manifest, version_dir, version)
             except ScorelineError as exc:
                 self._failed[key] = exc
                 log.warning("model %r version %s failed to load: %s (at %s)", model_id, version,
@@ -159,9 +164,7 @@ class Engine:
             return
         self.repository.resolve(model_id, version)  # raises; or a version added since the scan
 
-    def _compile(self, model_id: str, version: int) -> Deployment:
-        manifest = self.repository.load_manifest(model_id, version)
-        version_dir = self.repository.version_dir(model_id, version)
+    def _compile(self, manifest, version_dir, version: int) -> Deployment:
         store = False
         spec = manifest.entity.store
         if spec is not None:
@@ -172,7 +175,8 @@ class Engine:
                 store = open_store(spec, self.repository.root)
                 with self._lock:
                     store = self._stores.setdefault(store_key, store)
-        dep = Deployment(manifest, version_dir, version=version, store=store)
+        dep = Deployment(manifest, version_dir, version=version, store=store,
+                         store_base=self.repository.root)
         if self.monitor is not None:
             self.monitor.watch(dep)
         return dep
@@ -190,9 +194,18 @@ class Engine:
             dep = self._experiments.champion(model_id, routing)
             rows = dep.request_schema.parse_request(request, strict=False)
             return self.score_rows(model_id, rows).one()
+        started = time.perf_counter()
+        clock.start()
         dep = self.deployment(model_id, version)
         rows = dep.request_schema.parse_request(request, strict=False)
-        return self.score_rows(model_id, rows, version=dep.version).one()
+        result = dep.run_one(rows)
+        logged = time.perf_counter()
+        self._log_result(dep, result, rows.request_ids, logged - started)
+        if self.monitor is not None:
+            if result.errors:  # the one-row run raises at the refused input, before tracking
+                self.monitor.refuse(model_id, dep.version, result.errors.values(), reached_model=False)
+            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
+        return result.one()
 
     def score_rows(self, model_id: str, rows: RowBatch, version: int | str | None = None) -> Result:
         """Score raw request rows (a RowBatch: the JSON doors, micro-batched or not) -> the
@@ -244,6 +257,8 @@ class Engine:
 
     def _log_result(self, dep: Deployment, result: Result, request_ids, seconds: float,
                     experiment: str | None = None, role: str | None = None) -> None:
+        if self._log.log is None:  # no decision log
+            return
         if result.n > _ROW_LOG_LIMIT:
             self._log.batch(dep, result.to_batch(), request_ids, seconds, experiment, role)
             return
