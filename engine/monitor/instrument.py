@@ -16,7 +16,7 @@ from .profile import load_profile
 from .stages import StageHistograms, clock
 from .tracker import Tracker
 
-__all__ = ["Monitor", "instrument", "Track"]
+__all__ = ["Monitor", "instrument", "timed", "Track"]
 
 
 def _slots() -> dict:
@@ -71,16 +71,43 @@ class Track:
         self.tracker.observe_one(state.work, state.score[0])
 
 
+class _TimedView:
+    """The deployment seen with timed stages: its own `run`, `run_one` and `score_rows` are the
+    Deployment's, run over `stages` (the timed twins); everything else is the deployment's."""
+
+    def __init__(self, deployment, stages: list) -> None:
+        self._deployment = deployment
+        self.stages = stages
+
+    def __getattr__(self, name):
+        return getattr(self._deployment, name)
+
+    def run(self, source, **kwargs):
+        return type(self._deployment).run(self, source, **kwargs)
+
+    def run_one(self, rows, **kwargs):
+        return type(self._deployment).run_one(self, rows, **kwargs)
+
+    def score_rows(self, rows, **kwargs):
+        return type(self._deployment).score_rows(self, rows, **kwargs)
+
+
+def timed(deployment):
+    """The deployment to run this call on: its timed view when this thread's call is sampled
+    (`clock.sampled`), else the deployment itself (no wrappers on an untimed call)."""
+    return deployment.__dict__.get("timed", deployment) if clock.sampled else deployment
+
+
 def instrument(deployment, tracker: Tracker | None, refuse=None) -> None:
-    """Wrap `deployment`'s stages (once) so they are timed, and end its pipeline with a `Track`
-    stage when there is a tracker."""
-    if any(isinstance(s, Timed) for s in deployment.stages):
+    """End `deployment`'s pipeline with a `Track` stage when there is a tracker, and give it a
+    `timed` view whose stages note their times (used through `timed()`); once."""
+    if "timed" in deployment.__dict__:
         return
-    slots = _slots()
-    deployment.stages = [Timed(s, slots[type(s)]) if type(s) in slots else s
-                         for s in deployment.stages]
     if tracker is not None:
         deployment.add_stage(Track(tracker, refuse))
+    slots = _slots()
+    deployment.timed = _TimedView(deployment, [Timed(s, slots[type(s)]) if type(s) in slots
+                                               else s for s in deployment.stages])
 
 
 class Monitor:

@@ -41,7 +41,7 @@ class Tracker:
     """
 
     def __init__(self, profile: Profile, *, window: int = 10_000, chunks: int = 10,
-                 sample_rows: int = 2048, buffer_rows: int = 256) -> None:
+                 sample_rows: int = 2048, buffer_rows: int = 1024) -> None:
         self.profile = profile
         inputs = [c for c in profile.columns if c.slot >= 0]
         self.names = [c.name for c in inputs]

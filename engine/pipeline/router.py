@@ -23,7 +23,7 @@ from scoreline.registry.experiments import experiment_stamp
 from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
 from scoreline.engine.data.request import RowBatch
-from scoreline.engine.monitor import Monitor, clock
+from scoreline.engine.monitor import Monitor, clock, timed
 from scoreline.engine.pipeline.deployment import Deployment, open_store
 from scoreline.engine.pipeline.logbuffer import LogBuffer
 from scoreline.engine.pipeline.result import Result
@@ -198,7 +198,7 @@ class Engine:
         clock.start()
         dep = self.deployment(model_id, version)
         rows = dep.request_schema.parse_request(request, strict=False)
-        result = dep.run_one(rows)
+        result = timed(dep).run_one(rows)
         logged = time.perf_counter()
         self._log_result(dep, result, rows.request_ids, logged - started)
         if self.monitor is not None:
@@ -211,11 +211,11 @@ class Engine:
         """Score raw request rows (a RowBatch: the JSON doors, micro-batched or not) -> the
         typed Result; every row is logged once with its request id (and its experiment role)."""
         started = time.perf_counter()
-        clock.start()
+        clock.start(always=rows.n > 1)
         routing = self._experiments.table.get(model_id) if version is None else None
         if routing is None:
             dep = self.deployment(model_id, version)
-            result = dep.score_rows(rows)
+            result = timed(dep).score_rows(rows)
             name, parts = None, [(dep, None, result, rows.request_ids)]
         else:
             result, parts = self._experiments.rows(model_id, routing, rows)
@@ -239,11 +239,11 @@ class Engine:
                     request_ids=None) -> Result:
         """Score an Arrow batch -> the typed Result, logged."""
         started = time.perf_counter()
-        clock.start()
+        clock.start(always=True)
         routing = self._experiments.table.get(model_id) if version is None else None
         if routing is None:
             dep = self.deployment(model_id, version)
-            result = dep.run(batch)
+            result = timed(dep).run(batch)
             name = roles = None
         else:
             dep, result, roles, request_ids = self._experiments.batch(model_id, routing, batch,

@@ -24,6 +24,7 @@ from scoreline.registry import experiments as X
 from scoreline.registry.experiments import Experiment, load_experiment, split, split_one
 
 from scoreline.engine.data.request import RowBatch
+from scoreline.engine.monitor import timed
 
 __all__ = ["Routing", "ShadowPool", "Experiments", "Combined"]
 
@@ -241,7 +242,7 @@ class Experiments:
         index = [routing.pick(k) for k in rows.keys]
         champion = self.champion(model_id, routing)
         if not any(index):
-            result = champion.score_rows(rows)
+            result = timed(champion).score_rows(rows)
             return result, [(champion, "champion", result, ids)]
         parts, logged = [], []
         for r, route in enumerate(routing.routes):
@@ -253,7 +254,7 @@ class Experiments:
                            None if rows.inputs is None else
                            {name: [col[i] for i in at] for name, col in rows.inputs.items()},
                            [ids[i] for i in at])
-            result = dep.score_rows(sub)
+            result = timed(dep).score_rows(sub)
             parts.append((result, at))
             logged.append((dep, route.role, result, sub.request_ids))
         return Combined(rows.n, parts), logged
@@ -269,17 +270,18 @@ class Experiments:
                              rows=batch.num_rows)
         champion = self.champion(model_id, routing)
         if champion.key_name not in batch.schema.names:
-            return champion, champion.run(batch), "champion", request_ids
+            return champion, timed(champion).run(batch), "champion", request_ids
         index = routing.pick_many(batch.column(champion.key_name))
         roles = np.array([r.role for r in routing.routes], dtype=object)[index]
         if not index.any():
-            return champion, champion.run(batch), roles, request_ids
+            return champion, timed(champion).run(batch), roles, request_ids
         parts = []
         for r, route in enumerate(routing.routes):
             mask = index == r
             if mask.any():
                 dep = champion if r == 0 else self.engine._get(model_id, route.version)
-                parts.append((dep.run(batch.filter(pa.array(mask))), np.flatnonzero(mask).tolist()))
+                parts.append((timed(dep).run(batch.filter(pa.array(mask))),
+                              np.flatnonzero(mask).tolist()))
         return champion, Combined(batch.num_rows, parts), roles, request_ids
 
     # --- shadows (on the pool's thread) -------------------------------------------------------
