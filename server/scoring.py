@@ -20,6 +20,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from scoreline.engine.data.request import RowBatch
 from scoreline.errors import NotReadyError, ScorelineError
 from scoreline.registry.repository import check_model_ref
 
@@ -205,8 +206,6 @@ class Scorer:
         """Runs in the executor: one engine call for all parts, the Result split back per part;
         a `/v1/score` part's answer is encoded here, off the event loop. `version`: what the
         engine is asked for (the entry's)."""
-        from scoreline.engine.data.request import RowBatch
-
         rows = RowBatch.concat([part.rows for part in parts])
         result = self.engine.score_rows(deployment.model_id, rows, version=version)
         out, offset = [], 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,9 @@ import pyarrow as pa
 from scoreline.errors import ScorelineError
 
 from scoreline.engine.data.fields import check_column
-from scoreline.engine.pipeline.plan import Plan
+
+if TYPE_CHECKING:  # data/ is below pipeline/: the plan is only handed in
+    from scoreline.engine.pipeline.plan import Plan
 
 __all__ = ["StoreView"]
 
