@@ -41,6 +41,11 @@ DECISION_SCHEMA = pa.schema([
     ("decision", pa.string()),
     ("latency_us", pa.float64()),
     ("error", pa.string()),
+    # experiments (registry/experiments.py): the experiment's name and the row's role there
+    # (champion, challenger, canary, or shadow: scored on the same request, never answered);
+    # null outside an experiment. Tables made before these columns get them on open.
+    ("experiment", pa.string()),
+    ("role", pa.string()),
 ])
 _REQUIRED = ("ts", "model_id", "model_version")
 
@@ -58,10 +63,11 @@ STATS_SCHEMA = pa.schema([
 _SQL_TYPES = {
     "sqlite": {"ts": "TEXT", "request_id": "TEXT", "model_id": "TEXT", "model_version": "INTEGER",
                "entity_key": "TEXT", "score": "REAL", "decision": "TEXT", "latency_us": "REAL",
-               "error": "TEXT"},
+               "error": "TEXT", "experiment": "TEXT", "role": "TEXT"},
     "postgresql": {"ts": "TIMESTAMPTZ", "request_id": "TEXT", "model_id": "TEXT",
                    "model_version": "BIGINT", "entity_key": "TEXT", "score": "DOUBLE PRECISION",
-                   "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT"},
+                   "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT",
+                   "experiment": "TEXT", "role": "TEXT"},
 }
 # SQLite's ADBC driver infers each result column's type from the first rows it sees (an all-null
 # column becomes int64, and a later string then fails the read), so SQLite reads start with one
@@ -299,6 +305,7 @@ class DecisionLog:
         cur = conn.cursor()
         try:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({cols})")
+            _add_missing_columns(cur, self.dialect, self.table, types)
             # tail() reads these backwards: newest rows first, for all models or one
             order = "ts, seq" if self.dialect == "postgresql" else "ts"
             cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} ({order})")
@@ -413,6 +420,21 @@ class DecisionLog:
             cur.adbc_ingest(self.table, data, mode="append")
         finally:
             cur.close()
+
+
+def _add_missing_columns(cur, dialect: str, table: str, types: dict) -> None:
+    """Migrate a table made by an older version: add the schema's columns it lacks (as nulls)."""
+    if dialect == "sqlite":
+        cur.execute(f"PRAGMA table_info({table})")
+        have = {row[1] for row in cur.fetchall()}
+    else:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = $1 "
+                    "AND table_schema = current_schema()",
+                    [table])
+        have = {row[0] for row in cur.fetchall()}
+    for name in DECISION_SCHEMA.names:
+        if name not in have:
+            cur.execute(f"ALTER TABLE {table} ADD COLUMN {name} {types[name]}")
 
 
 def _close_quietly(conn) -> None:

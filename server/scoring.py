@@ -75,10 +75,13 @@ class Scored:
 
 
 class _Entry:
-    __slots__ = ("deployment", "batcher", "schema", "labels", "fields", "ok_labels")
+    __slots__ = ("deployment", "batcher", "schema", "labels", "fields", "ok_labels", "version")
 
-    def __init__(self, deployment, batcher: MicroBatcher) -> None:
+    def __init__(self, deployment, batcher: MicroBatcher, version) -> None:
         self.deployment = deployment
+        # what the engine is asked for: the resolved version, or None for a model whose
+        # requests without a version an experiment routes (the engine picks the variant per row)
+        self.version = version
         self.batcher = batcher
         self.schema = deployment.request_schema
         self.labels = (deployment.model_id, str(deployment.version))
@@ -131,16 +134,18 @@ class Scorer:
             loop = asyncio.get_running_loop()
             deployment = await loop.run_in_executor(None, engine.deployment, model_id, version)
             self._resolved.add((model_id, version))
-        key = (deployment.model_id, deployment.version)
+        routed = version is None and getattr(engine, "routes", None) is not None \
+            and engine.routes(deployment.model_id)
+        key = (deployment.model_id, None if routed else deployment.version)
         entry = self._entries.get(key)
         if entry is None or entry.deployment is not deployment:
             # a new deployment object (first use, or a reload rebuilt it): requests already queued
             # on the old batcher still finish on the old object.
-            entry = _Entry(deployment, self._batcher(deployment))
+            entry = _Entry(deployment, self._batcher(deployment, key[1]), key[1])
             self._entries[key] = entry
         return entry
 
-    def _batcher(self, deployment) -> MicroBatcher:
+    def _batcher(self, deployment, version) -> MicroBatcher:
         s = self.settings
         # Whether a lone key-only call may be scored on the event loop (see MicroBatcher): only
         # where its answer comes from memory, the store's converted view (asked in the executor
@@ -151,7 +156,7 @@ class Scorer:
         def score(parts):
             if not from_memory:
                 from_memory.append(deployment.serves_from_memory())
-            return self._score_parts(deployment, parts)
+            return self._score_parts(deployment, parts, version)
 
         def inline(part: Request) -> bool:
             return part.single and part.rows.inputs is None and bool(from_memory) and from_memory[0]
@@ -176,7 +181,7 @@ class Scorer:
         deployment = entry.deployment
         result = await loop.run_in_executor(
             self.executor,
-            lambda: self.engine.score_arrow(deployment.model_id, batch, version=deployment.version,
+            lambda: self.engine.score_arrow(deployment.model_id, batch, version=entry.version,
                                             request_ids=request_ids),
         )
         self.metrics.batch_rows.observe(entry.labels, result.n)
@@ -197,11 +202,12 @@ class Scorer:
             m.rows.inc((*entry.labels, "error"), errors)
         m.score_latency.observe(entry.labels, seconds)
 
-    def _score_parts(self, deployment, parts: list[Request]) -> list:
+    def _score_parts(self, deployment, parts: list[Request], version) -> list:
         """Runs in the executor: one engine call for all parts, the Result split back per part;
-        a `/v1/score` part's answer is encoded here, off the event loop."""
+        a `/v1/score` part's answer is encoded here, off the event loop. `version`: what the
+        engine is asked for (the entry's)."""
         rows = RowBatch.concat([part.rows for part in parts])
-        result = self.engine.score_rows(deployment.model_id, rows, version=deployment.version)
+        result = self.engine.score_rows(deployment.model_id, rows, version=version)
         out, offset = [], 0
         for part in parts:
             body = None
@@ -223,6 +229,6 @@ class Scorer:
                 raise error.under(where.format(row=i))
 
     def _queue_gauge(self):
-        for (model_id, version), entry in sorted(self._entries.items()):
-            yield (model_id, str(version)), entry.batcher.queued_rows
+        for _, entry in sorted(self._entries.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
+            yield entry.labels, entry.batcher.queued_rows
 

@@ -50,29 +50,37 @@ def _show(value) -> str:
     return repr(value)
 
 
+def _because(error: InputError, reason: str) -> InputError:
+    """Tag a refusal with why (`error.reason`), which the data-quality counters group by."""
+    error.reason = reason
+    return error
+
+
 def _missing(spec: Input) -> InputError:
-    return InputError(f"missing required input `{input_path(spec)}` ({_ARTICLE[spec.type]})",
-                      path=input_path(spec))
+    return _because(InputError(f"missing required input `{input_path(spec)}` "
+                               f"({_ARTICLE[spec.type]})", path=input_path(spec)), "missing")
 
 
 def _not_allowed(spec: Input, got) -> InputError:
     allowed = ", ".join(_show(a) for a in spec.allowed)
-    return InputError(f"expected one of {allowed} at `{input_path(spec)}`, got {_show(got)}",
-                      path=input_path(spec))
+    return _because(InputError(f"expected one of {allowed} at `{input_path(spec)}`, got "
+                               f"{_show(got)}", path=input_path(spec)), "unseen")
 
 
 def _out_of_range(spec: Input, got) -> InputError:
     lo = "-inf" if spec.minimum is None else _show(spec.minimum)
     hi = "inf" if spec.maximum is None else _show(spec.maximum)
-    return InputError(f"expected {_ARTICLE[spec.type]} between {lo} and {hi} at "
-                      f"`{input_path(spec)}`, got {_show(got)}", path=input_path(spec))
+    return _because(InputError(f"expected {_ARTICLE[spec.type]} between {lo} and {hi} at "
+                               f"`{input_path(spec)}`, got {_show(got)}", path=input_path(spec)),
+                    "out_of_range")
 
 
 def _out_of_days(spec: Input, got) -> InputError:
     lo = spec.earliest or "any day"
     hi = spec.latest or "any day"
-    return InputError(f"expected {_ARTICLE[spec.type]} from {lo} to {hi} at `{input_path(spec)}`, "
-                      f"got {_show(got)}", path=input_path(spec))
+    return _because(InputError(f"expected {_ARTICLE[spec.type]} from {lo} to {hi} at "
+                               f"`{input_path(spec)}`, got {_show(got)}", path=input_path(spec)),
+                    "out_of_range")
 
 
 def _non_finite(spec: Input, got) -> InputError:

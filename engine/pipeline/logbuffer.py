@@ -47,19 +47,22 @@ class LogBuffer:
                                             name="scoreline-decision-buffer", daemon=True)
             self._thread.start()
 
-    def row(self, request_id, dep, key, score, decision, seconds: float, error) -> None:
+    def row(self, request_id, dep, key, score, decision, seconds: float, error,
+            experiment: str | None = None, role: str | None = None) -> None:
         """Queue one decision (a deque append: thread-safe and about 100 ns)."""
         if self.log is None:
             return
         self._rows.append((time.time_ns() // 1000,
                            None if request_id is None else str(request_id), dep.model_id, dep.version,
                            None if key is None else str(key), score, decision, seconds * 1e6,
-                           error))
+                           error, experiment, role))
         if len(self._rows) >= self._max_rows:
             self._wake.set()
 
-    def batch(self, dep, out: pa.RecordBatch, request_ids, seconds: float) -> None:
-        """Log a scored batch: one row per output row, the batch's wall time as each latency."""
+    def batch(self, dep, out: pa.RecordBatch, request_ids, seconds: float,
+              experiment: str | None = None, roles=None) -> None:
+        """Log a scored batch: one row per output row, the batch's wall time as each latency;
+        `roles`: a role per row (or one for all) when the batch is part of an experiment."""
         if self.log is None or out.num_rows == 0:
             return
         n = out.num_rows
@@ -78,6 +81,8 @@ class LogBuffer:
                 out.column(names[4]),
                 pa.array(np.full(n, seconds * 1e6)),
                 out.column("error"),
+                pa.nulls(n, pa.string()) if experiment is None else pa.repeat(pa.scalar(experiment), n),
+                _roles(roles, n),
             ],
             schema=_schema(),
         ))
@@ -117,7 +122,7 @@ class LogBuffer:
             if not n:
                 return
             rows = [self._rows.popleft() for _ in range(n)]
-        ts, rid, model, version, key, score, decision, latency, error = zip(*rows)
+        ts, rid, model, version, key, score, decision, latency, error, experiment, role = zip(*rows)
         self.log.append(pa.RecordBatch.from_arrays(
             [
                 pa.array(ts, _TS),
@@ -129,6 +134,16 @@ class LogBuffer:
                 pa.array(decision, pa.string()),
                 pa.array(latency, pa.float64()),
                 pa.array(error, pa.string()),
+                pa.array(experiment, pa.string()),
+                pa.array(role, pa.string()),
             ],
             schema=_schema(),
         ))
+
+
+def _roles(roles, n: int) -> pa.Array:
+    if roles is None:
+        return pa.nulls(n, pa.string())
+    if isinstance(roles, str):
+        return pa.repeat(pa.scalar(roles), n)
+    return pa.array(roles, pa.string())

@@ -19,12 +19,15 @@ import msgspec
 import pyarrow as pa
 
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError, ScorelineError
+from scoreline.registry.experiments import experiment_stamp
 from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
 from scoreline.engine.data.request import RowBatch
+from scoreline.engine.monitor import Monitor, clock, timed
 from scoreline.engine.pipeline.deployment import Deployment, open_store
 from scoreline.engine.pipeline.logbuffer import LogBuffer
 from scoreline.engine.pipeline.result import Result
+from scoreline.engine.pipeline.routing import Experiments
 
 __all__ = ["Engine"]
 
@@ -45,10 +48,14 @@ class Engine:
         `ready` is True when this returns.
     reload_interval: seconds between checks of the registry for new versions or moved aliases
         (None: only on `reload()`).
+    monitor: watch every deployment's inputs, score and stage times (`engine.monitor`).
+
+    A model with an experiment (registry/experiments.py) routes each request made without a
+    version to the variant its entity key splits to, and scores its shadows off the answer's path.
     """
 
     def __init__(self, registry_root, *, log=None, preload: bool = False,
-                 reload_interval: float | None = None) -> None:
+                 reload_interval: float | None = None, monitor: bool = True) -> None:
         self.repository = Repository(registry_root)
         self._lock = threading.Lock()  # guards the tables below; never held while compiling
         self._deployments: dict[tuple[str, int], Deployment] = {}
@@ -58,8 +65,12 @@ class Engine:
         self._log = LogBuffer(log)
         self._closed = False
         self._token = None
+        self.monitor = Monitor() if monitor else None
+        self._experiments = Experiments(self)
         # model id -> {"versions", "aliases", "latest"}: replaced whole, never edited in place
         self._live: dict[str, dict] = self._scan()
+        if not preload:
+            self._experiments.load(compile_now=False)
         if preload:
             self.reload()
         self._watcher = None
@@ -164,8 +175,11 @@ class Engine:
                 store = open_store(spec, self.repository.root)
                 with self._lock:
                     store = self._stores.setdefault(store_key, store)
-        return Deployment(manifest, version_dir, version=version, store=store,
-                          store_base=self.repository.root)
+        dep = Deployment(manifest, version_dir, version=version, store=store,
+                         store_base=self.repository.root)
+        if self.monitor is not None:
+            self.monitor.watch(dep)
+        return dep
 
     # --- scoring ------------------------------------------------------------------------------
 
@@ -175,20 +189,45 @@ class Engine:
         entity), InputError (a bad value, with its path), SchemaError (a malformed request)."""
         if type(request) is not dict:
             raise SchemaError(f"expected a request object, got {type(request).__name__}", path="$")
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is not None:  # the variants share the champion's request schema (contract)
+            dep = self._experiments.champion(model_id, routing)
+            rows = dep.request_schema.parse_request(request, strict=False)
+            return self.score_rows(model_id, rows).one()
         started = time.perf_counter()
+        clock.start()
         dep = self.deployment(model_id, version)
         rows = dep.request_schema.parse_request(request, strict=False)
-        result = dep.run_one(rows)
-        self._log_result(dep, result, rows.request_ids, time.perf_counter() - started)
+        result = timed(dep).run_one(rows)
+        logged = time.perf_counter()
+        self._log_result(dep, result, rows.request_ids, logged - started)
+        if self.monitor is not None:
+            if result.errors:  # the one-row run raises at the refused input, before tracking
+                self.monitor.refuse(model_id, dep.version, result.errors.values(), reached_model=False)
+            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
         return result.one()
 
     def score_rows(self, model_id: str, rows: RowBatch, version: int | str | None = None) -> Result:
         """Score raw request rows (a RowBatch: the JSON doors, micro-batched or not) -> the
-        typed Result; every row is logged once with its request id."""
+        typed Result; every row is logged once with its request id (and its experiment role)."""
         started = time.perf_counter()
-        dep = self.deployment(model_id, version)
-        result = dep.score_rows(rows)
-        self._log_result(dep, result, rows.request_ids, time.perf_counter() - started)
+        clock.start(always=rows.n > 1)
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is None:
+            dep = self.deployment(model_id, version)
+            result = timed(dep).score_rows(rows)
+            name, parts = None, [(dep, None, result, rows.request_ids)]
+        else:
+            result, parts = self._experiments.rows(model_id, routing, rows)
+            name = routing.name
+        logged = time.perf_counter()
+        for dep, role, part, ids in parts:
+            self._log_result(dep, part, ids, logged - started, name, role)
+            if part.n == 1 and part.errors and self.monitor is not None:
+                # the one-row run raises at the refused input, before the tracking stage
+                self.monitor.refuse(model_id, dep.version, part.errors.values(), reached_model=False)
+        if self.monitor is not None:
+            self.monitor.stages.record(model_id, parts[0][0].version, time.perf_counter() - logged)
         return result
 
     def score_batch(self, model_id: str, batch, version: int | str | None = None,
@@ -200,16 +239,28 @@ class Engine:
                     request_ids=None) -> Result:
         """Score an Arrow batch -> the typed Result, logged."""
         started = time.perf_counter()
-        dep = self.deployment(model_id, version)
-        result = dep.run(batch)
-        self._log.batch(dep, result.to_batch(), request_ids, time.perf_counter() - started)
+        clock.start(always=True)
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is None:
+            dep = self.deployment(model_id, version)
+            result = timed(dep).run(batch)
+            name = roles = None
+        else:
+            dep, result, roles, request_ids = self._experiments.batch(model_id, routing, batch,
+                                                                      request_ids)
+            name = routing.name
+        logged = time.perf_counter()
+        self._log.batch(dep, result.to_batch(), request_ids, logged - started, name, roles)
+        if self.monitor is not None:
+            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
         return result
 
-    def _log_result(self, dep: Deployment, result: Result, request_ids, seconds: float) -> None:
+    def _log_result(self, dep: Deployment, result: Result, request_ids, seconds: float,
+                    experiment: str | None = None, role: str | None = None) -> None:
         if self._log.log is None:  # no decision log
             return
         if result.n > _ROW_LOG_LIMIT:
-            self._log.batch(dep, result.to_batch(), request_ids, seconds)
+            self._log.batch(dep, result.to_batch(), request_ids, seconds, experiment, role)
             return
         keys, scores, labels, _ = result.pylists()
         errors = result.errors
@@ -220,9 +271,54 @@ class Engine:
         for i in range(result.n):
             error = errors.get(i) if errors else None
             if error is None:
-                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None)
+                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None, experiment, role)
             else:
-                log(request_ids[i], dep, keys[i], None, None, seconds, error.message)
+                log(request_ids[i], dep, keys[i], None, None, seconds, error.message, experiment, role)
+
+    # --- experiments (registry/experiments.py; routing in engine/pipeline/routing.py) ----------
+
+    def experiment(self, model_id: str) -> dict | None:
+        """The experiment routing `model_id`'s requests now (None: the default version answers)."""
+        routing = self._experiments.table.get(model_id)
+        if routing is None:
+            return None
+        described = routing.describe()
+        if described["routes"][0]["version"] is None:  # following the default version
+            described["routes"][0]["version"] = self._resolve(model_id, None)
+        return described
+
+    def routes(self, model_id: str) -> bool:
+        """Whether requests for `model_id` without a version are routed by an experiment."""
+        return model_id in self._experiments.table
+
+    def set_experiment(self, model_id: str, experiment: dict, message: str = "") -> dict:
+        """Compile and warm the experiment's versions, record it in the registry, route by it;
+        requests in flight finish on the routing they started with."""
+        self._experiments.set(model_id, experiment, message or "set through the engine")
+        return self.experiment(model_id)
+
+    def set_canary(self, model_id: str, version: int | None = None, share: float | None = None,
+                   *, rollback: bool = False, message: str = "") -> dict | None:
+        """Raise the canary's share (starting one if needed) or roll it back a step."""
+        self._experiments.canary(model_id, version, share, rollback,
+                                 message or "canary through the engine")
+        return self.experiment(model_id)
+
+    def stop_experiment(self, model_id: str, message: str = "") -> None:
+        """End the model's experiment: its default version answers everything again."""
+        self._experiments.stop(model_id, message or "stopped through the engine")
+
+    def figures(self):
+        """The monitor's metric families (engine/monitor/figures.py), read at scrape time."""
+        from scoreline.engine.monitor import families
+
+        return () if self.monitor is None else families(self.monitor, self._experiments.table)
+
+    def drift(self, model_id: str | None = None) -> list[dict]:
+        """Data quality and drift per watched version (see `engine.monitor.drift_report`)."""
+        from scoreline.engine.monitor import drift_report
+
+        return [] if self.monitor is None else drift_report(self.monitor, model_id)
 
     # --- the registry -------------------------------------------------------------------------
 
@@ -251,7 +347,7 @@ class Engine:
                                        for i in m.inputs]}
             out.append({"model-id": model_id, "versions": versions,
                         "aliases": dict(entry["aliases"]), "default-version": default,
-                        "contract": contract})
+                        "contract": contract, "experiment": self.experiment(model_id)})
         return out
 
     def reload(self) -> None:
@@ -280,6 +376,7 @@ class Engine:
                         else:
                             entry["latest"] = previous
         self._live = live
+        self._experiments.load(compile_now=True)
 
     def promote(self, model_id: str, version: int | str, alias: str = DEFAULT_ALIAS,
                 message: str = "") -> int:
@@ -299,7 +396,10 @@ class Engine:
     def ready(self) -> bool:
         """Whether every live version is compiled and warmed."""
         return all((model_id, v) in self._deployments
-                   for model_id, entry in self._live.items() for v in _live_versions(entry))
+                   for model_id, entry in self._live.items() for v in _live_versions(entry)) \
+            and all((model_id, r.version) in self._deployments  # shadows compile off the path
+                    for model_id, routing in self._experiments.table.items()
+                    for r in routing.routes if r.version is not None)
 
     def close(self) -> None:
         """Stop watching the registry and flush (and, if it is ours, close) the decision log."""
@@ -309,6 +409,7 @@ class Engine:
         if self._watcher is not None:
             self._stop.set()
             self._watcher.join(timeout=5)
+        self._experiments.pool.close()
         self._log.close()
         for store in self._stores.values():
             close = getattr(store, "close", None)
@@ -316,14 +417,19 @@ class Engine:
                 close()
 
     def flush(self) -> None:
-        """Write every decision logged so far to the decision log."""
+        """Write every decision logged so far (the shadows' queued rows too) to the decision log."""
+        self._experiments.pool.drain()
         self._log.flush()
 
     # --- internals ----------------------------------------------------------------------------
 
     def _scan(self) -> dict[str, dict]:
-        self._token = self.repository.state_token()
+        self._token = self._state()
         return {model_id: self._scan_one(model_id) for model_id in self.repository.model_ids()}
+
+    def _state(self) -> tuple:
+        """What the watcher compares: versions, aliases and experiments of every model."""
+        return self.repository.state_token(), experiment_stamp(self.repository)
 
     def _scan_one(self, model_id: str) -> dict:
         versions = self.repository.versions(model_id)
@@ -333,7 +439,7 @@ class Engine:
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                if self.repository.state_token() != self._token:
+                if self._state() != self._token:
                     self.reload()
             except Exception:  # a half-written registry: try again next time
                 continue

@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     a.add_argument("--manifest", required=True, help="manifest JSON file")
     a.add_argument("--artifact", required=True, help="model file (LightGBM text or scoreline-linear)")
     a.add_argument("-m", "--message", default="", help="why this version (kept in the history)")
+    a.add_argument("--profile-sample", metavar="PARQUET",
+                   help="rows (raw inputs or keys) for the version's reference profile, which drift "
+                        "is measured against (default: 5,000 entities drawn from its entity store)")
     a.set_defaults(func=_add)
 
     sub.add_parser("list", parents=[common], help="models, versions and aliases").set_defaults(func=_list)
@@ -70,11 +73,12 @@ def _repo(args):
 def _add(args) -> int:
     # The engine's check (load, compile, score a sample); imported here, so `--help` stays instant
     # and registry/ itself never imports the engine.
-    from scoreline.engine.pipeline.deployment import validate_version
+    # ...and the reference profile of its inputs and score (engine/monitor/reference.py)
+    from scoreline.engine.monitor import profiling_validator
 
     repo = _repo(args)
     version = repo.add(args.model_id, args.manifest, args.artifact, args.message,
-                       validate=validate_version)
+                       validate=profiling_validator(args.profile_sample))
     if args.json:
         print_json({"model_id": args.model_id, "version": version,
                     "path": str(repo.version_dir(args.model_id, version))})
