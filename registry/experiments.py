@@ -22,7 +22,8 @@ import pyarrow as pa
 
 from scoreline.errors import NotFoundError, SchemaError
 
-from .repository import Repository, _fsync_path, _write_file
+from .files import fsync_path, write_synced
+from .repository import Repository
 
 __all__ = ["Experiment", "Variant", "Route", "load_experiment", "set_experiment", "set_canary",
            "stop_experiment", "experiment_stamp", "split", "split_one"]
@@ -163,7 +164,7 @@ def stop_experiment(repo: Repository, model_id: str, message: str = "") -> None:
         if not path.exists():
             raise NotFoundError(f"model {model_id!r} has no experiment to stop", path="experiment")
         os.unlink(path)
-        _fsync_path(path.parent)
+        fsync_path(path.parent)
         repo._append_history(model_id, "experiment-stopped", None, None, None, message)
 
 
@@ -202,9 +203,9 @@ def _contract(repo: Repository, model_id: str, version: int) -> tuple:
 def _write(repo: Repository, model_id: str, e: Experiment) -> None:
     model_dir = repo.root / model_id
     tmp = model_dir / f".tmp-{_FILE}.{uuid.uuid4().hex}"
-    _write_file(tmp, json.dumps(msgspec.to_builtins(e), indent=2).encode())
+    write_synced(tmp, json.dumps(msgspec.to_builtins(e), indent=2).encode())
     os.replace(tmp, model_dir / _FILE)
-    _fsync_path(model_dir)
+    fsync_path(model_dir)
 
 
 # --- the split ----------------------------------------------------------------------------------

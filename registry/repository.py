@@ -33,6 +33,7 @@ import msgspec
 
 from scoreline.errors import NotFoundError, RegistrationError, SchemaError, ScorelineError
 
+from .files import fsync_path, write_synced
 from .manifest import Manifest, decode_manifest, encode_manifest
 
 __all__ = ["Repository", "Validator", "DEFAULT_ALIAS", "check_model_id", "check_model_ref",
@@ -158,11 +159,11 @@ class Repository:
             tmp = model_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
             tmp.mkdir()
             try:
-                _write_file(tmp / _MANIFEST, msgspec.json.format(encode_manifest(manifest), indent=2))
+                write_synced(tmp / _MANIFEST, msgspec.json.format(encode_manifest(manifest), indent=2))
                 target = tmp / artifact_name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
-                _fsync_path(target)
+                fsync_path(target)
                 if validate is not None:
                     try:
                         validate(tmp, manifest)
@@ -182,7 +183,7 @@ class Repository:
                 with self._lock(model_id):
                     version = self._next_version(model_id)
                     os.rename(tmp, model_dir / str(version))
-                    _fsync_path(model_dir)
+                    fsync_path(model_dir)
                     self._append_history(model_id, "registered", version, None, None, message)
             finally:
                 if tmp.exists():
@@ -411,9 +412,9 @@ class Repository:
     def _write_aliases(self, model_id: str, aliases: dict[str, int]) -> None:
         model_dir = self.root / model_id
         tmp = model_dir / f"{_TMP_PREFIX}{_ALIASES}.{uuid.uuid4().hex}"
-        _write_file(tmp, json.dumps(dict(sorted(aliases.items())), indent=2).encode())
+        write_synced(tmp, json.dumps(dict(sorted(aliases.items())), indent=2).encode())
         os.replace(tmp, model_dir / _ALIASES)
-        _fsync_path(model_dir)
+        fsync_path(model_dir)
 
     def _append_history(self, model_id: str, action: str, version: int | None, alias: str | None,
                         previous: int | None, message: str, **extra: str) -> None:
@@ -494,21 +495,6 @@ def _remove_temp_dirs(model_dir: Path) -> None:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(e.path)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _describe(exc: BaseException) -> str:
