@@ -21,11 +21,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from scoreline.errors import NotFoundError, SchemaError, ScorelineError, UnauthorizedError
+from scoreline.errors import NotFoundError, ScorelineError, UnauthorizedError
 
-from .asgi import JSON, Endpoint, encode_json, read_body, send_bytes, send_error, send_json
+from .asgi import JSON, Endpoint, decode_json, encode_json, read_body, send_bytes, send_error, send_json
 from .auth import ApiKeyMiddleware, has_key
-from .errors import MalformedBody, error_body, error_headers, status_for
+from .errors import error_body, error_headers, status_for
 from .metrics import Metrics, MetricsMiddleware
 from .openapi import openapi_document
 from .protocol_v2 import v2_routes
@@ -133,14 +133,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
 
     async def promote(scope, receive, send) -> None:
         body = await read_body(scope, receive, settings.max_body_bytes)
-        try:
-            request = _decode_promote(body)
-        except msgspec.ValidationError as exc:
-            text = str(exc)
-            path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
-            raise SchemaError(f"invalid promote request: {text}", path=path) from None
-        except msgspec.DecodeError as exc:
-            raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
+        request = decode_json(body, _decode_promote, "the promote request")
         await scorer.entry(request.model_id, request.version)  # 404 for an unknown model or version
         current = scorer.require_engine()
         await asyncio.get_running_loop().run_in_executor(
