@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from scoreline.engine.data.fields import EPOCH, check_column, check_default, che
 from scoreline.engine.pipeline.plan import Plan, bool_key, compile_plan
 from scoreline.engine.data.samples import sample_inputs
 from scoreline.engine.data.storeview import StoreView
+from scoreline.engine.data.validate import check_store
 
 __all__ = ["Deployment", "validate_version", "scoring_day"]
 
@@ -532,14 +532,7 @@ def validate_version(version_dir, manifest: M.Manifest) -> None:
     through both paths. Raises RegistrationError with the reason (and the failing field's path)."""
     try:
         Deployment(manifest, version_dir, store=False)
-        store = manifest.entity.store
-        if store is not None and hasattr(store, "path"):
-            root = Path(version_dir).parent.parent
-            path = store.path if os.path.isabs(store.path) else root / store.path
-            if not Path(path).exists() and not any(c in str(store.path) for c in "*?["):
-                raise NotFoundError(f"the entity store {store.path!r} does not exist (relative "
-                                    f"paths start at the registry root {str(root)!r})",
-                                    path="$.entity.store.path")
+        check_store(manifest, Path(version_dir).parent.parent)  # the store serving will open
     except RegistrationError:
         raise
     except ScorelineError as exc:
