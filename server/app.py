@@ -94,7 +94,10 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     async def readyz(scope, receive, send) -> None:
         current = scorer.engine
         if current is not None and current.ready:
-            await send_json(send, 200, {"ready": True})
+            # Every live version was loaded; those that failed are named (they answer 503, the
+            # others serve), so one broken version never holds the whole service back.
+            failures = getattr(current, "failures", list)()
+            await send_json(send, 200, {"ready": True, "failed": failures} if failures else {"ready": True})
             return
         reason = "compiling and warming the registry's deployments"
         if state["load_error"] is not None:
