@@ -312,8 +312,7 @@ class Sink:
 
     def commit(self) -> None:
         # Rejects first: a finished output never points at rejects that are not there yet.
-        self._rej.commit()
-        self._out.commit()
+        _sources.commit_together(self._rej, self._out)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._out.__exit__(exc_type, exc, tb)
