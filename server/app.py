@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from scoreline.errors import NotFoundError, ScorelineError, UnauthorizedError
+from scoreline.errors import NotFoundError, NotReadyError, ScorelineError, UnauthorizedError
 
 from .asgi import JSON, Endpoint, decode_json, encode_json, read_body, send_bytes, send_error, send_json
 from .auth import ApiKeyMiddleware, has_key
@@ -182,6 +182,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     )
     # the hot call skips Starlette's middleware stack and does the middlewares' work itself
     app.fast_path = ScoreFastPath(route=scoring[0], compute=score_one, metrics=metrics, api_keys=settings.api_keys)
+    app.durable = DurableAnswers(scorer, settings)
     app.state.scorer = scorer
     app.state.metrics = metrics
     return app
@@ -192,13 +193,89 @@ class _App(Starlette):
     error middleware included: the fast path answers every exception of its own)."""
 
     fast_path: ScoreFastPath
+    durable: DurableAnswers
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and self.durable.applies(scope["path"]):
+            send = self.durable.wrap(send)
         if scope["type"] == "http" and scope["path"] == "/v1/score" and scope["method"] == "POST":
             scope["app"] = self
             await self.fast_path(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+class DurableAnswers:
+    """Durable decisions: an answer to a scoring request is sent only once the decision log has
+    committed every decision logged before it (so its own), when the server runs with
+    `durable_log` or a version whose manifest sets `log.durable` has decisions in flight.
+
+    Group commit: the answers that wait in one turn of the event loop share one commit barrier
+    (one `engine.on_logged` call, one transaction for all their rows, one wake-up of the loop). An
+    answer whose decision is not committed within `request_timeout_s` (the database is down) is
+    replaced by 503: the client must not take a decision the log does not hold."""
+
+    _PATHS = ("/v1/score", "/v1/models/", "/v2/models/")
+
+    def __init__(self, scorer: Scorer, settings: ServerSettings) -> None:
+        self.scorer = scorer
+        self.always = settings.durable_log
+        self.timeout = settings.request_timeout_s
+        self._waiting: list[asyncio.Future] | None = None  # the open group, or None
+
+    def applies(self, path: str) -> bool:
+        return path.startswith(self._PATHS) and self.scorer.engine is not None
+
+    def wrap(self, send):
+        state = {"dropped": False}
+        engine = self.scorer.engine
+
+        async def durable_send(message) -> None:
+            # decided when the answer is ready: its own decisions are logged by then
+            if message["type"] == "http.response.start" and (
+                    self.always or getattr(engine, "durable_pending", False)):
+                try:
+                    await asyncio.wait_for(self._committed(), self.timeout)
+                except Exception as exc:  # noqa: BLE001 - not on record: refuse the answer instead
+                    log.warning("decision log: an answer was held back, its decision is not committed (%s)",
+                                type(exc).__name__)
+                    state["dropped"] = True
+                    error = NotReadyError("the decision could not be recorded in the decision log; retry")
+                    await send_error(send, error)
+                    return
+            elif state["dropped"]:
+                return
+            await send(message)
+
+        return durable_send
+
+    def _committed(self) -> asyncio.Future:
+        """A future set once everything logged so far is committed (shared by this loop turn)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._waiting is None:
+            self._waiting = []
+            loop.call_soon(self._barrier, loop)
+        self._waiting.append(future)
+        return future
+
+    def _barrier(self, loop) -> None:
+        group, self._waiting = self._waiting, None
+
+        def release() -> None:
+            for future in group:
+                if not future.done():
+                    future.set_result(None)
+
+        try:
+            registered = self.scorer.engine.on_logged(lambda: loop.call_soon_threadsafe(release))
+        except Exception as exc:  # noqa: BLE001 - the log's queue is full: no durable answers now
+            for future in group:
+                if not future.done():
+                    future.set_exception(NotReadyError(f"decision log: {type(exc).__name__}"))
+            return
+        if not registered:  # no decision log at all: nothing to wait for
+            release()
 
 
 class ScoreFastPath:

@@ -20,6 +20,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     any is set; admin endpoints need one of `admin_keys` and are refused when none is set.
     Connections (server/connections.py): `max_connections_per_client` open connections per client
     address, `read_timeout_s` for a request (or a new connection's first request) to arrive whole.
+    `durable_log`: answers wait for their decision's commit (server/app.py, DurableAnswers).
     """
 
     max_batch: int = 64
@@ -39,6 +40,9 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # misbehaving address, not a rate limit.
     max_connections_per_client: int = 256
     read_timeout_s: float = 10.0
+    # Answer a scoring request only once its decision is committed to the decision log (server
+    # wide; a manifest's `log.durable` asks the same for one model). See the README.
+    durable_log: bool = False
     api_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
 

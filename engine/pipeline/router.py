@@ -309,6 +309,16 @@ class Engine:
         """Write every decision logged so far to the decision log."""
         self._log.flush()
 
+    def on_logged(self, callback) -> bool:
+        """Call `callback()` (from the log's writer thread) once every decision logged so far is
+        committed; False when there is no decision log (durable answers, server/app.py)."""
+        return self._log.on_committed(callback)
+
+    @property
+    def durable_pending(self) -> bool:
+        """Whether a decision of a version whose manifest sets `log.durable` may be uncommitted."""
+        return self._log.durable_pending
+
     # --- internals ----------------------------------------------------------------------------
 
     def _scan(self) -> dict[str, dict]:

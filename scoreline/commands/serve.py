@@ -49,6 +49,9 @@ def register(subparsers) -> None:
                    help="open connections per client address; more are answered 503 (default: 256)")
     p.add_argument("--read-timeout", type=float, default=10.0,
                    help="seconds for a request to arrive whole; slower ones get 408 and are closed (default: 10)")
+    p.add_argument("--durable-log", action="store_true",
+                   help="answer a scoring request only once its decision is committed to the decision log "
+                        "(group commit; default: answer first, commit within ~0.2 s; see the README)")
     p.add_argument("--reload-interval", type=float, default=2.0,
                    help="seconds between checks of the registry for new versions and moved aliases, 0 for "
                         "never (default: 2; with --workers, how /admin/promote on one worker reaches the others)")
@@ -81,6 +84,7 @@ def run(args) -> int:
         "threads": args.threads, "request_timeout_s": args.timeout, "max_body_bytes": args.max_body_bytes,
         "max_rows": args.max_rows, "max_arrow_rows": args.max_arrow_rows,
         "max_connections_per_client": args.max_connections_per_client, "read_timeout_s": args.read_timeout,
+        "durable_log": args.durable_log,
         "api_keys": _keys(args.api_key, "SCORELINE_API_KEYS"),
         "admin_keys": _keys(args.admin_key, "SCORELINE_ADMIN_KEYS"),
     }
