@@ -6,6 +6,7 @@ loses at most the last fraction of a second (measured, reported, bounded)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -48,10 +49,16 @@ def load(url: str, prefix: str, stop: threading.Event) -> tuple[dict[str, float]
     return answered, threads
 
 
-def logged(db, prefix: str) -> set[str]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT request_id FROM decisions WHERE request_id LIKE ?", (prefix + "-%",))
-        return {r[0] for r in rows}
+def logged(url: str, prefix: str) -> set[str]:
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            rows = conn.execute("SELECT request_id FROM decisions WHERE request_id LIKE ?", (prefix + "-%",))
+            return {r[0] for r in rows}
+    import adbc_driver_postgresql.dbapi as pg
+
+    with pg.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT request_id FROM decisions WHERE request_id LIKE $1", (prefix + "-%",))
+        return {r[0] for r in cur.fetchall()}
 
 
 @pytest.fixture
@@ -59,11 +66,13 @@ def registry(tmp_path):
     return build_registry(tmp_path / "registry")
 
 
-def run_and_stop(registry, how: signal.Signals, *args: str, seconds: float = 2.0) -> tuple[dict, set, float]:
-    db = registry["root"].parent / "decisions.db"
-    prefix = f"{how.name}-{'durable' if args else 'fast'}"
+def run_and_stop(registry, how: signal.Signals, *args: str, seconds: float = 2.0,
+                 log: str | None = None) -> tuple[dict, set, float]:
+    log = log or f"sqlite:///{registry['root'].parent / 'decisions.db'}"
+    # unique per run: a PostgreSQL log is shared with other runs
+    prefix = f"{how.name}-{'durable' if args else 'fast'}-{os.getpid()}-{time.time_ns()}"
     stop = threading.Event()
-    with serve(registry["root"], "--log", f"sqlite:///{db}", *args) as (process, url):
+    with serve(registry["root"], "--log", log, *args) as (process, url):
         answered, threads = load(url, prefix, stop)
         time.sleep(seconds)
         stopped_at = time.monotonic()
@@ -72,7 +81,7 @@ def run_and_stop(registry, how: signal.Signals, *args: str, seconds: float = 2.0
         stop.set()
         for t in threads:
             t.join(15)
-    return answered, logged(db, prefix), stopped_at
+    return answered, logged(log, prefix), stopped_at
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
@@ -81,6 +90,11 @@ def test_durable_mode_never_loses_an_answered_decision(registry, how):
     assert len(answered) > 50
     missing = set(answered) - on_record
     assert not missing, f"{len(missing)} of {len(answered)} answered decisions are not in the log"
+
+
+def test_durable_mode_with_postgresql(registry, postgres_uri):
+    answered, on_record, _ = run_and_stop(registry, signal.SIGKILL, "--durable-log", log=postgres_uri)
+    assert len(answered) > 50 and not set(answered) - on_record
 
 
 def test_default_mode_loses_nothing_on_sigterm_and_little_on_kill_9(registry):
