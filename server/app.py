@@ -21,10 +21,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from scoreline.errors import NotFoundError, NotReadyError, ScorelineError, UnauthorizedError
+from scoreline.errors import NotFoundError, NotReadyError, OverloadedError, ScorelineError, UnauthorizedError
 
 from .asgi import JSON, Endpoint, decode_json, encode_json, read_body, send_bytes, send_error, send_json
 from .auth import ApiKeyMiddleware, has_key
+from .batcher import Admission
 from .errors import error_body, error_headers, status_for
 from .metrics import Metrics, MetricsMiddleware
 from .openapi import openapi_document
@@ -183,6 +184,9 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     # the hot call skips Starlette's middleware stack and does the middlewares' work itself
     app.fast_path = ScoreFastPath(route=scoring[0], compute=score_one, metrics=metrics, api_keys=settings.api_keys)
     app.durable = DurableAnswers(scorer, settings)
+    app.admission = Admission(settings.max_active_requests, settings.max_waiting_requests,
+                              settings.request_timeout_s / 2, settings.retry_after_s)
+    app.metrics = metrics
     app.state.scorer = scorer
     app.state.metrics = metrics
     return app
@@ -194,15 +198,36 @@ class _App(Starlette):
 
     fast_path: ScoreFastPath
     durable: DurableAnswers
+    admission: Admission
+    metrics: Metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and self.durable.applies(scope["path"]):
-            send = self.durable.wrap(send)
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(_SCORING):
+            try:
+                await self.admission.__aenter__()  # before the body is read and decoded
+            except OverloadedError as exc:
+                self.metrics.errors.inc(("overloaded",))
+                await send_error(send, exc, protocol_v2=scope["path"].startswith("/v2"))
+                return
+            try:
+                if self.durable.applies(scope["path"]):
+                    send = self.durable.wrap(send)
+                await self._route(scope, receive, send)
+            finally:
+                await self.admission.__aexit__()
+            return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/score" and scope["method"] == "POST":
             scope["app"] = self
             await self.fast_path(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+# POSTs to these paths score (and log) rows: admission control and durable answers apply
+_SCORING = ("/v1/score", "/v1/models/", "/v2/models/")
 
 
 class DurableAnswers:
@@ -215,8 +240,6 @@ class DurableAnswers:
     answer whose decision is not committed within `request_timeout_s` (the database is down) is
     replaced by 503: the client must not take a decision the log does not hold."""
 
-    _PATHS = ("/v1/score", "/v1/models/", "/v2/models/")
-
     def __init__(self, scorer: Scorer, settings: ServerSettings) -> None:
         self.scorer = scorer
         self.always = settings.durable_log
@@ -224,7 +247,7 @@ class DurableAnswers:
         self._waiting: list[asyncio.Future] | None = None  # the open group, or None
 
     def applies(self, path: str) -> bool:
-        return path.startswith(self._PATHS) and self.scorer.engine is not None
+        return self.scorer.engine is not None
 
     def wrap(self, send):
         state = {"dropped": False}

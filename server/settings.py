@@ -30,6 +30,11 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # around the nogil kernels, so a second concurrent batch mostly contends for the GIL; measured
     # on 2 cores at concurrency 64 it gave smaller batches and lower throughput (see the report).
     max_in_flight: int = 1
+    # Admission (server/batcher.py, Admission): scoring requests worked on at once (64: the
+    # concurrency that gave the most answers per second here), and how many more may wait their turn
+    # (for up to half of request_timeout_s) before new ones are refused with 503 at once.
+    max_active_requests: int = 64
+    max_waiting_requests: int = 4096
     threads: int = 2
     request_timeout_s: float = 5.0
     retry_after_s: float = 1.0
@@ -48,7 +53,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_in_flight", "threads", "max_body_bytes", "max_rows", "max_arrow_rows",
-                     "max_connections_per_client"):
+                     "max_connections_per_client", "max_active_requests", "max_waiting_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_us < 0 or self.request_timeout_s <= 0 or self.read_timeout_s <= 0:

@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                    help="waiting rows per model version before answering 503 (default: 4096)")
     p.add_argument("--max-in-flight", type=int, default=1,
                    help="micro-batches of one model version scoring at once (default: 1)")
+    p.add_argument("--max-active", type=int, default=64,
+                   help="scoring requests worked on at once; more wait their turn (default: 64)")
+    p.add_argument("--max-waiting", type=int, default=4096,
+                   help="scoring requests waiting for a turn before new ones get 503 (default: 4096)")
     p.add_argument("--threads", type=int, default=2, help="scoring threads per worker (default: 2)")
     p.add_argument("--switch-interval-us", type=int, default=None,
                    help="Python's GIL switch interval in the workers (default: Python's 5000); smaller "
@@ -81,6 +85,7 @@ def run(args) -> int:
     settings = {
         "max_batch": args.max_batch, "max_wait_us": args.max_wait_us, "max_queue": args.max_queue,
         "max_in_flight": args.max_in_flight,
+        "max_active_requests": args.max_active, "max_waiting_requests": args.max_waiting,
         "threads": args.threads, "request_timeout_s": args.timeout, "max_body_bytes": args.max_body_bytes,
         "max_rows": args.max_rows, "max_arrow_rows": args.max_arrow_rows,
         "max_connections_per_client": args.max_connections_per_client, "read_timeout_s": args.read_timeout,
