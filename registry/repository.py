@@ -365,7 +365,7 @@ class Repository:
         path = self.root / model_id
         if not path.is_dir():
             raise NotFoundError(
-                f"unknown model {model_id!r} (models in {str(self.root)!r}: {_names(self.model_ids())})",
+                f"unknown model {model_id!r} (models in this registry: {_names(self.model_ids())})",
                 path="$.model-id",
             )
         return path
