@@ -2,15 +2,20 @@
 
 ``DecisionLog(url)`` with ``sqlite:///path.db`` (WAL mode) or ``postgresql://...``, both through
 ADBC, so a batch goes into the database as Arrow (``adbc_ingest``) without a row loop.
-``append`` only puts the batch on a bounded queue; one writer thread drains the queue and writes
-a transaction per batch of rows (when ``batch_rows`` are waiting or ``flush_interval`` seconds
-after the first waiting row). ``flush()`` returns when everything appended before it is
-committed, ``close()`` (also run at exit) flushes and stops the writer.
+``append`` only puts the batch on a bounded queue and ``append_row`` a tuple on a deque (the
+request path's one buffer: no Arrow, about 100 ns); one writer thread drains both and writes a
+transaction per batch of rows (when ``batch_rows`` are waiting, ``flush_interval`` seconds after
+the first waiting row, or at once when someone waits for a commit). ``flush()`` returns when
+everything appended before it is committed; ``on_committed(callback)`` is its non-blocking form
+(durable answers: the server sends an answer when its callback fires; the callbacks that arrive
+while a transaction is written share the next one: group commit). ``close()`` (also run at exit)
+flushes and stops the writer.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import datetime as _dt
 import logging
 import queue
@@ -99,6 +104,7 @@ class DecisionLog:
         self.flush_interval = flush_interval
         self.put_timeout = put_timeout
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._rows: collections.deque = collections.deque()  # append_row's tuples
         self._dropped = 0
         self._lost = 0
         self._error: BaseException | None = None
@@ -154,6 +160,21 @@ class DecisionLog:
                 self._dropped += batch.num_rows
             _log.warning("decision log %s: queue full for %.1fs, dropped %d rows (%d in all)",
                          self.table, self.put_timeout, batch.num_rows, self._dropped)
+
+    def append_row(self, row: tuple) -> None:
+        """Queue one decision as a tuple in DECISION_SCHEMA's order (ts as microseconds since the
+        epoch, UTC); thread-safe, no checks, no Arrow: the request path's cost is a deque append.
+        Rows are written with the next transaction."""
+        self._rows.append(row)
+
+    def on_committed(self, callback) -> None:
+        """Call ``callback()`` (on the writer thread; keep it short) once every row appended
+        before this call is committed. Rows waiting for it are written at once, with whatever
+        else waits: concurrent callers share one transaction."""
+        if self._closed:
+            callback()
+            return
+        self._queue.put(_Callback(callback), timeout=self.put_timeout)
 
     @property
     def dropped_rows(self) -> int:
@@ -346,12 +367,14 @@ class DecisionLog:
         """The writer thread: gather rows, write them in one transaction, release flush waiters."""
         pending: list = []
         rows = 0
-        waiters: list[threading.Event] = []
+        waiters: list = []  # callables: a flush's Event.set, on_committed's callbacks
         deadline = None
         stopping = False
         failures = 0
         while True:
-            timeout = None if not pending else max(0.0, deadline - time.monotonic())
+            # idle, it still looks at append_row's deque every flush_interval
+            timeout = self.flush_interval if not pending else max(0.0, deadline - time.monotonic())
+            idle = not pending  # this wait is the idle look at append_row's deque
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -360,7 +383,9 @@ class DecisionLog:
                 if item is _STOP:
                     stopping = True
                 elif isinstance(item, threading.Event):
-                    waiters.append(item)
+                    waiters.append(item.set)
+                elif isinstance(item, _Callback):
+                    waiters.append(item.callback)
                 else:
                     if not pending:
                         deadline = time.monotonic() + self.flush_interval
@@ -372,6 +397,14 @@ class DecisionLog:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
+            # append_row's rows: taken after the queue, so a waiter queued after its rows sees them
+            n = len(self._rows)
+            if n:
+                if not pending:
+                    # found by the idle look, so they may have waited flush_interval already
+                    deadline = time.monotonic() + (0.0 if idle else self.flush_interval)
+                pending.append(_rows_batch([self._rows.popleft() for _ in range(n)]))
+                rows += n
             due = pending and (stopping or waiters or rows >= self.batch_rows
                                or time.monotonic() >= deadline)
             if due:
@@ -392,11 +425,14 @@ class DecisionLog:
                         deadline = time.monotonic()
                         self._reconnect()
             if not pending:
-                for w in waiters:
-                    w.set()
+                for release in waiters:
+                    try:
+                        release()
+                    except Exception:  # a waiter's own failure must not stop the writer
+                        _log.exception("decision log %s: a commit callback failed", self.table)
                 waiters.clear()
                 # an append racing close() may have queued rows behind the stop marker
-                if stopping and self._queue.empty():
+                if stopping and self._queue.empty() and not self._rows:
                     return
 
     def _reconnect(self) -> None:
@@ -435,6 +471,37 @@ def _add_missing_columns(cur, dialect: str, table: str, types: dict) -> None:
     for name in DECISION_SCHEMA.names:
         if name not in have:
             cur.execute(f"ALTER TABLE {table} ADD COLUMN {name} {types[name]}")
+
+
+class _Callback:
+    __slots__ = ("callback",)
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def _rows_batch(rows: list[tuple]) -> pa.RecordBatch:
+    """append_row's tuples as one batch of DECISION_SCHEMA."""
+    ts, rid, model, version, key, score, decision, latency, error, experiment, role = zip(*rows)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(ts, _TS),
+            pa.array(rid, pa.string()),
+            pa.array(model, pa.string()),
+            pa.array(version, pa.int64()),
+            pa.array(key, pa.string()),
+            pa.array(score, pa.float64()),
+            pa.array(decision, pa.string()),
+            pa.array(latency, pa.float64()),
+            pa.array(error, pa.string()),
+            pa.array(experiment, pa.string()),
+            pa.array(role, pa.string()),
+        ],
+        schema=DECISION_SCHEMA,
+    )
 
 
 def _close_quietly(conn) -> None:

@@ -254,6 +254,13 @@ class Output(msgspec.Struct, **_STRICT):
     decision: str = "application-decision"
 
 
+class LogSpec(msgspec.Struct, **_STRICT):
+    """How this model's decisions are logged: `durable` answers a request only once its decision
+    row is committed to the decision log (see the README's decision log section)."""
+
+    durable: bool = False
+
+
 class Manifest(msgspec.Struct, **_STRICT):
     """Everything needed to serve one version of one model."""
 
@@ -264,6 +271,7 @@ class Manifest(msgspec.Struct, **_STRICT):
     decision: Decision
     transforms: list[Transform] = []
     output: Output = Output()
+    log: LogSpec = LogSpec()
     description: str = ""
 
 

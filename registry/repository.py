@@ -165,21 +165,7 @@ class Repository:
                 shutil.copyfile(source, target)
                 fsync_path(target)
                 if validate is not None:
-                    try:
-                        validate(tmp, manifest)
-                    except Exception as exc:  # any failure refuses the version
-                        # the temporary folder's name means nothing to the user: show file names
-                        reason = _describe(exc).replace(str(tmp) + os.sep, "").replace(str(tmp), ".")
-                        with self._lock(model_id):
-                            self._append_history(model_id, "refused", None, None, None, message,
-                                                 reason=reason)
-                        # the error carries the path itself, so its message does not repeat it
-                        detail = reason.replace(f" (at {exc.path})", "") if getattr(
-                            exc, "path", None) else reason
-                        raise RegistrationError(
-                            f"model {model_id!r}: the new version was refused: {detail}",
-                            path=getattr(exc, "path", None),
-                        ) from exc
+                    self._validate(validate, model_id, tmp, manifest, message, "the new version")
                 with self._lock(model_id):
                     version = self._next_version(model_id)
                     os.rename(tmp, model_dir / str(version))
@@ -191,9 +177,18 @@ class Repository:
         return version
 
     def promote(self, model_id: str, version: int | str, alias: str = DEFAULT_ALIAS,
-                message: str = "") -> int:
-        """Point ``alias`` at ``version`` (an int, a digit string or another alias); return it."""
+                message: str = "", validate: Validator | None = None) -> int:
+        """Point ``alias`` at ``version`` (an int, a digit string or another alias); return it.
+
+        ``validate(version_dir, manifest)``, as in :meth:`add`, runs first: a version that can no
+        longer load (its entity store moved or changed since it was added) is refused with
+        RegistrationError, recorded in the history, and the alias stays where it was.
+        """
         _check_alias(alias)
+        if validate is not None:
+            target = self.resolve(model_id, version)
+            self._validate(validate, model_id, self.version_dir(model_id, target),
+                           self.load_manifest(model_id, target), message, f"version {target}")
         with self._lock(model_id):
             target = self.resolve(model_id, version)
             aliases = self.aliases(model_id)
@@ -202,6 +197,22 @@ class Repository:
             self._write_aliases(model_id, aliases)
             self._append_history(model_id, "promoted", target, alias, previous, message)
         return target
+
+    def _validate(self, validate: Validator, model_id: str, folder: Path, manifest: Manifest,
+                  message: str, what: str) -> None:
+        """Run `validate` on a version's folder; a failure is recorded as refused and raised as
+        RegistrationError naming the reason (file names relative to the folder)."""
+        try:
+            validate(folder, manifest)
+        except Exception as exc:  # any failure refuses the version
+            # a temporary folder's name means nothing to the user: show file names
+            reason = _describe(exc).replace(str(folder) + os.sep, "").replace(str(folder), ".")
+            with self._lock(model_id):
+                self._append_history(model_id, "refused", None, None, None, message, reason=reason)
+            # the error carries the path itself, so its message does not repeat it
+            detail = reason.replace(f" (at {exc.path})", "") if getattr(exc, "path", None) else reason
+            raise RegistrationError(f"model {model_id!r}: {what} was refused: {detail}",
+                                    path=getattr(exc, "path", None)) from exc
 
     def rollback(self, model_id: str, alias: str = DEFAULT_ALIAS, message: str = "") -> int:
         """Point ``alias`` back at the version it pointed at before its latest promotion.
@@ -390,7 +401,7 @@ class Repository:
         path = self.root / model_id
         if not path.is_dir():
             raise NotFoundError(
-                f"unknown model {model_id!r} (models: {_names(self.model_ids())})",
+                f"unknown model {model_id!r} (models in this registry: {_names(self.model_ids())})",
                 path="$.model-id",
             )
         return path

@@ -22,11 +22,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from scoreline.errors import NotFoundError, SchemaError, ScorelineError, UnauthorizedError
+from scoreline.errors import NotFoundError, NotReadyError, OverloadedError, SchemaError, ScorelineError, UnauthorizedError
 
-from .asgi import JSON, Endpoint, encode_json, read_body, send_bytes, send_error, send_json
+from .asgi import JSON, Endpoint, decode_json, encode_json, read_body, send_bytes, send_error, send_json
 from .auth import ApiKeyMiddleware, has_key
-from .errors import MalformedBody, error_body, error_headers, status_for
+from .batcher import Admission
+from .errors import error_body, error_headers, status_for
 from .metrics import Metrics, MetricsMiddleware
 from .openapi import openapi_document
 from .protocol_v2 import v2_routes
@@ -112,7 +113,10 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     async def readyz(scope, receive, send) -> None:
         current = scorer.engine
         if current is not None and current.ready:
-            await send_json(send, 200, {"ready": True})
+            # Every live version was loaded; those that failed are named (they answer 503, the
+            # others serve), so one broken version never holds the whole service back.
+            failures = getattr(current, "failures", list)()
+            await send_json(send, 200, {"ready": True, "failed": failures} if failures else {"ready": True})
             return
         reason = "compiling and warming the registry's deployments"
         if state["load_error"] is not None:
@@ -151,7 +155,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
 
     async def promote(scope, receive, send) -> None:
         body = await read_body(scope, receive, settings.max_body_bytes)
-        request = _decode_admin(_decode_promote, body, "promote request")
+        request = decode_json(body, _decode_promote, "the promote request")
         await scorer.entry(request.model_id, request.version)  # 404 for an unknown model or version
         current = scorer.require_engine()
         await asyncio.get_running_loop().run_in_executor(
@@ -160,7 +164,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
 
     async def experiment(scope, receive, send) -> None:
         body = await read_body(scope, receive, settings.max_body_bytes)
-        change = _decode_admin(_decode_experiment, body, "experiment change")
+        change = decode_json(body, _decode_experiment, "the experiment change")
         current = scorer.require_engine()
         await scorer.entry(change.model_id, None)  # 404 for an unknown model
 
@@ -220,20 +224,13 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     )
     # the hot call skips Starlette's middleware stack and does the middlewares' work itself
     app.fast_path = ScoreFastPath(route=scoring[0], compute=score_one, metrics=metrics, api_keys=settings.api_keys)
+    app.durable = DurableAnswers(scorer, settings)
+    app.admission = Admission(settings.max_active_requests, settings.max_waiting_requests,
+                              settings.request_timeout_s / 2, settings.retry_after_s)
+    app.metrics = metrics
     app.state.scorer = scorer
     app.state.metrics = metrics
     return app
-
-
-def _decode_admin(decode, body: bytes, what: str):
-    try:
-        return decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
-        raise SchemaError(f"invalid {what}: {text}", path=path) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
 
 
 def _engine_figures(engine):
@@ -247,13 +244,108 @@ class _App(Starlette):
     error middleware included: the fast path answers every exception of its own)."""
 
     fast_path: ScoreFastPath
+    durable: DurableAnswers
+    admission: Admission
+    metrics: Metrics
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(_SCORING):
+            try:
+                await self.admission.__aenter__()  # before the body is read and decoded
+            except OverloadedError as exc:
+                self.metrics.errors.inc(("overloaded",))
+                await send_error(send, exc, protocol_v2=scope["path"].startswith("/v2"))
+                return
+            try:
+                if self.durable.applies(scope["path"]):
+                    send = self.durable.wrap(send)
+                await self._route(scope, receive, send)
+            finally:
+                await self.admission.__aexit__()
+            return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/score" and scope["method"] == "POST":
             scope["app"] = self
             await self.fast_path(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+# POSTs to these paths score (and log) rows: admission control and durable answers apply
+_SCORING = ("/v1/score", "/v1/models/", "/v2/models/")
+
+
+class DurableAnswers:
+    """Durable decisions: an answer to a scoring request is sent only once the decision log has
+    committed every decision logged before it (so its own), when the server runs with
+    `durable_log` or a version whose manifest sets `log.durable` has decisions in flight.
+
+    Group commit: the answers that wait in one turn of the event loop share one commit barrier
+    (one `engine.on_logged` call, one transaction for all their rows, one wake-up of the loop). An
+    answer whose decision is not committed within `request_timeout_s` (the database is down) is
+    replaced by 503: the client must not take a decision the log does not hold."""
+
+    def __init__(self, scorer: Scorer, settings: ServerSettings) -> None:
+        self.scorer = scorer
+        self.always = settings.durable_log
+        self.timeout = settings.request_timeout_s
+        self._waiting: list[asyncio.Future] | None = None  # the open group, or None
+
+    def applies(self, path: str) -> bool:
+        return self.scorer.engine is not None
+
+    def wrap(self, send):
+        state = {"dropped": False}
+        engine = self.scorer.engine
+
+        async def durable_send(message) -> None:
+            # decided when the answer is ready: its own decisions are logged by then
+            if message["type"] == "http.response.start" and (
+                    self.always or getattr(engine, "durable_pending", False)):
+                try:
+                    await asyncio.wait_for(self._committed(), self.timeout)
+                except Exception as exc:  # noqa: BLE001 - not on record: refuse the answer instead
+                    log.warning("decision log: an answer was held back, its decision is not committed (%s)",
+                                type(exc).__name__)
+                    state["dropped"] = True
+                    error = NotReadyError("the decision could not be recorded in the decision log; retry")
+                    await send_error(send, error)
+                    return
+            elif state["dropped"]:
+                return
+            await send(message)
+
+        return durable_send
+
+    def _committed(self) -> asyncio.Future:
+        """A future set once everything logged so far is committed (shared by this loop turn)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._waiting is None:
+            self._waiting = []
+            loop.call_soon(self._barrier, loop)
+        self._waiting.append(future)
+        return future
+
+    def _barrier(self, loop) -> None:
+        group, self._waiting = self._waiting, None
+
+        def release() -> None:
+            for future in group:
+                if not future.done():
+                    future.set_result(None)
+
+        try:
+            registered = self.scorer.engine.on_logged(lambda: loop.call_soon_threadsafe(release))
+        except Exception as exc:  # noqa: BLE001 - the log's queue is full: no durable answers now
+            for future in group:
+                if not future.done():
+                    future.set_exception(NotReadyError(f"decision log: {type(exc).__name__}"))
+            return
+        if not registered:  # no decision log at all: nothing to wait for
+            release()
 
 
 class ScoreFastPath:

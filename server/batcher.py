@@ -37,7 +37,7 @@ from typing import Generic, TypeVar
 
 from scoreline.errors import OverloadedError
 
-__all__ = ["MicroBatcher"]
+__all__ = ["Admission", "MicroBatcher"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -249,3 +249,61 @@ class MicroBatcher(Generic[T, R]):
 
 # Deadlines are checked at most this often: a request may fail up to this much past its deadline.
 _SWEEP_S = 0.001
+
+
+class Admission:
+    """A gate in front of the scoring endpoints, before a body is decoded: at most `limit` requests
+    are worked on at once, the next `max_waiting` wait their turn in arrival order (for at most
+    `wait` seconds), and any beyond that are refused at once with `OverloadedError` (503 +
+    Retry-After).
+
+    Why: decoding and checking a body costs about as much as scoring it (a 50-row batch: a few
+    hundred microseconds of Python on the event loop). Without the gate, 256 clients sending 50-row
+    batches had every body decoded and checked, and most then refused by the batcher's full queue,
+    so the server spent its time on work it threw away (80 good answers/s against 670-800 at
+    concurrency 8-64). With it, the work in progress stays at the level that gives the most answers,
+    and the rest wait without costing anything but a future.
+    """
+
+    def __init__(self, limit: int, max_waiting: int, wait: float, retry_after: float = 1.0) -> None:
+        self.limit = limit
+        self.max_waiting = max_waiting
+        self.wait = wait
+        self.retry_after = retry_after
+        self.active = 0
+        self._waiting: deque[asyncio.Future] = deque()
+
+    async def __aenter__(self) -> None:
+        if self.active < self.limit and not self._waiting:
+            self.active += 1
+            return
+        if len(self._waiting) >= self.max_waiting:
+            raise OverloadedError(f"over capacity: {self.active} requests in progress and {len(self._waiting)} "
+                                  "waiting; retry later", retry_after=self.retry_after)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.wait)
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return  # the slot came as the wait ran out: keep it
+            future.cancel()
+            raise OverloadedError(f"over capacity: waited {self.wait:.1f}s for a turn; retry later",
+                                  retry_after=self.retry_after) from None
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self._release()  # handed a slot while being cancelled: pass it on
+            else:
+                future.cancel()
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiting:  # hand the slot straight to the next live waiter
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.active -= 1

@@ -24,7 +24,7 @@ from starlette.routing import Route
 import scoreline
 from scoreline.errors import NotFoundError, SchemaError
 
-from .asgi import JSON, Endpoint, encode_json, header, read_body, send_bytes, send_json
+from .asgi import JSON, Endpoint, decode_json, encode_json, header, read_body, send_bytes, send_json
 from .errors import MalformedBody, PayloadTooLarge
 from .scoring import Request, Scorer
 
@@ -219,11 +219,7 @@ def _split(scope, body: bytes) -> tuple[_InferRequest, memoryview]:
             raise MalformedBody(f"Inference-Header-Content-Length {declared.decode(errors='replace')!r} "
                                 f"does not fit a {len(body)}-byte body")
         head, tail = body[: int(declared)], memoryview(body)[int(declared):]
-    try:
-        body = _decode_json(head)
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the inference request is not valid JSON: {exc}") from None
-    return _request(body), tail
+    return _request(decode_json(head, _decode_json, "the inference request")), tail
 
 
 def _tensor_values(tensor: _Tensor, where: str, binary: memoryview, offset: int, max_rows: int):

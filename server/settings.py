@@ -18,6 +18,9 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     per-request deadline. Limits: `max_body_bytes` per request body, `max_rows` rows per JSON or v2
     request, `max_arrow_rows` rows per Arrow IPC request. Keys: scoring needs one of `api_keys` when
     any is set; admin endpoints need one of `admin_keys` and are refused when none is set.
+    Connections (server/connections.py): `max_connections_per_client` open connections per client
+    address, `read_timeout_s` for a request (or a new connection's first request) to arrive whole.
+    `durable_log`: answers wait for their decision's commit (server/app.py, DurableAnswers).
     """
 
     max_batch: int = 64
@@ -27,18 +30,31 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # around the nogil kernels, so a second concurrent batch mostly contends for the GIL; measured
     # on 2 cores at concurrency 64 it gave smaller batches and lower throughput (see the report).
     max_in_flight: int = 1
+    # Admission (server/batcher.py, Admission): scoring requests worked on at once (64: the
+    # concurrency that gave the most answers per second here), and how many more may wait their turn
+    # (for up to half of request_timeout_s) before new ones are refused with 503 at once.
+    max_active_requests: int = 64
+    max_waiting_requests: int = 4096
     threads: int = 2
     request_timeout_s: float = 5.0
     retry_after_s: float = 1.0
     max_body_bytes: int = 16 * 1024 * 1024
     max_rows: int = 10_000
     max_arrow_rows: int = 1_000_000
+    # A proxy or a load generator brings many clients through one address: the cap is for one
+    # misbehaving address, not a rate limit.
+    max_connections_per_client: int = 256
+    read_timeout_s: float = 10.0
+    # Answer a scoring request only once its decision is committed to the decision log (server
+    # wide; a manifest's `log.durable` asks the same for one model). See the README.
+    durable_log: bool = False
     api_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_in_flight", "threads", "max_body_bytes", "max_rows", "max_arrow_rows"):
+        for name in ("max_batch", "max_queue", "max_in_flight", "threads", "max_body_bytes", "max_rows", "max_arrow_rows",
+                     "max_connections_per_client", "max_active_requests", "max_waiting_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_us < 0 or self.request_timeout_s <= 0:
-            raise ValueError("max_wait_us must be >= 0 and request_timeout_s > 0")
+        if self.max_wait_us < 0 or self.request_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError("max_wait_us must be >= 0, request_timeout_s and read_timeout_s > 0")

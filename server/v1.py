@@ -14,9 +14,9 @@ from starlette.routing import Route
 
 from scoreline.errors import InputError, SchemaError
 
-from .asgi import JSON, Endpoint, header, read_body, send_bytes, send_json
 from scoreline.engine.data.request import ARROW_TYPES
 
+from .asgi import JSON, Endpoint, decode_json, header, read_body, send_bytes, send_json
 from .errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from .scoring import Request, Scorer
 
@@ -28,12 +28,7 @@ _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 def decode_object(body: bytes) -> dict:
     """A JSON object from bytes: 400 when it is not JSON, 422 when it is JSON but not an object."""
-    try:
-        return _decode_object(body)
-    except msgspec.ValidationError as exc:
-        raise SchemaError(f"expected a JSON object at `$`: {exc}", path="$") from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
+    return decode_json(body, _decode_object)
 
 
 def v1_routes(scorer: Scorer) -> tuple[list[Route], Callable]:

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE = 65_536
+_RESERVED = frozenset(f.name for f in _REJECT_FIELDS)
 _POLL = 0.1  # seconds a blocked wait sleeps between looks, so Ctrl-C lands promptly
 
 
@@ -307,8 +308,7 @@ class Sink:
 
     def commit(self) -> None:
         # Rejects first: a finished output never points at rejects that are not there yet.
-        self._rej.commit()
-        self._out.commit()
+        _sources.commit_together(self._rej, self._out)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._out.__exit__(exc_type, exc, tb)
@@ -336,8 +336,14 @@ def plan_job(
 ) -> Job:
     """Resolve the model and the input files and check every file's schema; writes nothing.
     Parameters as for :func:`score_file`; raises ``InputError`` for an unusable file."""
-    scorer = as_scorer(model, raw_score=raw_score, registry=registry, version=version)
     keep = tuple(keep)
+    # Refused rather than renamed: the rejects' source/row/reason are a fixed layout that readers
+    # select by name, and a renamed kept column would differ between the output and the rejects.
+    for name in keep:
+        if name in _RESERVED or keep.count(name) > 1:
+            raise InputError(f"cannot keep column {name!r}: " + ("it is named twice" if keep.count(name) > 1 else
+                             "the rejects file has its own 'source', 'row' and 'reason' columns"), path="keep")
+    scorer = as_scorer(model, raw_score=raw_score, registry=registry, version=version)
     output = Path(output)
     fmt = _sources.output_format(output, format)
     rejects = Path(rejects) if rejects is not None else rejects_path_for(output)

@@ -7,11 +7,9 @@ import glob
 import itertools
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -19,6 +17,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from scoreline.errors import InputError
+
+from .writers import AtomicWriter, commit_together
 
 __all__ = [
     "Source",
@@ -28,6 +28,7 @@ __all__ = [
     "read_ahead",
     "output_format",
     "AtomicWriter",
+    "commit_together",
     "FORMATS",
     "CSV_NULL_VALUES",
 ]
@@ -227,88 +228,6 @@ def output_format(path: str | os.PathLike, explicit: str | None = None) -> str:
         f"cannot tell the output format of {os.fspath(path)!r}: name it .parquet or .arrow, or pass a format",
         path="output",
     )
-
-
-def _umask() -> int:
-    # Read, not set: os.umask() would change it for every thread for a moment.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
-class AtomicWriter:
-    """Writes RecordBatches to ``<dir>/.<name>.tmp-XXXX`` and renames it to ``path`` on ``commit()``.
-
-    The temporary file sits in the destination's folder so the rename is atomic (same file
-    system), and its hidden ``.tmp`` name never looks like a finished output. ``abort()`` (or
-    leaving a ``with`` block by an exception, KeyboardInterrupt included) removes it. The file is
-    created on the first batch; ``commit()`` with no batch written creates an empty file with
-    the schema.
-    """
-
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, fmt: str) -> None:
-        self.path = Path(path)
-        self.schema = schema
-        self.format = fmt
-        self.rows = 0
-        self._tmp: str | None = None
-        self._writer = None
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
-            self._open()
-        if batch.schema != self.schema:
-            batch = batch.cast(self.schema)
-        self._writer.write_batch(batch)
-        self.rows += batch.num_rows
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
-        # mkstemp makes the file private (0600); a finished output gets the usual mode instead.
-        os.fchmod(fd, 0o666 & ~_umask())
-        os.close(fd)
-        if self.format == "parquet":
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
-        else:
-            self._writer = ipc.new_file(self._tmp, self.schema)
-
-    def commit(self) -> Path:
-        """Close the file and move it to its final name; returns that name."""
-        if self._writer is None:
-            self._open()
-        self._writer.close()
-        self._writer = None
-        os.replace(self._tmp, self.path)
-        self._tmp = None
-        return self.path
-
-    def abort(self) -> None:
-        """Close and delete the temporary file (idempotent)."""
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:  # noqa: BLE001 - the file is being thrown away anyway
-                pass
-            self._writer = None
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
-            self._tmp = None
-
-    def __enter__(self) -> "AtomicWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or self._tmp is not None:
-            self.abort()
 
 
 # --- reading ahead on threads -----------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from scoreline.engine.pipeline.fill import Entities, Fill
 from scoreline.engine.pipeline.plan import Plan, compile_plan
 from scoreline.engine.pipeline.result import Contract, Result
 from scoreline.engine.pipeline.stages import Decide, Predict, Stage, State, Transform
+from scoreline.engine.data.validate import check_store
 
 __all__ = ["Deployment", "validate_version", "scoring_day"]
 
@@ -248,14 +248,7 @@ def validate_version(version_dir, manifest: M.Manifest) -> None:
     through both paths. Raises RegistrationError with the reason (and the failing field's path)."""
     try:
         Deployment(manifest, version_dir, store=False)
-        store = manifest.entity.store
-        if store is not None and hasattr(store, "path"):
-            root = _registry_root(version_dir)
-            path = store.path if os.path.isabs(store.path) else root / store.path
-            if not Path(path).exists() and not any(c in str(store.path) for c in "*?["):
-                raise NotFoundError(f"the entity store {store.path!r} does not exist (a relative "
-                                    "path starts at the registry root)",
-                                    path="$.entity.store.path")
+        check_store(manifest, _registry_root(version_dir))  # the store serving will open
     except RegistrationError:
         raise
     except ScorelineError as exc:

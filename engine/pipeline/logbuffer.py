@@ -1,10 +1,10 @@
-"""Decision logging off the request path: one-row decisions are queued as plain tuples (no Arrow on
-the request path) and a background thread turns them into one RecordBatch per interval for
-`DecisionLog.append`; a scored batch is logged as a batch at once."""
+"""The engine's side of decision logging: one-row decisions go to the DecisionLog as plain tuples
+(`DecisionLog.append_row`: no Arrow and no second buffer on the request path; the log's writer
+thread batches and commits them), a scored batch as a batch; durable deployments are counted so
+the server can hold their answers until the log has committed them."""
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 
@@ -26,38 +26,37 @@ def _schema() -> pa.Schema:
 class LogBuffer:
     """Feeds a DecisionLog (or nothing, for `log=None`); see the module docstring.
 
-    `interval`: seconds between drains of queued rows; `max_rows` queued rows wake the drain early.
+    `durable_pending`: whether a row of a deployment whose manifest asks for durable logging
+    (`log.durable`) may not be committed yet (`on_committed` clears it once it is).
     """
 
-    def __init__(self, log, *, interval: float = 0.05, max_rows: int = 4096) -> None:
+    def __init__(self, log) -> None:
         self.owned = isinstance(log, str)
         if self.owned:
             from scoreline.registry.decision_log import DecisionLog
 
             log = DecisionLog(log)
         self.log = log
-        self._rows: collections.deque = collections.deque()
-        self._max_rows = max_rows
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._drain_lock = threading.Lock()
-        self._thread = None
-        if log is not None:
-            self._thread = threading.Thread(target=self._run, args=(interval,),
-                                            name="scoreline-decision-buffer", daemon=True)
-            self._thread.start()
+        self._durable = 0  # durable rows appended (a counter read by on_committed)
+        self._durable_done = 0
+        self._lock = threading.Lock()
+
+    @property
+    def durable_pending(self) -> bool:
+        return self._durable != self._durable_done
 
     def row(self, request_id, dep, key, score, decision, seconds: float, error,
             experiment: str | None = None, role: str | None = None) -> None:
-        """Queue one decision (a deque append: thread-safe and about 100 ns)."""
+        """Log one decision (a deque append in the log: thread-safe and about 100 ns)."""
         if self.log is None:
             return
-        self._rows.append((time.time_ns() // 1000,
-                           None if request_id is None else str(request_id), dep.model_id, dep.version,
-                           None if key is None else str(key), score, decision, seconds * 1e6,
-                           error, experiment, role))
-        if len(self._rows) >= self._max_rows:
-            self._wake.set()
+        self.log.append_row((time.time_ns() // 1000,
+                             None if request_id is None else str(request_id), dep.model_id, dep.version,
+                             None if key is None else str(key), score, decision, seconds * 1e6,
+                             error, experiment, role))
+        if dep.manifest.log.durable:
+            with self._lock:
+                self._durable += 1
 
     def batch(self, dep, out: pa.RecordBatch, request_ids, seconds: float,
               experiment: str | None = None, roles=None) -> None:
@@ -86,59 +85,37 @@ class LogBuffer:
             ],
             schema=_schema(),
         ))
+        if dep.manifest.log.durable:
+            with self._lock:
+                self._durable += 1
+
+    def on_committed(self, callback) -> bool:
+        """Call `callback()` (from the log's writer thread) once every decision logged so far is
+        committed; False (and no call) when there is no log."""
+        if self.log is None:
+            return False
+        target = self._durable
+
+        def committed() -> None:
+            with self._lock:
+                self._durable_done = max(self._durable_done, target)
+            callback()
+
+        self.log.on_committed(committed)
+        return True
 
     def flush(self) -> None:
-        """Hand every queued row to the log and wait until the log has written them."""
-        if self.log is None:
-            return
-        self._drain()
-        self.log.flush()
+        """Wait until the log has written every decision logged so far."""
+        if self.log is not None:
+            self.log.flush()
 
     def close(self) -> None:
         if self.log is None:
             return
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._drain()
         if self.owned:
             self.log.close()
         else:
             self.log.flush()
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(interval)
-            self._wake.clear()
-            try:
-                self._drain()
-            except Exception:  # the log reports its own failures; keep draining
-                continue
-
-    def _drain(self) -> None:
-        with self._drain_lock:
-            n = len(self._rows)
-            if not n:
-                return
-            rows = [self._rows.popleft() for _ in range(n)]
-        ts, rid, model, version, key, score, decision, latency, error, experiment, role = zip(*rows)
-        self.log.append(pa.RecordBatch.from_arrays(
-            [
-                pa.array(ts, _TS),
-                pa.array(rid, pa.string()),
-                pa.array(model, pa.string()),
-                pa.array(version, pa.int64()),
-                pa.array(key, pa.string()),
-                pa.array(score, pa.float64()),
-                pa.array(decision, pa.string()),
-                pa.array(latency, pa.float64()),
-                pa.array(error, pa.string()),
-                pa.array(experiment, pa.string()),
-                pa.array(role, pa.string()),
-            ],
-            schema=_schema(),
-        ))
 
 
 def _roles(roles, n: int) -> pa.Array:

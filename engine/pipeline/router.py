@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import msgspec
 
@@ -60,6 +61,7 @@ class Engine:
         self._lock = threading.Lock()  # guards the tables below; never held while compiling
         self._deployments: dict[tuple[str, int], Deployment] = {}
         self._failed: dict[tuple[str, int], ScorelineError] = {}
+        self._failed_files: dict[tuple[str, int], tuple] = {}  # their files when they failed
         self._compiling: dict[tuple[str, int], threading.Lock] = {}
         self._stores: dict[bytes, object] = {}
         self._log = LogBuffer(log)
@@ -143,6 +145,7 @@ class Engine:
                 # version failing to load.
                 dep = self._compile(manifest, version_dir, version)
             except ScorelineError as exc:
+                self._failed_files[key] = self._files(model_id, version)
                 self._failed[key] = exc
                 log.warning("model %r version %s failed to load: %s (at %s)", model_id, version,
                             exc.message, exc.path)
@@ -150,6 +153,7 @@ class Engine:
             except Exception as exc:
                 log.exception("model %r version %s failed to load", model_id, version)
                 error = NotReadyError(f"{type(exc).__name__}: {exc}")
+                self._failed_files[key] = self._files(model_id, version)
                 self._failed[key] = error
                 raise _failure(model_id, version, error) from exc
             self._deployments[key] = dep
@@ -353,7 +357,8 @@ class Engine:
     def reload(self) -> None:
         """Rescan the registry; compile and warm every live version not compiled yet, then swap
         the alias table in one assignment. A version that fails to load stays failed (visible in
-        `models()`) and never replaces a working one."""
+        `models()`) and never replaces a working one; versions that failed before are tried again."""
+        self._failed.clear()  # a retry: the store or the artifact may have been fixed since
         live = self._scan()
         old = self._live
         for model_id, entry in live.items():
@@ -394,12 +399,20 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Whether every live version is compiled and warmed."""
-        return all((model_id, v) in self._deployments
+        """Whether every live version was loaded: compiled and warmed, or failed (`failures()`
+        names those; the others serve)."""
+        loaded = self._deployments.keys() | self._failed.keys()
+        return all((model_id, v) in loaded
                    for model_id, entry in self._live.items() for v in _live_versions(entry)) \
-            and all((model_id, r.version) in self._deployments  # shadows compile off the path
+            and all((model_id, r.version) in loaded  # shadows compile off the path
                     for model_id, routing in self._experiments.table.items()
                     for r in routing.routes if r.version is not None)
+
+    def failures(self) -> list[dict]:
+        """The live versions that failed to load: model id, version and the reason."""
+        return [{"model-id": model_id, "version": v, "reason": self._failed[(model_id, v)].message}
+                for model_id, entry in sorted(self._live.items()) for v in sorted(_live_versions(entry))
+                if (model_id, v) in self._failed]
 
     def close(self) -> None:
         """Stop watching the registry and flush (and, if it is ours, close) the decision log."""
@@ -421,6 +434,16 @@ class Engine:
         self._experiments.pool.drain()
         self._log.flush()
 
+    def on_logged(self, callback) -> bool:
+        """Call `callback()` (from the log's writer thread) once every decision logged so far is
+        committed; False when there is no decision log (durable answers, server/app.py)."""
+        return self._log.on_committed(callback)
+
+    @property
+    def durable_pending(self) -> bool:
+        """Whether a decision of a version whose manifest sets `log.durable` may be uncommitted."""
+        return self._log.durable_pending
+
     # --- internals ----------------------------------------------------------------------------
 
     def _scan(self) -> dict[str, dict]:
@@ -436,10 +459,37 @@ class Engine:
         return {"versions": versions, "aliases": self.repository.aliases(model_id),
                 "latest": versions[-1] if versions else None}
 
+    def _files(self, model_id: str, version: int) -> tuple:
+        """Size and mtime of a version's files and of its entity store's files: a failed version
+        is tried again when they change (a store file truncated, then restored)."""
+        paths = []
+        try:
+            folder = self.repository.version_dir(model_id, version)
+            paths = sorted(folder.rglob("*"))
+            spec = self.repository.load_manifest(model_id, version).entity.store
+            if spec is not None and getattr(spec, "path", None):
+                store = Path(spec.path).expanduser()
+                store = store if store.is_absolute() else self.repository.root / store
+                paths += sorted(store.parent.glob(store.name)) if any(c in store.name for c in "*?[") else [store]
+        except Exception:  # a half-written version or manifest: its stamp is what could be read
+            pass
+        stamps = []
+        for path in paths:
+            try:
+                st = path.stat()
+                stamps.append((str(path), st.st_size, st.st_mtime_ns))
+            except OSError:
+                stamps.append((str(path), None, None))
+        return tuple(stamps)
+
+    def _failed_changed(self) -> bool:
+        return any(self._files(*key) != files for key, files in list(self._failed_files.items())
+                   if key in self._failed)
+
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                if self._state() != self._token:
+                if self._state() != self._token or self._failed_changed():
                     self.reload()
             except Exception:  # a half-written registry: try again next time
                 continue

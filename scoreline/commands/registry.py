@@ -114,9 +114,13 @@ def _show(args) -> int:
 
 
 def _promote(args) -> int:
+    # the same check as `add` and as the server's /admin/promote (which compiles before moving)
+    from scoreline.engine.pipeline.deployment import validate_version
+
     repo = _repo(args)
     before = repo.aliases(args.model_id).get(args.alias)
-    version = repo.promote(args.model_id, args.version, alias=args.alias, message=args.message)
+    version = repo.promote(args.model_id, args.version, alias=args.alias, message=args.message,
+                           validate=validate_version)
     _moved(args, before, version, "promoted")
     return 0
 

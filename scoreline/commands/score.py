@@ -49,6 +49,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from scoreline.engine.bulk.writers import interruptible
+
+    # Every Ctrl-C before the files are published: exit 130, no output, no temporary file (the
+    # writers stop at the next batch even when a library swallowed the KeyboardInterrupt); once
+    # they are published, the result stands and the command ends with 0.
+    with interruptible(until_exit=getattr(args, "process", False)):
+        result = _score(args)
+        if not args.quiet:
+            print(result.summary())
+    return 0
+
+
+def _score(args):
     keep = [name.strip() for item in args.keep for name in item.split(",") if name.strip()]
     inputs = args.input if len(args.input) > 1 else args.input[0]
     common = dict(
@@ -64,25 +77,21 @@ def run(args) -> int:
         _require("ray", "ray")
         from scoreline.distributed.ray import score_files
 
-        result = score_files(args.model, inputs, args.output, address=args.address, **common)
-    elif args.engine == "spark":
+        return score_files(args.model, inputs, args.output, address=args.address, **common)
+    if args.engine == "spark":
         _require("pyspark", "spark")
         from scoreline.distributed.spark import score_files
 
-        result = score_files(args.model, inputs, args.output, master=args.address, **common)
-    else:
-        from scoreline.engine.bulk.jobs import score_file
+        return score_files(args.model, inputs, args.output, master=args.address, **common)
+    from scoreline.engine.bulk.jobs import score_file
 
-        bar = None if args.quiet else _bar()
-        model = args.model
-        if args.device != "cpu":
-            from scoreline.engine.bulk.device import for_bulk  # numba.cuda only when a GPU is asked for
+    bar = None if args.quiet else _bar()
+    model = args.model
+    if args.device != "cpu":
+        from scoreline.engine.bulk.device import for_bulk  # numba.cuda only when a GPU is asked for
 
-            model = for_bulk(args.model, args.device)
-        result = score_file(model, inputs, args.output, threads=args.threads, progress=bar, **common)
-    if not args.quiet:
-        print(result.summary())
-    return 0
+        model = for_bulk(args.model, args.device)
+    return score_file(model, inputs, args.output, threads=args.threads, progress=bar, **common)
 
 
 def _require(module: str, extra: str) -> None:

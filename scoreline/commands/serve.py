@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                    help="waiting rows per model version before answering 503 (default: 4096)")
     p.add_argument("--max-in-flight", type=int, default=1,
                    help="micro-batches of one model version scoring at once (default: 1)")
+    p.add_argument("--max-active", type=int, default=64,
+                   help="scoring requests worked on at once; more wait their turn (default: 64)")
+    p.add_argument("--max-waiting", type=int, default=4096,
+                   help="scoring requests waiting for a turn before new ones get 503 (default: 4096)")
     p.add_argument("--threads", type=int, default=2, help="scoring threads per worker (default: 2)")
     p.add_argument("--switch-interval-us", type=int, default=None,
                    help="Python's GIL switch interval in the workers (default: Python's 5000); smaller "
@@ -45,6 +49,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="request body limit (default: 16 MiB)")
     p.add_argument("--max-rows", type=int, default=10_000, help="rows per JSON or v2 request (default: 10000)")
     p.add_argument("--max-arrow-rows", type=int, default=1_000_000, help="rows per Arrow request (default: 1000000)")
+    p.add_argument("--max-connections-per-client", type=int, default=256,
+                   help="open connections per client address; more are answered 503 (default: 256)")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds for a request to arrive whole; slower ones get 408 and are closed (default: 10)")
+    p.add_argument("--durable-log", action="store_true",
+                   help="answer a scoring request only once its decision is committed to the decision log "
+                        "(group commit; default: answer first, commit within ~0.2 s; see the README)")
     p.add_argument("--reload-interval", type=float, default=2.0,
                    help="seconds between checks of the registry for new versions and moved aliases, 0 for "
                         "never (default: 2; with --workers, how /admin/promote on one worker reaches the others)")
@@ -74,8 +85,11 @@ def run(args) -> int:
     settings = {
         "max_batch": args.max_batch, "max_wait_us": args.max_wait_us, "max_queue": args.max_queue,
         "max_in_flight": args.max_in_flight,
+        "max_active_requests": args.max_active, "max_waiting_requests": args.max_waiting,
         "threads": args.threads, "request_timeout_s": args.timeout, "max_body_bytes": args.max_body_bytes,
         "max_rows": args.max_rows, "max_arrow_rows": args.max_arrow_rows,
+        "max_connections_per_client": args.max_connections_per_client, "read_timeout_s": args.read_timeout,
+        "durable_log": args.durable_log,
         "api_keys": _keys(args.api_key, "SCORELINE_API_KEYS"),
         "admin_keys": _keys(args.admin_key, "SCORELINE_ADMIN_KEYS"),
     }
@@ -92,13 +106,14 @@ def run(args) -> int:
     import uvicorn
 
     from scoreline.server.app import ENV_CONFIG
+    from scoreline.server.connections import GuardedProtocol
 
     os.environ[ENV_CONFIG] = msgspec.json.encode(
         {"registry": str(registry), "log": None if log == "none" else log,
          "reload_interval": args.reload_interval, "switch_interval_us": args.switch_interval_us,
          "settings": settings}).decode()
     uvicorn.run("scoreline.server.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, http="httptools", loop=_loop(), log_level=args.log_level,
+                workers=args.workers, http=GuardedProtocol, loop=_loop(), log_level=args.log_level,
                 access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     return 0
 

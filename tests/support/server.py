@@ -105,13 +105,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(app, *, ready_path: str = "/healthz"):
-    """Run `app` under uvicorn (httptools) in a thread on a free loopback port; yields the base URL."""
+def live_server(app, *, ready_path: str = "/healthz", http="httptools"):
+    """Run `app` under uvicorn (httptools, or the protocol class `http`) in a thread on a free
+    loopback port; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, http=http, loop="asyncio", log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
