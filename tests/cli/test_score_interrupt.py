@@ -70,7 +70,7 @@ def test_ctrl_c_at_random_moments(inputs, tmp_path):
     span = time.monotonic() - began
     rng = random.Random(int(os.environ.get("SCORELINE_INTERRUPT_SEED", "13")))
     outcomes = []
-    deadline = time.monotonic() + 20  # bounded: at most this long, at most 10 runs
+    deadline = time.monotonic() + 12  # bounded: at most this long, at most 10 runs
     for i in range(10):
         if time.monotonic() > deadline:
             break

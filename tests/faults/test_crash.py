@@ -66,7 +66,7 @@ def registry(tmp_path):
     return build_registry(tmp_path / "registry")
 
 
-def run_and_stop(registry, how: signal.Signals, *args: str, seconds: float = 2.0,
+def run_and_stop(registry, how: signal.Signals, *args: str, seconds: float = 1.5,
                  log: str | None = None) -> tuple[dict, set, float]:
     log = log or f"sqlite:///{registry['root'].parent / 'decisions.db'}"
     # unique per run: a PostgreSQL log is shared with other runs
