@@ -104,27 +104,26 @@ class RedisEntityStore(EntityStore):
         wanted = np.flatnonzero(valid)
         replies: list = []
         if len(wanted):
-            pipe = self._client.pipeline(transaction=False)
-            for i in wanted.tolist():
-                if fields:
-                    pipe.hmget(f"{self.prefix}{texts[i]}", fields)
-                else:   # no columns wanted (the key side of a join): is the entity there?
-                    pipe.exists(f"{self.prefix}{texts[i]}")
+            names = [f"{self.prefix}{texts[i]}".encode() for i in wanted.tolist()]
             try:
-                replies = pipe.execute()
+                replies = self._hmget(names, fields)
             except redis.RedisError as exc:
                 raise NotReadyError(f"entity store: Redis at {_safe_url(self.spec.url)} cannot be "
                                     f"read: {exc}", path="$.entity.store") from None
         found = np.zeros(n, dtype=bool)
         raw: list[list] = [[None] * n for _ in fields]
+        errors: dict[int, ScorelineError] = {}
         for i, reply in zip(wanted.tolist(), replies):
-            if not fields:
+            if isinstance(reply, Exception):    # WRONGTYPE: the key holds something else
+                found[i] = True
+                errors[i] = InputError(f"entity store key {self.prefix}{texts[i]} cannot be read as "
+                                       f"a hash: {reply}", path="$.entity.store")
+            elif not fields:
                 found[i] = bool(reply)
             elif any(v is not None for v in reply):
                 found[i] = True
                 for j, v in enumerate(reply):
                     raw[j][i] = v
-        errors: dict[int, ScorelineError] = {}
         blank = np.zeros(n, dtype=bool)
         if self._fresh is not None:
             self._check_fresh(raw.pop(), found, texts, errors, blank)
@@ -137,6 +136,39 @@ class RedisEntityStore(EntityStore):
 
     def close(self) -> None:
         self._client.close()
+
+    def _hmget(self, names: list[bytes], fields: list[str]) -> list:
+        """HMGET (or EXISTS, without fields) of every key in one round trip.
+
+        The commands are packed here, not by redis-py's pipeline: their field list is the same
+        for every key, so a batch is one bytes join (redis-py packs each argument of each
+        command anew: 1,000 keys of 4 fields took ~75 ms of ~110 ms under the profiler)."""
+        import redis
+
+        if not fields:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(name)
+            return pipe.execute()
+        tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (x.encode() for x in fields))
+        head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        payload = b"".join(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in names)
+        pool = self._client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([payload])
+            replies = []
+            for _ in names:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:   # this key's error; the stream is intact
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()   # a half-read answer must not reach the next caller
+            raise
+        finally:
+            pool.release(conn)
+        return replies
 
     def _decode(self, name: str, values: list, keys: list, errors: dict) -> pa.Array:
         kind = self.types[name]

@@ -95,6 +95,15 @@ def test_a_value_that_does_not_parse_is_a_row_error(redis_url, redis_prefix):
     assert table.column("account-balance")[0].as_py() is not None
 
 
+def test_a_key_that_is_not_a_hash_is_a_row_error(redis_url, redis_prefix):
+    spec = _spec(redis_url, redis_prefix)
+    write_entities(spec, _table(2))
+    _client(redis_url).set(f"{redis_prefix}100", "not a hash")
+    _, found, errors = lookup_rows(open_store(spec, "."), [100, 101], ["state"])
+    assert found.tolist() == [True, True] and list(errors) == [0]
+    assert "WRONGTYPE" in errors[0].message
+
+
 def test_string_keys_and_prefix(redis_url, redis_prefix):
     spec = _spec(redis_url, redis_prefix, **{"key-type": "string", "columns": {"state": "string"}})
     _client(redis_url).hset(f"{redis_prefix}ab-1", "state", "WA")
