@@ -528,11 +528,13 @@ def as_scorer(model, *, raw_score: bool = False, registry=None, version: int | s
     """The scorer for ``model``: a ``ModelScorer`` or ``DeploymentScorer`` (returned as is), a
     Deployment, a loaded model, a model file, or a model id (``id`` or ``id@version``) in
     ``registry``."""
+    from scoreline.engine.pipeline.deployment import Deployment
+
     if isinstance(model, (ModelScorer, DeploymentScorer)):
         return model
     if hasattr(model, "predict_matrix"):
         return ModelScorer(model, raw_score=raw_score)
-    if hasattr(model, "output_schema") and hasattr(model, "score"):
+    if isinstance(model, Deployment):
         return DeploymentScorer(_no_raw(model, raw_score))
     if isinstance(model, (str, os.PathLike)):
         if os.path.isfile(model):
@@ -556,7 +558,8 @@ def _deployment(registry, model_id: str, version: int | str | None):
 
     repo = Repository(registry)
     number = repo.resolve(model_id, version)
-    return Deployment(repo.load_manifest(model_id, number), repo.version_dir(model_id, number), version=number)
+    return Deployment(repo.load_manifest(model_id, number), repo.version_dir(model_id, number), version=number,
+                      store_base=repo.root)
 
 
 def load_model_file(path: str | os.PathLike):
@@ -680,7 +683,7 @@ class DeploymentScorer:
         store = manifest.entity.store
         if store is not None and hasattr(store, "path") and not os.path.isabs(store.path):
             # Relative store paths start at the registry root, which the worker does not have.
-            absolute = str((dep.version_dir.parent.parent / store.path).resolve())
+            absolute = str((dep.store_base / store.path).resolve())
             entity = msgspec.structs.replace(manifest.entity, store=msgspec.structs.replace(store, path=absolute))
             manifest = msgspec.structs.replace(manifest, entity=entity)
         artifact = (dep.version_dir / manifest.model.artifact).read_bytes()

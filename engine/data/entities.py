@@ -82,6 +82,17 @@ class EntityStore(abc.ABC):
         and ``found``, a bool numpy array; rows not found are null.
         """
 
+    def snapshot(self):
+        """The data held in memory now, for readers that convert it once (engine/data/storeview.py):
+        an object with ``table`` (every column) and ``index`` (``find(keys, valid) -> (rows,
+        found)``, ``is_int``), replaced by a new object when the files change; None for a store
+        that holds nothing in memory (a database)."""
+        return None
+
+    def refresh(self) -> None:
+        """Check the store's files for changes now and then (cheap; a reload runs in the
+        background and shows as a new `snapshot`)."""
+
     def close(self) -> None:
         """Release files and connections; the store is unusable afterwards."""
 
@@ -306,12 +317,18 @@ class FileStore(EntityStore):
     def num_rows(self) -> int:
         return self._state.table.num_rows
 
-    def lookup(self, keys, columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
-        state = self._state                     # one snapshot for the whole batch
+    def snapshot(self) -> _Loaded:
+        return self._state
+
+    def refresh(self) -> None:
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self.reload_interval
             self._reload_in_background()
+
+    def lookup(self, keys, columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+        state = self._state                     # one snapshot for the whole batch
+        self.refresh()
         wanted = None if columns is None else tuple(columns)
         table = state.selected.get(wanted)
         if table is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,8 @@ import pyarrow.compute as pc
 from scoreline.errors import InputError, SchemaError
 from scoreline.registry.manifest import Input
 
-__all__ = ["check_column", "check_value", "check_default", "index_in", "input_path", "EPOCH"]
+__all__ = ["check_column", "check_value", "check_default", "day_bounds", "index_in", "input_path",
+           "EPOCH"]
 
 EPOCH = dt.date(1970, 1, 1)
 _EPOCH_DT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -45,6 +47,8 @@ def _expected(spec: Input, got) -> InputError:
 def _show(value) -> str:
     if value is None:
         return "null"
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return repr(value.isoformat())  # an Arrow date32 shows as the JSON string would
     if isinstance(value, float) and value.is_integer():
         return repr(int(value)) if abs(value) < 1e15 else repr(value)
     return repr(value)
@@ -66,6 +70,45 @@ def _out_of_range(spec: Input, got) -> InputError:
     hi = "inf" if spec.maximum is None else _show(spec.maximum)
     return InputError(f"expected {_ARTICLE[spec.type]} between {lo} and {hi} at "
                       f"`{input_path(spec)}`, got {_show(got)}", path=input_path(spec))
+
+
+def _out_of_days(spec: Input, got) -> InputError:
+    lo = spec.earliest or "any day"
+    hi = spec.latest or "any day"
+    return InputError(f"expected {_ARTICLE[spec.type]} from {lo} to {hi} at `{input_path(spec)}`, "
+                      f"got {_show(got)}", path=input_path(spec))
+
+
+def day_bounds(spec: Input, path: str | None = None) -> tuple[float, float] | None:
+    """The days (since 1970-01-01) a date or timestamp input's `earliest`/`latest` allow, or None
+    without bounds; "today" is today in UTC. A bound that is not a YYYY-MM-DD day is a
+    SchemaError at `path` (the manifest's input)."""
+    if spec.earliest is None and spec.latest is None:
+        return None
+    lo, hi, hi_today = _fixed_bounds(spec.earliest, spec.latest, spec.name, path or input_path(spec))
+    if hi_today:
+        hi = float(time.time() // 86400)
+    if lo > hi:
+        raise SchemaError(f"input {spec.name!r}: earliest {spec.earliest} is after latest "
+                          f"{spec.latest}", path=f"{path or input_path(spec)}.earliest")
+    return lo, hi
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_bounds(earliest, latest, name: str, path: str) -> tuple[float, float, bool]:
+    def day(text, field: str) -> float:
+        try:
+            if type(text) is not str or len(text) != 10:
+                raise ValueError(text)
+            return float((dt.date.fromisoformat(text) - EPOCH).days)
+        except ValueError:
+            raise SchemaError(f"input {name!r}: expected a day (YYYY-MM-DD) for {field}, got "
+                              f"{text!r}", path=f"{path}.{field}") from None
+
+    lo = -math.inf if earliest is None else day(earliest, "earliest")
+    if latest == "today":
+        return lo, math.inf, True
+    return lo, (math.inf if latest is None else day(latest, "latest")), False
 
 
 def _non_finite(spec: Input, got) -> InputError:
@@ -110,10 +153,13 @@ def check_value(spec: Input, value):
             return number
         if kind == "int" and not number.is_integer():
             raise _expected(spec, value)
-    elif kind == "date":
-        number = _date_days(spec, value)
     else:
-        number = _timestamp_days(spec, value)
+        number = _date_days(spec, value) if kind == "date" else _timestamp_days(spec, value)
+        if spec.earliest is not None or spec.latest is not None:
+            lo, hi = day_bounds(spec)
+            if not lo <= number <= hi:
+                raise _out_of_days(spec, value)
+        return number
     if spec.allowed is not None and value not in spec.allowed:
         raise _not_allowed(spec, value)
     if kind in ("int", "float") and (
@@ -172,15 +218,17 @@ def check_default(spec: Input, path: str) -> None:
 
 
 def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
-                 want_keys: bool = True):
+                 want_keys: bool = True, missing: dict[int, InputError] | None = None):
     """An Arrow column -> (float64 numbers or None, string keys as an Arrow array or None).
 
     Numbers: float64 (n,), NaN where missing or bad. Keys (string, int and bool inputs): the value
     as a string for vocabulary/lookup codes, null where missing or bad. Bad rows are added to
     `errors` (row -> InputError) unless the row already has an error. `want_keys=False` skips
-    the keys of int inputs (a cast to strings per call) when no code reads them.
+    the keys of int inputs (a cast to strings per call) when no code reads them. `missing`: where
+    a missing required value's error goes instead (a caller that reports a row's bad values
+    before its missing ones, as the pipeline's fill does, merges them last).
     """
-    numbers, keys = _check_column(spec, arr, errors, want_keys)
+    numbers, keys = _check_column(spec, arr, errors, want_keys, missing)
     if spec.default is None or not arr.null_count:
         return numbers, keys
     # A null takes the default, converted once by the one-value path (which also checked it).
@@ -195,7 +243,8 @@ def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
     return numbers, keys
 
 
-def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool):
+def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool,
+                  missing: dict[int, InputError] | None):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
@@ -205,18 +254,18 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], wan
     null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
     bad = np.zeros(n, dtype=bool)
 
-    def report(mask: np.ndarray, make) -> None:
+    def report(mask: np.ndarray, make, into: dict = errors) -> None:
         if not mask.any():  # the usual case, and cheaper than flatnonzero
             return
         rows = np.flatnonzero(mask & ~bad)
         if len(rows):
             values = arr.take(pa.array(rows)).to_pylist()
             for row, value in zip(rows.tolist(), values):
-                errors.setdefault(row, make(value))
+                into.setdefault(row, make(value))
             bad[rows] = True
 
     if null is not None and spec.required and spec.default is None:
-        report(null, lambda _v: _missing(spec))
+        report(null, lambda _v: _missing(spec), errors if missing is None else missing)
 
     keys = None
     if pa.types.is_null(arr.type):
@@ -271,6 +320,11 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], wan
         keys = arr.cast(pa.string())
     else:
         numbers = _days(spec, arr, null, report)
+        if spec.earliest is not None or spec.latest is not None:
+            lo, hi = day_bounds(spec)
+            with np.errstate(invalid="ignore"):
+                outside = (numbers < lo) | (numbers > hi)
+            report(outside & _present(null, n), lambda v: _out_of_days(spec, v))
     numbers[bad] = np.nan
     return numbers, (None if keys is None else _blank(keys, bad))
 
