@@ -20,6 +20,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from scoreline.engine.pipeline.remote_stage import call_deadline
 from scoreline.errors import NotReadyError, ScorelineError
 from scoreline.registry.repository import check_model_ref
 
@@ -175,8 +176,8 @@ class Scorer:
         deployment = entry.deployment
         result = await loop.run_in_executor(
             self.executor,
-            lambda: self.engine.score_arrow(deployment.model_id, batch, version=deployment.version,
-                                            request_ids=request_ids),
+            _with_deadline(self.settings.request_timeout_s, self.engine.score_arrow, deployment.model_id,
+                           batch, version=deployment.version, request_ids=request_ids),
         )
         self.metrics.batch_rows.observe(entry.labels, result.n)
         errors = len(result.errors)
@@ -202,7 +203,10 @@ class Scorer:
         from scoreline.engine.data.request import RowBatch
 
         rows = RowBatch.concat([part.rows for part in parts])
-        result = self.engine.score_rows(deployment.model_id, rows, version=deployment.version)
+        # a remote model's call ends within the request deadline (counted from here: at most
+        # the micro-batch's wait later than the client's own)
+        with call_deadline(self.settings.request_timeout_s):
+            result = self.engine.score_rows(deployment.model_id, rows, version=deployment.version)
         out, offset = [], 0
         for part in parts:
             body = None
@@ -227,3 +231,10 @@ class Scorer:
         for (model_id, version), entry in sorted(self._entries.items()):
             yield (model_id, str(version)), entry.batcher.queued_rows
 
+
+def _with_deadline(seconds: float, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` as a thunk whose remote calls end within `seconds` of its start."""
+    def run():
+        with call_deadline(seconds):
+            return fn(*args, **kwargs)
+    return run

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["LogBuffer"]
 
@@ -77,7 +78,9 @@ class LogBuffer:
                 out.column(names[3]),
                 out.column(names[4]),
                 pa.array(np.full(n, seconds * 1e6)),
-                out.column("error"),
+                # a remote model's fallback row is logged with what answered and why
+                pc.coalesce(out.column("error"), out.column("fallback")) if "fallback" in names
+                else out.column("error"),
             ],
             schema=_schema(),
         ))

@@ -27,7 +27,7 @@ from scoreline.engine.data.samples import sample_inputs
 from scoreline.engine.pipeline.stages import Decide, Predict, Stage, State
 
 __all__ = ["RemotePredict", "RemoteDecide", "remote_stages", "check_remote", "call_deadline",
-           "FALLBACK_FIELD"]
+           "first_fallback", "FALLBACK_FIELD"]
 
 FALLBACK_FIELD = "fallback"
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("scoreline_deadline",
@@ -129,6 +129,12 @@ def remote_stages(stages: list[Stage], model, decider) -> list[Stage]:
     return out
 
 
+def first_fallback(result) -> int | None:
+    """The first row of `result` a remote's fallback answered, or None (for any model)."""
+    notes = result.extras.get(FALLBACK_FIELD)
+    return next((i for i, note in enumerate(notes) if note is not None), None) if notes else None
+
+
 def check_remote(deployment, rows: int = 8) -> None:
     """The registration check of a remote version: its endpoint's metadata fits the manifest and
     a generated sample is scored by the remote itself (no fallback). Raises RegistrationError."""
@@ -137,9 +143,9 @@ def check_remote(deployment, rows: int = 8) -> None:
     model.breaker.record(True)
     batch = pa.RecordBatch.from_pydict(sample_inputs(deployment.manifest, rows))
     result = deployment.run(batch)
-    note = result.extras.get(FALLBACK_FIELD) or []
-    bad = next((i for i in range(rows) if i in result.errors or note[i] is not None), None)
+    bad = min(result.errors) if result.errors else first_fallback(result)
     if bad is not None:
-        why = result.errors[bad].message if bad in result.errors else note[bad]
+        why = result.errors[bad].message if bad in result.errors else \
+            result.extras[FALLBACK_FIELD][bad]
         raise RegistrationError(f"the remote did not score a generated sample row: {why}",
                                 path="$.model.remote")

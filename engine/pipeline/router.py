@@ -212,10 +212,12 @@ class Engine:
         keys, scores, labels, _ = result.pylists()
         errors = result.errors
         log = self._log.row
+        fallback = result.extras.get("fallback")  # a remote model's: what answered instead, why
         for i in range(result.n):
             error = errors.get(i) if errors else None
             if error is None:
-                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None)
+                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds,
+                    fallback[i] if fallback else None)
             else:
                 log(request_ids[i], dep, keys[i], None, None, seconds, error.message)
 

@@ -108,7 +108,10 @@ class FaultProxy:
             server.close()
             for w in list(self._writers):
                 w.transport.abort()
-            self._loop.run_until_complete(asyncio.sleep(0))
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:           # hung handlers: end them before the loop closes
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
 
     async def _serve_tcp(self, reader, writer) -> None:

@@ -1,0 +1,160 @@
+"""A remote model as one more predict stage, end to end: the demo registry's credit-risk-remote
+calling the demo server's own v2 endpoint (through the fault proxy), registration checked for
+real, fallbacks marked in the answer and in the decision log, and the demo on Redis."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import httpx
+import msgspec
+import pytest
+
+pytest.importorskip("lightgbm")
+
+from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo  # noqa: E402
+from scoreline.engine.pipeline.deployment import validate_version  # noqa: E402
+from scoreline.engine.pipeline.router import Engine  # noqa: E402
+from scoreline.errors import RegistrationError  # noqa: E402
+from scoreline.registry.manifest import decode_manifest  # noqa: E402
+from scoreline.registry.repository import Repository  # noqa: E402
+from scoreline.server.app import create_app  # noqa: E402
+
+from tests.support.faultproxy import FaultProxy  # noqa: E402
+from tests.support.server import live_server  # noqa: E402
+
+CUSTOMERS = 1500
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo registry, its remote model pointed at a proxy in front of the demo's own server."""
+    root = tmp_path_factory.mktemp("remote-demo")
+    with FaultProxy("http://127.0.0.1:1") as proxy:
+        build_demo(root, customers=CUSTOMERS, train_rows=CUSTOMERS, remote_url=proxy.url,
+                   log=lambda *_: None)
+        db = root / "decisions.db"
+        engine = Engine(root / "registry", preload=True, log=f"sqlite:///{db}")
+        with live_server(create_app(engine)) as url:
+            proxy.upstream = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+            yield {"engine": engine, "url": url, "proxy": proxy, "db": db, "root": root}
+        engine.close()
+
+
+@pytest.fixture
+def proxy(demo):
+    demo["proxy"].heal()
+    demo["engine"].deployment("credit-risk-remote").model.breaker.record(True)
+    return demo["proxy"]
+
+
+def test_the_remote_model_answers_exactly_what_the_local_one_does(demo, proxy):
+    engine = demo["engine"]
+    for key in range(FIRST_CUSTOMER_ID, FIRST_CUSTOMER_ID + CUSTOMERS, 97):
+        local = engine.score("credit-risk", {"customer-id": key})
+        remote = engine.score("credit-risk-remote", {"customer-id": key})
+        assert remote["score"] == local["score"]
+        assert remote["application-decision"] == local["application-decision"]
+        assert remote["fallback"] is None
+    before = proxy.requests
+    batch = engine.score_batch("credit-risk-remote", _keys(64))
+    assert proxy.requests == before + 1                       # one request per batch
+    assert batch.column("fallback").null_count == 64 and batch.column("error").null_count == 64
+    local = engine.score_batch("credit-risk", _keys(64))
+    assert batch.column("score").to_pylist() == local.column("score").to_pylist()
+
+
+def test_over_http_a_down_remote_is_the_declared_fallback_marked_and_logged(demo, proxy):
+    proxy.set(status=503)
+    key = FIRST_CUSTOMER_ID + 5
+    r = httpx.post(demo["url"] + "/v1/score", json={"model-id": "credit-risk-remote", "customer-id": key})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["score"] is None and body["application-decision"] == "refer"
+    assert body["fallback"].startswith("decision 'refer': ") and "HTTP 503" in body["fallback"]
+    batch = demo["engine"].score_batch("credit-risk-remote", _keys(3))
+    assert batch.column("score").null_count == 3
+    assert batch.column("application-decision").to_pylist() == ["refer"] * 3
+    demo["engine"].flush()
+    with sqlite3.connect(demo["db"]) as db:
+        rows = db.execute("SELECT score, decision, error FROM decisions WHERE model_id = "
+                          "'credit-risk-remote' ORDER BY ts DESC LIMIT 4").fetchall()
+    assert all(s is None and d == "refer" and e.startswith("decision 'refer'") for s, d, e in rows)
+
+
+def test_a_remote_without_a_fallback_is_a_per_row_error_of_kind_remote(demo, proxy, tmp_path):
+    reg = Repository(demo["root"] / "registry")
+    manifest = json.loads((reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_text())
+    manifest["model"]["remote"]["fallback"] = {"kind": "error"}
+    v = reg.add("credit-risk-remote", decode_manifest(json.dumps(manifest)), None, "no fallback",
+                validate=validate_version)
+    dep = demo["engine"].deployment("credit-risk-remote", v)
+    proxy.set(mode="reset")
+    result = dep.run(_keys(2))
+    assert {e.kind for e in result.errors.values()} == {"remote"} and len(result.errors) == 2
+    r = httpx.post(demo["url"] + "/v1/score", json={"model-id": "credit-risk-remote", "model-version": v,
+                                                    "customer-id": FIRST_CUSTOMER_ID})
+    assert r.status_code == 502 and r.json()["error"] == "remote"
+
+
+def test_registration_checks_the_remote_for_real(demo, proxy):
+    reg = Repository(demo["root"] / "registry")
+    manifest = json.loads((reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_text())
+    tensors = manifest["model"]["remote"]["inputs"]
+    tensors[2]["datatype"] = "FP32"
+    with pytest.raises(RegistrationError, match="FP64 at the remote"):
+        reg.add("credit-risk-remote", decode_manifest(json.dumps(manifest)), None, "", validate=validate_version)
+    tensors[2]["datatype"] = "FP64"
+    tensors[1]["categories"] = [c.lower() for c in tensors[1]["categories"]]   # "nsw": refused
+    with pytest.raises(RegistrationError, match="did not score a generated sample row"):
+        reg.add("credit-risk-remote", decode_manifest(json.dumps(manifest)), None, "", validate=validate_version)
+    proxy.set(status=None, mode="hang")
+    manifest["model"]["remote"]["url"] = "http://127.0.0.1:1"
+    with pytest.raises(RegistrationError, match="cannot be read"):
+        reg.add("credit-risk-remote", decode_manifest(json.dumps(manifest)), None, "", validate=validate_version)
+
+
+def test_a_server_starts_while_its_remote_is_down(demo, proxy):
+    proxy.set(mode="hang")
+    engine = Engine(demo["root"] / "registry", preload=True)   # bounded by the remote's timeout
+    assert engine.ready
+    out = engine.score("credit-risk-remote", {"customer-id": FIRST_CUSTOMER_ID})
+    assert out["application-decision"] == "refer" and out["score"] is None
+    engine.close()
+
+
+@pytest.mark.redis
+def test_the_demo_on_redis_scores_like_the_parquet_demo(demo, tmp_path, redis_url, redis_prefix):
+    build_demo(tmp_path / "d", customers=300, train_rows=300, store="redis", redis_url=redis_url,
+               redis_prefix=redis_prefix, remote_url="http://127.0.0.1:1", log=lambda *_: None)
+    manifest = Repository(tmp_path / "d" / "registry").show("credit-risk")
+    with Engine(tmp_path / "d" / "registry", preload=True) as engine:
+        store = engine.deployment("credit-risk").store
+        assert type(store).__name__ == "CachedStore"
+        keys = [FIRST_CUSTOMER_ID + i for i in range(0, 300, 11)] + [1]
+        got = engine.score_batch("credit-risk", _keys(keys=keys))
+        assert got.column("error").to_pylist()[-1].endswith(f"not found in the entity store of model 'credit-risk'")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "d" / "store" / "customers.parquet")
+    with Engine(tmp_path / "d" / "registry") as engine:
+        inline = engine.score_batch("credit-risk", table.take([k - FIRST_CUSTOMER_ID for k in keys[:-1]])
+                                    .drop_columns(["customer-id"]))
+    assert got.column("score").to_pylist()[:-1] == inline.column("score").to_pylist()
+    assert manifest is not None
+
+
+def _keys(n: int = 0, keys=None):
+    import pyarrow as pa
+
+    keys = keys if keys is not None else [FIRST_CUSTOMER_ID + i for i in range(n)]
+    return pa.RecordBatch.from_pydict({"customer-id": pa.array(keys, pa.int64())})
+
+
+def test_manifest_round_trip_of_the_remote_spec(demo):
+    reg = Repository(demo["root"] / "registry")
+    raw = (reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_bytes()
+    m = decode_manifest(raw)
+    assert m.model.remote.fallback.decision == "refer" and m.model.artifact == ""
+    assert msgspec.json.decode(raw)["model"]["remote"]["url"].startswith("http://127.0.0.1:")
