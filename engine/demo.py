@@ -347,27 +347,13 @@ def _add_remote(repo, entity: dict, url: str) -> int:
 @contextlib.contextmanager
 def _temporary_server(registry_root):
     """`scoreline serve` of this registry on a free loopback port, for the registration check."""
-    import socket
-    import threading
-
-    import uvicorn
-
     from scoreline.engine.pipeline.router import Engine
     from scoreline.server.app import create_app
+    from scoreline.server.background import serve_in_thread
 
     engine = Engine(registry_root, preload=True)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with serve_in_thread(create_app(engine)) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
         engine.close()
