@@ -172,6 +172,14 @@ class RemoteModel:
                 raise error
         return outcome.values
 
+    def predict(self, data, raw_score: bool = False, **_) -> np.ndarray:
+        """`predict_matrix` over a 2-D array, Arrow table/batch or DataFrame whose columns are
+        named as the input tensors (a BYTES tensor of categories takes the strings; a date
+        tensor days since 1970-01-01), as local models' `predict` does (engine/models/protocols.py)."""
+        from scoreline.engine.data.inputs import to_matrix
+
+        return self.predict_matrix(to_matrix(data, self.feature_names, self.categories))
+
     def warm(self) -> None:
         """Nothing compiles for a remote; the fallback version warms its kernels."""
         if self.fallback is not None:

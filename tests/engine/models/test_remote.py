@@ -75,6 +75,10 @@ def test_scores_equal_the_served_model_exactly_with_one_request_per_batch(served
     assert proxy.requests == 1
     assert model.feature_names == ("date-of-birth", "state", "account-balance")
     assert model.categories == {1: tuple(STATES)}
+    # the model interface of local models (engine/models/protocols.py): a table by tensor name
+    named = pa.table({"date-of-birth": X[:, 0], "state": table.column("state"),
+                      "account-balance": table.column("account-balance")})
+    np.testing.assert_array_equal(model.predict(named), out.values)
 
 
 def test_retries_502_503_504_then_scores(proxy):
