@@ -176,7 +176,7 @@ class FaultProxy:
                     self.forwarded += 1
                 writer.write(response)
                 await writer.drain()
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
             writer.transport.abort()
         finally:
             self._writers.discard(writer)
