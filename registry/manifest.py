@@ -179,6 +179,9 @@ class RemoteSpec(msgspec.Struct, **_STRICT):
     inputs: list[RemoteTensor]
     output: str
     version: str | None = None
+    # send every input as one [n, len(inputs)] tensor of this name, in the order of `inputs`
+    # (the one 2-D input of MLServer's and Triton's LightGBM, XGBoost and scikit-learn runtimes)
+    matrix: str | None = None
     protocol: Literal["v2-rest"] = "v2-rest"
     objective: Literal["binary", "regression", "multiclass", "multiclassova"] = "binary"
     num_class: int = 1
@@ -211,6 +214,10 @@ def _check_remote(m: Manifest) -> None:
         if t.datatype != "BYTES" and (t.categories is not None or t.date):
             raise SchemaError(f"categories and date apply to BYTES tensors; {t.name!r} is {t.datatype}",
                               path=f"$.model.remote.inputs[{i}]")
+    kinds = {t.datatype for t in r.inputs}
+    if r.matrix is not None and (len(kinds) != 1 or kinds & {"BYTES", "BOOL"}):
+        raise SchemaError("a matrix input carries numbers of one datatype: give every input the same "
+                          "numeric datatype", path="$.model.remote.matrix")
     if r.timeout <= 0 or r.retry.attempts < 1 or r.breaker.failures < 1 or r.num_class < 1:
         raise SchemaError("timeout must be positive; retry.attempts, breaker.failures and num-class at "
                           "least 1", path="$.model.remote")

@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.remote.run [--repeats 300] [--rounds 3]
 
 - remote overhead: a `scoreline serve` process (its own process, loopback) serves credit-risk v1
-  over v2 REST. "direct" POSTs the very body RemoteModel sends with a bare pooled httpx.Client;
+  over v2 REST; then MLServer 1.7.1 + mlserver-lightgbm (a peer's v2 server, when
+  benchmarks/peers/setup.sh installed it) serves the same kind of model, called in matrix mode. "direct" POSTs the very body RemoteModel sends with a bare pooled httpx.Client;
   "remote-model" is RemoteModel.predict_rows (encode, one request, decode, breaker, deadline).
   The overhead is their difference at p50 and p99, for 1 row and a 64-row batch; the two are
   interleaved call by call so machine noise hits both alike.
@@ -54,25 +55,30 @@ def _serve(registry: Path, port: int) -> subprocess.Popen:
 
 
 def remote_overhead(url: str, repeats: int) -> dict:
-    import httpx
-
     from scoreline.engine.models.remote import RemoteModel
     from tests.engine.models.test_remote import features, spec
 
     model = RemoteModel(spec(url, **{"token-env": None}))
+    return _interleaved(model, model.infer_url, model._body, lambda n: features(n)[0], repeats)
+
+
+def _interleaved(model, url: str, body_of, X_of, repeats: int) -> dict:
+    """Direct POSTs of RemoteModel's own body against RemoteModel.predict_rows, call by call."""
+    import httpx
+
     client = httpx.Client()
     out = {}
     for n in (1, 64):
-        X, _ = features(n)
-        body = model._body(X)      # the request RemoteModel sends, sent bare
-        direct, ours = [], []
+        X = X_of(n)
+        body = body_of(X)
+        headers = {"content-type": "application/json"}
         for _ in range(20):
-            client.post(model.infer_url, content=body, headers={"content-type": "application/json"})
+            client.post(url, content=body, headers=headers)
             model.predict_rows(X)
+        direct, ours = [], []
         for _ in range(repeats):
             t = time.perf_counter()
-            r = client.post(model.infer_url, content=body, headers={"content-type": "application/json"})
-            r.json()
+            client.post(url, content=body, headers=headers).json()
             direct.append(time.perf_counter() - t)
             t = time.perf_counter()
             model.predict_rows(X)
@@ -81,6 +87,34 @@ def remote_overhead(url: str, repeats: int) -> dict:
         o50, o99 = _pcts(ours)
         out[n] = {"direct": (d50, d99), "remote-model": (o50, o99), "overhead": (o50 - d50, o99 - d99)}
     return out
+
+
+def mlserver_overhead(repeats: int, venv: Path) -> dict:
+    """The same against MLServer 1.7.1 + mlserver-lightgbm (a peer's v2 server), in matrix mode;
+    its answers checked against Booster.predict first."""
+    import lightgbm as lgb
+    import msgspec
+
+    from benchmarks.suite.mlserver import MLServerPeer
+    from scoreline.engine.models.remote import RemoteModel
+    from scoreline.registry.manifest import RemoteSpec
+    from tests.support.server import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = train(False, Path(tmp))
+        booster = lgb.Booster(model_file=path)
+        rng = np.random.default_rng(1)
+        rows = np.column_stack([rng.uniform(18, 85, 64), rng.integers(0, 6, 64).astype(float),
+                                np.log1p(rng.gamma(2.0, 2000.0, 64))])
+        with MLServerPeer(Path(path), rows, batching=False, venv=venv) as server:
+            base = server.url.split("/v2/")[0]
+            model = RemoteModel(msgspec.convert({
+                "url": base, "name": "bench-model", "output": "predict", "matrix": "input-0",
+                "inputs": [{"name": n} for n in ("age", "state", "balance")]}, RemoteSpec))
+            got = model.predict_rows(np.asfortranarray(rows))
+            if not ((got.source == "remote").all() and np.array_equal(got.values, booster.predict(rows))):
+                raise AssertionError("MLServer's answers through RemoteModel differ from Booster.predict")
+            return _interleaved(model, server.url, model._body, lambda n: np.asfortranarray(rows[:n]), repeats)
 
 
 def breaker(url: str, repeats: int) -> dict:
@@ -156,6 +190,14 @@ def redis_lookups(repeats: int) -> dict:
     return out
 
 
+def _report(server: str, rounds: list[dict]) -> None:
+    for n in (1, 64):
+        for what in ("direct", "remote-model", "overhead"):
+            p50 = np.median([r[n][what][0] for r in rounds])
+            p99 = np.median([r[n][what][1] for r in rounds])
+            print(f"{server}: {n:>2} row(s) {what:<13} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=300)
@@ -170,11 +212,7 @@ def main(argv=None) -> int:
         try:
             url = f"http://127.0.0.1:{port}"
             rounds = [remote_overhead(url, args.repeats) for _ in range(args.rounds)]
-            for n in (1, 64):
-                for what in ("direct", "remote-model", "overhead"):
-                    p50 = np.median([r[n][what][0] for r in rounds])
-                    p99 = np.median([r[n][what][1] for r in rounds])
-                    print(f"remote {n:>2} row(s) {what:<13} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms")
+            _report("scoreline serve", rounds)
             b = [breaker(url, args.repeats) for _ in range(args.rounds)]
             print(f"breaker opens after {np.median([x['open-after-s'] for x in b]) * 1e3:.1f} ms "
                   f"({b[0]['failed-calls']} failed calls); fallback answer p50 "
@@ -183,6 +221,11 @@ def main(argv=None) -> int:
         finally:
             proc.terminate()
             proc.wait(30)
+    venv = REPO / ".peers" / "mlserver-venv"
+    if (venv / "bin" / "mlserver").exists():
+        _report("MLServer", [mlserver_overhead(args.repeats, venv) for _ in range(args.rounds)])
+    else:
+        print("MLServer: not installed (benchmarks/peers/setup.sh mlserver); skipped")
     rr = [redis_lookups(args.repeats) for _ in range(args.rounds)]
     for n in (1, 1000):
         for name in rr[0][n]:

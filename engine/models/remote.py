@@ -241,6 +241,13 @@ class RemoteModel:
 
     def _body(self, X: np.ndarray) -> bytes:
         n = X.shape[0]
+        spec = self.spec
+        if spec.matrix is not None:
+            k = self.num_features
+            block = X[:, :k] if spec.inputs[0].datatype.startswith("FP") else X[:, :k].astype(np.int64)
+            tensors = [{"name": spec.matrix, "shape": [n, k], "datatype": spec.inputs[0].datatype,
+                        "data": np.ascontiguousarray(block).ravel().tolist()}]
+            return _encode({"id": uuid.uuid4().hex, "inputs": tensors, "outputs": [{"name": spec.output}]})
         tensors = []
         for j, t in enumerate(self.spec.inputs):
             column = X[:, j]
@@ -360,15 +367,18 @@ class RemoteModel:
             raise RegistrationError(f"the remote model's metadata at {self.metadata_url} answered "
                                     f"HTTP {response.status_code}", path="$.model.remote.url")
         meta = msgspec.json.decode(response.content)
-        theirs = {t.get("name"): t.get("datatype") for t in meta.get("inputs", [])}
-        for i, t in enumerate(self.spec.inputs):
+        theirs = {t.get("name"): t.get("datatype") for t in meta.get("inputs") or []}
+        ours = self.spec.inputs
+        if self.spec.matrix is not None:   # one tensor: its name and datatype must match
+            ours = [M.RemoteTensor(name=self.spec.matrix, datatype=self.spec.inputs[0].datatype)]
+        for i, t in enumerate(ours):
             if t.name not in theirs:
                 raise RegistrationError(f"the remote model has no input tensor {t.name!r} (its inputs: "
                                         f"{', '.join(map(str, theirs))})", path=f"$.model.remote.inputs[{i}]")
             if theirs[t.name] != t.datatype:
                 raise RegistrationError(f"input tensor {t.name!r} is {theirs[t.name]} at the remote, "
                                         f"{t.datatype} in the manifest", path=f"$.model.remote.inputs[{i}]")
-        outputs = {t.get("name"): t.get("datatype") for t in meta.get("outputs", [])}
+        outputs = {t.get("name"): t.get("datatype") for t in meta.get("outputs") or []}
         if self.spec.output not in outputs:
             raise RegistrationError(f"the remote model has no output tensor {self.spec.output!r}",
                                     path="$.model.remote.output")

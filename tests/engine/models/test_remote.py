@@ -227,3 +227,45 @@ def test_the_manifest_refuses_what_cannot_work():
         with pytest.raises(SchemaError) as info:
             M.decode_manifest(manifest(bad))
         assert info.value.path == where
+
+
+def test_matrix_mode_against_a_lightgbm_v2_server(tmp_path):
+    """One [n, k] tensor, as MLServer's and Triton's LightGBM runtimes take it: a minimal v2
+    server evaluating a real Booster (benchmarks/remote/run.py does the same against MLServer)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(64, 3))
+    X[5, 1] = 0.0
+    booster = lgb.train(dict(objective="binary", num_leaves=7, verbose=-1, num_threads=1),
+                        lgb.Dataset(X, rng.integers(0, 2, 64)), 5)
+
+    async def metadata(request):
+        return JSONResponse({"name": "m", "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, 3]}],
+                             "outputs": [{"name": "predict", "datatype": "FP64", "shape": [-1]}]})
+
+    async def infer(request):
+        tensor = (await request.json())["inputs"][0]
+        rows = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+        return JSONResponse({"model_name": "m", "outputs": [
+            {"name": "predict", "datatype": "FP64", "shape": [len(rows)], "data": booster.predict(rows).tolist()}]})
+
+    app = Starlette(routes=[Route("/v2/models/m", metadata), Route("/v2/models/m/infer", infer, methods=["POST"])])
+    with live_server(app) as url:
+        body = {"url": url, "name": "m", "output": "predict", "matrix": "input-0",
+                "inputs": [{"name": n} for n in ("a", "b", "c")]}
+        model = RemoteModel(msgspec.convert(body, M.RemoteSpec))
+        model.check_endpoint()
+        out = model.predict_rows(np.asfortranarray(X))
+        assert (out.source == "remote").all()
+        np.testing.assert_array_equal(out.values, booster.predict(X))
+        wrong = msgspec.convert({**body, "inputs": [{"name": n, "datatype": "FP32"} for n in "abc"]}, M.RemoteSpec)
+        with pytest.raises(RegistrationError, match="'input-0' is FP64 at the remote"):
+            RemoteModel(wrong).check_endpoint()
+    with pytest.raises(SchemaError, match="one datatype"):
+        M.decode_manifest(msgspec.json.encode({
+            "model-id": "m", "inputs": [{"name": "a", "type": "float"}], "entity": {"key": "id"},
+            "decision": {"kind": "bands", "bands": [], "default": "x"},
+            "model": {"format": "remote", "remote": {**body, "inputs": [{"name": "a"}, {"name": "b", "datatype": "INT64"}]}}}))
