@@ -36,8 +36,10 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("scorel
 
 @contextlib.contextmanager
 def call_deadline(seconds: float | None):
-    """Remote calls made inside this block end within `seconds` from now (None: no limit)."""
-    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    """Remote calls made inside this block end within `seconds` from now (None or infinite: no
+    limit but the remote's own timeout; zero or less: they fail at once)."""
+    limit = None if seconds is None or seconds == float("inf") else time.monotonic() + seconds
+    token = _deadline.set(limit)
     try:
         yield
     finally:

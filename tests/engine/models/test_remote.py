@@ -4,7 +4,6 @@ the three fallbacks, secrets from the environment, and the registration check of
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 
 import lightgbm as lgb

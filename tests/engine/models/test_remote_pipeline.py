@@ -98,6 +98,39 @@ def test_a_remote_without_a_fallback_is_a_per_row_error_of_kind_remote(demo, pro
     assert r.status_code == 502 and r.json()["error"] == "remote"
 
 
+def test_a_hung_remote_takes_no_scoring_thread_from_local_models(demo, proxy):
+    import concurrent.futures
+    import time
+
+    reg = Repository(demo["root"] / "registry")
+    manifest = json.loads((reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_text())
+    manifest["model"]["remote"]["timeout"] = 3.0   # far longer than a local answer, even here
+    # more slow remote deployments than the server has scoring threads (2)
+    versions = [reg.add("credit-risk-remote", json.dumps(manifest).encode(), None, "slow") for _ in range(3)]
+    for v in versions:       # loaded (and warmed) while the remote answers
+        demo["engine"].deployment("credit-risk-remote", v)
+    proxy.set(mode="hang")
+    body = {"model-id": "credit-risk-remote", "customer-id": FIRST_CUSTOMER_ID}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        # three remote deployments busy waiting on the hung remote (3 s each) ...
+        waiting = [pool.submit(httpx.post, demo["url"] + "/v1/score", timeout=10,
+                               json={**body, "model-version": v})
+                   for v in versions for _ in range(3)]
+        time.sleep(0.1)
+        took = []                        # ... while a local model answers at once
+        with httpx.Client() as client:
+            for _ in range(5):
+                started = time.monotonic()
+                # inline inputs: scored on a thread (a key-only call may be answered on the loop)
+                local = client.post(demo["url"] + "/v1/score", json={"model-id": "credit-risk", "inputs": {
+                    "date-of-birth": "1966-12-08", "state": "VIC", "account-balance": 1200}})
+                took.append(time.monotonic() - started)
+                assert local.status_code == 200
+        assert max(took) < 1.5, took       # blocked, it would wait for a remote call (~2.9 s)
+        # each answered by its fallback, or (a batch queued behind another) past its deadline
+        assert {f.result().status_code for f in waiting} <= {200, 503}, [f.result().text for f in waiting]
+
+
 def test_registration_checks_the_remote_for_real(demo, proxy):
     reg = Repository(demo["root"] / "registry")
     manifest = json.loads((reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_text())
@@ -158,3 +191,21 @@ def test_manifest_round_trip_of_the_remote_spec(demo):
     m = decode_manifest(raw)
     assert m.model.remote.fallback.decision == "refer" and m.model.artifact == ""
     assert msgspec.json.decode(raw)["model"]["remote"]["url"].startswith("http://127.0.0.1:")
+
+
+def test_the_callers_deadline_travels_to_the_remote_call(demo, proxy):
+    import time
+
+    from scoreline.engine.pipeline.remote_stage import call_deadline
+
+    reg = Repository(demo["root"] / "registry")
+    manifest = json.loads((reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_text())
+    manifest["model"]["remote"]["timeout"] = 5.0
+    v = reg.add("credit-risk-remote", json.dumps(manifest).encode(), None, "slow")
+    dep = demo["engine"].deployment("credit-risk-remote", v)
+    proxy.set(mode="hang")
+    started = time.monotonic()
+    with call_deadline(0.2):           # the server sets this from the waiting clients' deadline
+        result = dep.run(_keys(2))
+    assert time.monotonic() - started < 1.0
+    assert all(note.startswith("decision 'refer'") for note in result.extras["fallback"])
