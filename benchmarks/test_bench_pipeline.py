@@ -39,6 +39,7 @@ class Bench:
         from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo
         from scoreline.engine.pipeline.deployment import scoring_day
         from scoreline.engine.pipeline.router import Engine
+        from scoreline.engine.pipeline.stages import Predict
 
         build_demo(root, customers=customers, train_rows=min(customers, 100_000),
                    log=lambda *a: None)
@@ -78,8 +79,11 @@ class Bench:
         # Overhead measured directly, not as a difference of two noisy timings.
         self.stubbed = Engine(root / "registry", preload=True)
         stubbed = self.stubbed.deployment(MODEL)
-        stubbed.model = _StubModel(stubbed.model, {1: self.raw1, SMALL_ROWS: self.raw_small,
-                                                   BATCH_ROWS: self.raw})
+        stub = _StubModel(stubbed.model, {1: self.raw1, SMALL_ROWS: self.raw_small,
+                                          BATCH_ROWS: self.raw})
+        for stage in stubbed.stages:  # the pipeline's model stage predicts with the stub
+            if isinstance(stage, Predict):
+                stage.model = stub
 
     def _fill(self, work, batch) -> None:
         # The pipeline's own fill stage (checks + codes), so the later stages start from real work.

@@ -59,7 +59,57 @@ class _InferRequest(msgspec.Struct, frozen=True):
     outputs: list[_Output] | None = None
 
 
-_decode_request = msgspec.json.Decoder(_InferRequest).decode
+_decode_json = msgspec.json.Decoder().decode
+_ABSENT = object()
+
+
+def _request(body: object) -> _InferRequest:
+    """A decoded JSON body as an inference request; a field of the wrong shape is a SchemaError
+    at its own path (checked here, field by field, so the path is ours and not read out of a
+    decoder's message). Unknown fields are ignored, as the protocol allows extensions."""
+    _need(type(body) is dict, "an object", body, "$")
+    inputs = body.get("inputs", _ABSENT)
+    _need(inputs is not _ABSENT, "the field `inputs`", None, "$.inputs")
+    _need(type(inputs) is list, "an array of tensors", inputs, "$.inputs")
+    tensors = [_tensor_of(t, f"$.inputs[{i}]") for i, t in enumerate(inputs)]
+    rid = body.get("id")
+    _need(rid is None or type(rid) is str, "a string", rid, "$.id")
+    parameters = _parameters(body, "$")
+    outputs = body.get("outputs")
+    if outputs is not None:
+        _need(type(outputs) is list, "an array of outputs", outputs, "$.outputs")
+        wanted = []
+        for i, output in enumerate(outputs):
+            where = f"$.outputs[{i}]"
+            _need(type(output) is dict, "an object", output, where)
+            _need(type(output.get("name")) is str, "a string", output.get("name"), f"{where}.name")
+            wanted.append(_Output(output["name"], _parameters(output, where)))
+        outputs = wanted
+    return _InferRequest(tensors, rid, parameters, outputs)
+
+
+def _tensor_of(t: object, where: str) -> _Tensor:
+    _need(type(t) is dict, "a tensor object", t, where)
+    name, shape, datatype = t.get("name"), t.get("shape"), t.get("datatype")
+    _need(type(name) is str, "a string", name, f"{where}.name")
+    _need(type(shape) is list and all(type(d) is int for d in shape), "an array of integers",
+          shape, f"{where}.shape")
+    _need(type(datatype) is str, "a string", datatype, f"{where}.datatype")
+    return _Tensor(name, shape, datatype, _parameters(t, where), t.get("data"))
+
+
+def _parameters(obj: dict, where: str) -> dict:
+    parameters = obj.get("parameters", {})
+    _need(type(parameters) is dict, "an object", parameters, f"{where}.parameters")
+    return parameters
+
+
+def _need(ok: bool, expected: str, got: object, path: str) -> None:
+    if not ok:
+        shown = "nothing" if got is None else repr(got)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise SchemaError(f"invalid inference request: expected {expected} at `{path}`, got {shown}",
+                          path=path)
 
 
 def v2_routes(scorer: Scorer) -> list[Route]:
@@ -170,13 +220,10 @@ def _split(scope, body: bytes) -> tuple[_InferRequest, memoryview]:
                                 f"does not fit a {len(body)}-byte body")
         head, tail = body[: int(declared)], memoryview(body)[int(declared):]
     try:
-        return _decode_request(head), tail
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
-        raise SchemaError(f"invalid inference request: {text}", path=path) from None
+        body = _decode_json(head)
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"the inference request is not valid JSON: {exc}") from None
+    return _request(body), tail
 
 
 def _tensor_values(tensor: _Tensor, where: str, binary: memoryview, offset: int, max_rows: int):

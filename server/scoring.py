@@ -21,6 +21,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from scoreline.engine.data.request import RowBatch
 from scoreline.engine.pipeline.remote_stage import call_deadline
 from scoreline.errors import NotReadyError, ScorelineError
 from scoreline.registry.repository import check_model_ref
@@ -212,8 +213,6 @@ class Scorer:
     def _score_parts(self, deployment, parts: list[Request]) -> list:
         """Runs in the executor: one engine call for all parts, the Result split back per part;
         a `/v1/score` part's answer is encoded here, off the event loop."""
-        from scoreline.engine.data.request import RowBatch
-
         rows = RowBatch.concat([part.rows for part in parts])
         # a remote model's call ends when the last of these requests' clients stops waiting
         with call_deadline(max(part.deadline for part in parts) - time.monotonic()):

@@ -15,6 +15,8 @@ thread while the old one keeps serving, so no request waits for it.
 from __future__ import annotations
 
 import threading
+import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +24,9 @@ import pyarrow as pa
 from scoreline.errors import ScorelineError
 
 from scoreline.engine.data.fields import check_column
-from scoreline.engine.pipeline.plan import Plan
+
+if TYPE_CHECKING:  # data/ is below pipeline/: the plan is only handed in
+    from scoreline.engine.pipeline.plan import Plan
 
 __all__ = ["StoreView"]
 
@@ -52,16 +56,29 @@ class StoreView:
         self.plan = plan
         self.store_columns = store_columns
         self._codes = codes  # deployment._codes: keys -> category codes
-        self.slots = np.array(
+        # The work column of each converted value, in the plan's order; the converted rows keep
+        # their values sorted by work column, so that where the columns are consecutive (the
+        # usual plan) one stored row is copied by a slice assignment (`span`), cheaper than a
+        # fancy one for a single request.
+        planned = np.array(
             [s for i in plan.inputs for s in ([i.slot] if i.slot >= 0 else []) +
              [c.slot for c in i.codes]], dtype=np.int64)
+        self._order = np.argsort(planned, kind="stable")
+        self.slots = planned[self._order]
+        consecutive = len(self.slots) and (np.diff(self.slots) == 1).all()
+        self.span = slice(int(self.slots[0]), int(self.slots[-1]) + 1) if consecutive else self.slots
         self._lock = threading.Lock()
         self._building = False
+        self._interval = float(getattr(store, "reload_interval", 2.0) or 2.0)
+        self._poke_at = time.monotonic() + self._interval
         self.current = self._convert(store.snapshot())
 
     def snapshot(self) -> _Converted:
         """The converted snapshot to serve from now (starting a conversion if the store moved on)."""
-        self.store.refresh()
+        now = time.monotonic()
+        if now >= self._poke_at:  # the store's own check, at most every reload interval
+            self._poke_at = now + self._interval
+            self.store.refresh()
         current = self.current
         state = self.store.snapshot()
         if state is not current.state and not self._building:
@@ -97,4 +114,4 @@ class StoreView:
         bad = np.zeros(n, dtype=bool)
         if errors:
             bad[list(errors)] = True
-        return _Converted(state, values, bad, errors)
+        return _Converted(state, values[:, self._order], bad, errors)

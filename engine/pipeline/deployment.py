@@ -29,7 +29,8 @@ from scoreline.errors import (
 from scoreline.registry import manifest as M
 from scoreline.registry.repository import store_base as _registry_root
 
-from scoreline.engine.data.fields import EPOCH, check_default
+from scoreline.engine.data.days import EPOCH
+from scoreline.engine.data.fields import check_default
 from scoreline.engine.data.request import RequestSchema, RowBatch
 from scoreline.engine.data.samples import sample_inputs
 from scoreline.engine.pipeline.decide import Decider
@@ -74,7 +75,9 @@ def load_artifact(spec: M.ModelSpec, version_dir: Path):
         return load_remote(spec, version_dir, load_artifact)
     path = Path(version_dir) / spec.artifact
     if not path.is_file():
-        raise NotFoundError(f"artifact {spec.artifact!r} is not in {str(version_dir)!r}",
+        # The folder is not named: it may be a temporary one (a bulk worker's), and messages
+        # reach clients.
+        raise NotFoundError(f"artifact {spec.artifact!r} is not in the version's folder",
                             path="$.model.artifact")
     if spec.format == "lightgbm":
         from scoreline.engine.models.model import load_lightgbm
@@ -265,8 +268,8 @@ def validate_version(version_dir, manifest: M.Manifest) -> None:
             root = _registry_root(version_dir)
             path = store.path if os.path.isabs(store.path) else root / store.path
             if not Path(path).exists() and not any(c in str(store.path) for c in "*?["):
-                raise NotFoundError(f"the entity store {store.path!r} does not exist (relative "
-                                    f"paths start at the registry root {str(root)!r})",
+                raise NotFoundError(f"the entity store {store.path!r} does not exist (a relative "
+                                    "path starts at the registry root)",
                                     path="$.entity.store.path")
     except RegistrationError:
         raise

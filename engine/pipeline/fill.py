@@ -26,9 +26,6 @@ from scoreline.engine.pipeline.stages import Stage, State
 
 __all__ = ["Entities", "Fill", "codes"]
 
-_ONE_VALID = np.ones(1, dtype=bool)
-
-
 class Entities:
     """A deployment's entity store, opened on first use (or attached now), with its view."""
 
@@ -92,6 +89,7 @@ class Fill(Stage):
         self.plan = plan
         self.entities = entities
         self.specs = tuple(input_specs)
+        self.names = tuple(slot.spec.name for slot in plan.inputs)
         self.key_name = entities.key_name
         self.key_type = key_type
 
@@ -247,8 +245,7 @@ class Fill(Stage):
         work = state.work = np.empty((1, self.plan.width), dtype=np.float64)
         inputs = rows.inputs
         if inputs:
-            values = [inputs[slot.spec.name][0] if slot.spec.name in inputs else None
-                      for slot in self.plan.inputs]
+            values = [inputs[name][0] if name in inputs else None for name in self.names]
             for v in values:
                 if v is not None:
                     self._fill_row(work, 0, values)
@@ -256,17 +253,17 @@ class Fill(Stage):
         e = self.entities
         if key is None:
             raise e.no_key()
-        if not e.ready():
+        if e.store is None and not e.ready():
             raise e.no_store()
         if e.view is not None and type(key) is int:
-            current = e.view.snapshot()
-            found_rows, found = current.index.find(np.array([key], dtype=np.int64), _ONE_VALID)
-            if not found[0]:
+            view = e.view
+            current = view.snapshot()
+            row = current.index.find_one(key)
+            if row < 0:
                 raise e.not_found(key)
-            row = int(found_rows[0])
             if current.bad[row]:
                 raise current.errors[row]
-            work[0, e.view.slots] = current.values[row]
+            work[0, view.span] = current.values[row]
             return
         keys = np.array([key], dtype=np.int64) if type(key) is int else [key]
         table, found, store_errors = lookup_rows(e.store, keys, e.lookup_columns)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scoreline.errors import SchemaError
-from scoreline.engine.data.fields import day_bounds
+from scoreline.engine.data.days import day_bounds
 from scoreline.kernels import transforms as K
 from scoreline.registry import manifest as M
 

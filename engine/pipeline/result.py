@@ -97,7 +97,7 @@ class Result:
         model-version, score, decision, payload, extras (score and decision None for a row
         with an error)."""
         c = self.contract
-        keys, scores, labels, payloads = self.pylists()
+        keys, scores, labels, payloads = self._py or self.pylists()
         bad = bool(self.errors) and i in self.errors
         out = {c.key_name: keys[i], "model-id": c.model_id, "model-version": c.version,
                c.score_name: None if bad else scores[i],
@@ -106,7 +106,7 @@ class Result:
             out[c.payload_name] = None if bad else payloads[i]
         for field in c.extra_fields:
             values = self.extras.get(field.name)
-            out[field.name] = None if values is None else values[i]
+            out[field.name] = None if values is None or bad else values[i]
         return out
 
     def one(self) -> dict:
@@ -114,9 +114,8 @@ class Result:
         model-version first), or its error raised."""
         if self.errors:
             raise self.errors[0]
-        out = {"model-id": self.contract.model_id, "model-version": self.contract.version}
-        out.update(self.answer(0))
-        return out
+        c = self.contract
+        return {"model-id": c.model_id, "model-version": c.version, **self.answer(0)}
 
     def error_columns(self) -> tuple[list, list, list]:
         """Per row: the error kind, path and message (None where the row was scored)."""
@@ -137,6 +136,9 @@ class Result:
         """Keys, scores, labels and payloads as Python lists, built once (a scored row's score
         and label; read `errors` for the rest)."""
         if self._py is None:
+            if self.labels is not None and type(self.score) is list and type(self.keys) is list:
+                self._py = (self.keys, self.score, self.labels, self.payloads)  # the one-row run
+                return self._py
             c = self.contract
             keys = self.keys if type(self.keys) is list else self.keys.to_pylist()
             scores = self.score if type(self.score) is list else self.score.tolist()
@@ -185,7 +187,10 @@ class Result:
                 columns.append(c.decider.payload_column(self.payload, bad))
         for field in c.extra_fields:
             values = self.extras.get(field.name)
-            columns.append(pa.nulls(n, field.type) if values is None else pa.array(values, field.type))
+            if values is None:
+                columns.append(pa.nulls(n, field.type))
+            else:  # a row with an error has no outputs, extras included
+                columns.append(pa.array(values, field.type, mask=bad if errors else None))
         columns.append(error_column)
         return pa.RecordBatch.from_arrays(columns, schema=c.schema)
 

@@ -206,6 +206,8 @@ class Engine:
         return result
 
     def _log_result(self, dep: Deployment, result: Result, request_ids, seconds: float) -> None:
+        if self._log.log is None:  # no decision log
+            return
         if result.n > _ROW_LOG_LIMIT:
             self._log.batch(dep, result.to_batch(), request_ids, seconds)
             return

@@ -66,6 +66,8 @@ class Transform(Stage):
     def run(self, state: State) -> None:
         state.X = self.plan.run(state.work, state.today)
 
+    run_one = run
+
 
 class Predict(Stage):
     """The model: `state.raw`, its output for every row."""
@@ -75,6 +77,8 @@ class Predict(Stage):
 
     def run(self, state: State) -> None:
         state.raw = self.model.predict_matrix(state.X)
+
+    run_one = run
 
 
 class Decide(Stage):

@@ -98,3 +98,17 @@ def test_v2_inline_rows_answer_a_null_key_as_v1_does(served):
     v1 = client.post("/v1/score", json={"model-id": MODEL_ID, "inputs": INLINE}).json()
     assert outputs[KEY] is None and v1[KEY] is None
     assert outputs["score"] == v1["score"]
+
+
+def test_v2_names_the_field_of_a_malformed_request(served):
+    client = served["client"]
+    for body, path in [
+        ({"inputs": [{"name": 5, "shape": [1], "datatype": "INT64", "data": [1]}]}, "$.inputs[0].name"),
+        ({"inputs": [{"name": KEY, "shape": ["1"], "datatype": "INT64", "data": [1]}]}, "$.inputs[0].shape"),
+        ({"inputs": [{"name": KEY, "shape": [1], "datatype": "INT64", "data": [1]}], "id": 3}, "$.id"),
+        ({"inputs": [{"name": KEY, "shape": [1], "datatype": "INT64", "data": [1]}],
+          "outputs": [{"name": "score", "parameters": []}]}, "$.outputs[0].parameters"),
+        ({"input": []}, "$.inputs"),
+    ]:
+        r = client.post(f"/v2/models/{MODEL_ID}/infer", json=body)
+        assert r.status_code == 422 and r.json()["error"].endswith(f"(at {path})"), (body, r.text)

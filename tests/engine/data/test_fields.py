@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import pytest
 
-from scoreline.engine.data.fields import check_column, check_value, day_bounds, index_in
+from scoreline.engine.data.days import day_bounds
+from scoreline.engine.data.fields import check_column, check_value, index_in
 from scoreline.errors import InputError, SchemaError
 from scoreline.registry.manifest import Input
 
