@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 from scoreline.errors import InputError, NotReadyError, SchemaError, ScorelineError
 from scoreline.registry.manifest import RedisStore
 
-from scoreline.engine.data.entities import EntityStore, _coerce_keys
+from scoreline.engine.data.entities import EntityStore
+from scoreline.engine.data.keyindex import coerce_keys
 
 __all__ = ["RedisEntityStore", "StaleError", "write_entities"]
 
@@ -95,7 +96,7 @@ class RedisEntityStore(EntityStore):
         import redis
 
         cols = self._columns(columns)
-        values, valid = _coerce_keys(keys, self._is_int)
+        values, valid = coerce_keys(keys, self._is_int)
         n = len(values)
         texts = values.tolist() if self._is_int else [v.decode() for v in values.tolist()]
         fields = list(cols)

@@ -25,7 +25,8 @@ from scoreline.errors import SchemaError, ScorelineError
 from scoreline.registry.manifest import CachedStore as CachedSpec
 from scoreline.registry.manifest import JoinStore, RedisStore
 
-from scoreline.engine.data.entities import EntityStore, _coerce_keys
+from scoreline.engine.data.entities import EntityStore
+from scoreline.engine.data.keyindex import coerce_keys
 
 __all__ = ["CachedStore", "JoinedStore", "lookup_rows", "open_composite"]
 
@@ -83,7 +84,7 @@ class CachedStore(EntityStore):
 
     def lookup_rows(self, keys, columns: Sequence[str] | None = None):
         cols = tuple(self._columns(columns))
-        values, valid = _coerce_keys(keys, self._is_int)
+        values, valid = coerce_keys(keys, self._is_int)
         n = len(values)
         now = self._clock()
         cached: list = [None] * n
