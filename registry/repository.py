@@ -149,7 +149,9 @@ class Repository:
         # a remote model (format "remote") has no artifact: the manifest is the whole version
         remote = manifest.model.format == "remote"
         artifact_name = None if remote else _artifact_name(manifest)
-        source = None if remote else Path(artifact_path or "")
+        if not remote and artifact_path is None:
+            raise NotFoundError(f"a {manifest.model.format} model needs its artifact file", path="artifact")
+        source = None if remote else Path(artifact_path)
         if source is not None and not source.is_file():
             raise NotFoundError(f"artifact file {str(source)!r} does not exist", path="artifact")
 
