@@ -169,9 +169,10 @@ class Deployment:
 
     def serves_from_memory(self) -> bool:
         """Whether key-only requests are answered from the store's converted in-memory view
-        (integer keys): then a one-row call is tens of microseconds (opens the store)."""
-        return self.entities.ready() and self.entities.view is not None \
-            and self.manifest.entity.key_type == "int"
+        (integer keys): then a one-row call is tens of microseconds (opens the store). Never for
+        a remote model: its answer comes over the network."""
+        return self.manifest.model.format != "remote" and self.entities.ready() \
+            and self.entities.view is not None and self.manifest.entity.key_type == "int"
 
     # --- scoring --------------------------------------------------------------------------------
 

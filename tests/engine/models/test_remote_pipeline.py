@@ -209,3 +209,26 @@ def test_the_callers_deadline_travels_to_the_remote_call(demo, proxy):
         result = dep.run(_keys(2))
     assert time.monotonic() - started < 1.0
     assert all(note.startswith("decision 'refer'") for note in result.extras["fallback"])
+
+
+def test_a_slow_remote_never_blocks_the_event_loop(demo, proxy):
+    """Key-only calls of a model whose store is in memory may be answered on the event loop;
+    never a remote model's, whose answer comes over the network."""
+    import concurrent.futures
+    import time
+
+    reg = Repository(demo["root"] / "registry")
+    manifest = json.loads((reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_text())
+    manifest["model"]["remote"]["timeout"] = 3.0
+    v = reg.add("credit-risk-remote", json.dumps(manifest).encode(), None, "slow")
+    body = {"model-id": "credit-risk-remote", "model-version": v, "customer-id": FIRST_CUSTOMER_ID}
+    url = demo["url"] + "/v1/score"
+    assert httpx.post(url, json=body, timeout=10).status_code == 200   # loaded, batcher set up
+    proxy.set(mode="hang")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(httpx.post, url, json=body, timeout=10)
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert httpx.get(demo["url"] + "/healthz").status_code == 200
+        assert time.monotonic() - started < 1.0
+        assert slow.result().json()["application-decision"] == "refer"
