@@ -232,3 +232,19 @@ def test_a_slow_remote_never_blocks_the_event_loop(demo, proxy):
         assert httpx.get(demo["url"] + "/healthz").status_code == 200
         assert time.monotonic() - started < 1.0
         assert slow.result().json()["application-decision"] == "refer"
+
+
+def test_v2_binary_answers_carry_no_made_up_score(demo, proxy):
+    import numpy as np
+    import tritonclient.http as triton
+
+    proxy.set(status=503)
+    client = triton.InferenceServerClient(demo["url"].removeprefix("http://"))
+    keys = triton.InferInput("customer-id", [2], "INT64")
+    keys.set_data_from_numpy(np.array([FIRST_CUSTOMER_ID, FIRST_CUSTOMER_ID + 1], dtype=np.int64))
+    out = client.infer("credit-risk-remote", [keys], outputs=[
+        triton.InferRequestedOutput(n, binary_data=True) for n in ("score", "application-decision", "fallback")])
+    assert np.isnan(out.as_numpy("score")).all()
+    assert out.as_numpy("application-decision").tolist() == [b"refer", b"refer"]
+    assert all(f.startswith(b"decision 'refer'") for f in out.as_numpy("fallback"))
+    client.close()
