@@ -248,3 +248,14 @@ def test_v2_binary_answers_carry_no_made_up_score(demo, proxy):
     assert out.as_numpy("application-decision").tolist() == [b"refer", b"refer"]
     assert all(f.startswith(b"decision 'refer'") for f in out.as_numpy("fallback"))
     client.close()
+
+
+def test_a_remote_deployment_travels_to_bulk_workers_as_its_manifest(demo, proxy):
+    import pickle
+
+    from scoreline.engine.bulk.scorers import DeploymentScorer
+
+    scorer = pickle.loads(pickle.dumps(DeploymentScorer(demo["engine"].deployment("credit-risk-remote", 1))))
+    got = scorer.score(_keys(5))
+    want = demo["engine"].deployment("credit-risk").score(_keys(5))
+    assert got.column("score").to_pylist() == want.column("score").to_pylist()
