@@ -259,3 +259,40 @@ def test_a_remote_deployment_travels_to_bulk_workers_as_its_manifest(demo, proxy
     got = scorer.score(_keys(5))
     want = demo["engine"].deployment("credit-risk").score(_keys(5))
     assert got.column("score").to_pylist() == want.column("score").to_pylist()
+
+
+def test_fallback_to_a_local_version_of_the_same_model(demo, proxy, tmp_path):
+    """A local LightGBM version whose features are the remote's tensors (a pandas categorical
+    state with the tensor's categories) answers, exactly as itself, while the remote is down."""
+    import lightgbm as lgb
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from scoreline.engine.demo import STATES
+
+    table = pq.read_table(demo["root"] / "store" / "customers.parquet")
+    frame = pd.DataFrame({
+        "date-of-birth": table.column("date-of-birth").cast("int32").to_numpy().astype(float),
+        "state": pd.Categorical(table.column("state").to_pylist(), categories=list(STATES)),
+        "account-balance": table.column("account-balance").to_numpy()})
+    y = (frame["account-balance"] > frame["account-balance"].median()).to_numpy().astype(int)
+    booster = lgb.train(dict(objective="binary", num_leaves=7, verbose=-1, num_threads=1),
+                        lgb.Dataset(frame, y), 10)
+    booster.save_model(str(tmp_path / "local.txt"))
+    reg = Repository(demo["root"] / "registry")
+    remote = json.loads((reg.version_dir("credit-risk-remote", 1) / "manifest.json").read_text())
+    local = {**remote, "model": {"format": "lightgbm", "artifact": "model.txt"}}
+    v_local = reg.add("credit-risk-remote", json.dumps(local).encode(), tmp_path / "local.txt", "local",
+                      validate=validate_version)
+    remote["model"]["remote"]["fallback"] = {"kind": "version", "version": v_local}
+    v_remote = reg.add("credit-risk-remote", json.dumps(remote).encode(), None, "remote, local fallback",
+                       validate=validate_version)
+    proxy.set(status=503)
+    got = demo["engine"].deployment("credit-risk-remote", v_remote).score(_keys(20))
+    want = demo["engine"].deployment("credit-risk-remote", v_local).score(_keys(20))
+    assert got.column("score").to_pylist() == want.column("score").to_pylist()
+    assert got.column("error").null_count == 20
+    assert all(f.startswith(f"version {v_local}: ") for f in got.column("fallback").to_pylist())
+    np.testing.assert_allclose(got.column("score").to_numpy(), booster.predict(
+        frame.iloc[:20]), rtol=1e-12)
