@@ -151,7 +151,7 @@ def redis_lookups(repeats: int) -> dict:
     from scoreline.engine.data.entities import open_store
     from scoreline.engine.data.redis_store import write_entities
     from scoreline.engine.data.storecache import CachedStore
-    from scoreline.registry.manifest import RedisStore
+    from scoreline.registry.manifest import ParquetStore, RedisStore
     from tests.support.server import customers
 
     table = customers(100_000)
@@ -165,7 +165,7 @@ def redis_lookups(repeats: int) -> dict:
         pq.write_table(table, Path(tmp) / "c.parquet")
         stores = {"parquet (memory)": open_store(msgspec.convert(
                       {"kind": "parquet", "path": "c.parquet", "key-column": "customer-id"},
-                      __import__("scoreline.registry.manifest", fromlist=["ParquetStore"]).ParquetStore), tmp),
+                      ParquetStore), tmp),
                   "redis": open_store(spec, tmp)}
         stores["redis + cache (hits)"] = CachedStore(open_store(spec, tmp), size=200_000, ttl=3600)
         rng = np.random.default_rng(0)

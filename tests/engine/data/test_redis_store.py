@@ -15,7 +15,7 @@ from scoreline.engine.data.entities import open_store
 from scoreline.engine.data.redis_store import StaleError, write_entities
 from scoreline.engine.data.storecache import CachedStore, lookup_rows
 from scoreline.errors import NotReadyError
-from scoreline.registry.manifest import RedisStore
+from scoreline.registry.manifest import RedisStore, Store
 from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.redis
@@ -185,13 +185,38 @@ def test_join_postgres_profile_with_redis_balances(redis_url, redis_prefix, post
                 {"kind": "cached", "ttl": 1, "store": {
                     "kind": "redis", "url": redis_url, "key-prefix": redis_prefix,
                     "key-column": "customer-id", "columns": {"balance": "float"}}}]}),
-            type=__import__("scoreline.registry.manifest", fromlist=["Store"]).Store)
+            type=Store)
         store = open_store(spec, ".")
         assert store.schema.names == ["customer_id", "state", "balance"]
         got, found = store.lookup([3, 2, 9, 1], ["state", "balance"])
         assert found.tolist() == [True, True, False, True]
         assert got.to_pylist() == [{"state": "QLD", "balance": 7.0}, {"state": "VIC", "balance": None},
                                    {"state": None, "balance": None}, {"state": "NSW", "balance": 12.5}]
+        store.close()
+    finally:
+        with pg.connect(postgres_uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(f'DROP TABLE "{table}"')
+
+
+@pytest.mark.postgres
+def test_the_cache_in_front_of_postgres(postgres_uri, redis_prefix):
+    import adbc_driver_postgresql.dbapi as pg
+
+    table = f"cached_{redis_prefix.split(':')[1]}"
+    with pg.connect(postgres_uri, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'CREATE TABLE "{table}" (customer_id BIGINT PRIMARY KEY, state TEXT)')
+        cur.execute(f"INSERT INTO \"{table}\" VALUES (1, 'NSW')")
+    try:
+        spec = msgspec.json.decode(msgspec.json.encode({"kind": "cached", "ttl": 60, "store": {
+            "kind": "postgres", "uri": postgres_uri, "table": table, "key-column": "customer_id"}}),
+            type=Store)
+        store = open_store(spec, ".")
+        assert store.lookup([1, 2], ["state"])[0].column("state").to_pylist() == ["NSW", None]
+        with pg.connect(postgres_uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(f"UPDATE \"{table}\" SET state = 'VIC'")
+        assert store.lookup([1], ["state"])[0].column("state").to_pylist() == ["NSW"]   # cached
+        store.clear()
+        assert store.lookup([1], ["state"])[0].column("state").to_pylist() == ["VIC"]
         store.close()
     finally:
         with pg.connect(postgres_uri, autocommit=True) as conn, conn.cursor() as cur:
