@@ -75,11 +75,14 @@ def test_over_http_a_down_remote_is_the_declared_fallback_marked_and_logged(demo
     assert body["fallback"].startswith("decision 'refer': ") and "HTTP 503" in body["fallback"]
     batch = demo["engine"].score_batch("credit-risk-remote", _keys(3))
     assert batch.column("score").null_count == 3
+    r = httpx.post(demo["url"] + "/v1/score/batch", json={"model-id": "credit-risk-remote", "rows": [
+        {"customer-id": key}, {"customer-id": key + 1}]})      # the row-by-row log of a small batch
+    assert r.status_code == 200, r.text
     assert batch.column("application-decision").to_pylist() == ["refer"] * 3
     demo["engine"].flush()
     with sqlite3.connect(demo["db"]) as db:
         rows = db.execute("SELECT score, decision, error FROM decisions WHERE model_id = "
-                          "'credit-risk-remote' ORDER BY ts DESC LIMIT 4").fetchall()
+                          "'credit-risk-remote' ORDER BY ts DESC LIMIT 6").fetchall()
     assert all(s is None and d == "refer" and e.startswith("decision 'refer'") for s, d, e in rows)
 
 
