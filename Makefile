@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 DEMO ?= demo-data
+# where the demo's models read customers: parquet (in memory) or redis (127.0.0.1:6379)
+STORE ?= parquet
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
@@ -22,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(DEMO)/.built: $(STAMP)
-	$(VENV)/bin/scoreline demo --root $(DEMO)
+	$(VENV)/bin/scoreline demo --root $(DEMO) --store $(STORE)
 	touch $@
 
 demo: $(DEMO)/.built

@@ -7,13 +7,20 @@ postcode, account-balance) and `<root>/registry` with
 - `customer-segmentation` v2: the same plus postcode (the client call does not change);
 - `credit-risk` v1: LightGBM binary; decision bands accept / refer / decline in
   `application-decision`.
+- `credit-risk-remote` v1: the same credit-risk model called over the Open Inference Protocol v2
+  at the demo server's own endpoint (http://127.0.0.1:8000): a remote model next to the local
+  ones; while it cannot be reached its declared fallback answers "refer" with no score.
 Both segmentation versions end up registered and `production` points at v2 (v1 stays one
 `scoreline registry rollback` away, and scores every request in v2's shadow: the experiment
-`v1-shadow`). Each version keeps a reference profile of its inputs and score for drift. Needs lightgbm (the `test` extra) to train the models.
+`v1-shadow`). Each version keeps a reference profile of its inputs and score for drift.
+With `store="redis"` the customers are also written to Redis
+(one hash per customer under `scoreline-demo:customer:`) and the manifests read them from there,
+through a small cache. Needs lightgbm (the `test` extra) to train the models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -28,7 +35,7 @@ import pyarrow.parquet as pq
 from scoreline.errors import SchemaError
 from scoreline.kernels.transforms import age_years, clip, log1p
 
-__all__ = ["build_demo", "STATES", "SEGMENTS"]
+__all__ = ["build_demo", "STATES", "SEGMENTS", "REDIS_URL", "REDIS_PREFIX", "REMOTE_URL"]
 
 # Australian states and territories, with roughly their share of the population.
 STATES = ("NSW", "VIC", "QLD", "WA", "SA", "TAS", "ACT", "NT")
@@ -46,13 +53,24 @@ SEGMENTS = {  # segment -> the product SKU it is offered
 FIRST_CUSTOMER_ID = 5_000_000
 _MARKER = ".scoreline-demo"
 _STORE_PATH = "../store/customers.parquet"  # relative to the registry root
+REDIS_URL = "redis://127.0.0.1:6379/0"
+REMOTE_URL = "http://127.0.0.1:8000"   # `scoreline serve`'s default address
+REDIS_PREFIX = "scoreline-demo:customer:"
 
 
 def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: int = 100_000,
-               today: dt.date | None = None, log=print) -> dict:
+               today: dt.date | None = None, log=print, store: str = "parquet",
+               redis_url: str = REDIS_URL, redis_prefix: str = REDIS_PREFIX,
+               remote_url: str = REMOTE_URL) -> dict:
     """Build the demo under `root` (replacing an earlier demo there) and return a summary:
     {"registry", "store", "customers", "models": {model id: [versions]}, "example-key", "seconds"}.
+
+    store: "parquet" (the file, in memory) or "redis" (also loaded into Redis at `redis_url`,
+        one hash per customer at `<redis_prefix><customer-id>`).
+    remote_url: where `credit-risk-remote` calls credit-risk (the demo server's own address).
     """
+    if store not in ("parquet", "redis"):
+        raise SchemaError(f"store must be 'parquet' or 'redis', got {store!r}", path="--store")
     import lightgbm  # noqa: F401  (fail early, before writing anything)
 
     from scoreline.engine.monitor import profiling_validator
@@ -69,10 +87,13 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
     rng = np.random.default_rng(seed)
 
     table = _customers(rng, customers, today)
-    store = root / "store" / "customers.parquet"
-    store.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, store, row_group_size=256 * 1024)
-    log(f"entity store: {customers:,} customers -> {store} ({time.perf_counter() - started:.1f}s)")
+    path = root / "store" / "customers.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=256 * 1024)
+    log(f"entity store: {customers:,} customers -> {path} ({time.perf_counter() - started:.1f}s)")
+    entity = _entity()
+    if store == "redis":
+        entity = _load_redis(table, redis_url, redis_prefix, log)
 
     sample = rng.choice(customers, size=min(train_rows, customers), replace=False)
     cols = _features(table.take(pa.array(sample)), today)
@@ -86,7 +107,7 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
             path = tmp / f"segmentation-v{version}.txt"
             _train(cols, features, y_segment, {"objective": "multiclass",
                                                "num_class": len(SEGMENTS)}, path)
-            v = repo.add("customer-segmentation", _segmentation_manifest(features), path,
+            v = repo.add("customer-segmentation", _segmentation_manifest(features, entity), path,
                          message=f"demo: segments from {', '.join(features)}",
                          validate=validate_version)
             repo.promote("customer-segmentation", v, "production",
@@ -95,7 +116,7 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
         path = tmp / "credit-risk.txt"
         features = ("age", "log_balance", *(f"state_{s}" for s in STATES))
         _train(cols, features, _defaults(rng, cols), {"objective": "binary"}, path)
-        v = repo.add("credit-risk", _credit_manifest(), path, message="demo: credit risk",
+        v = repo.add("credit-risk", _credit_manifest(entity), path, message="demo: credit risk",
                      validate=validate_version)
         repo.promote("credit-risk", v, "production", "demo: credit risk goes live")
         models["credit-risk"] = [v]
@@ -104,11 +125,12 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
         set_experiment(repo, "customer-segmentation",
                        {"name": "v1-shadow", "shadows": [1]},
                        "demo: v1 scores in the shadow of v2")
+        models["credit-risk-remote"] = [_add_remote(repo, entity, remote_url)]
     (root / _MARKER).write_text(json.dumps({"customers": customers, "seed": seed}))
     example = FIRST_CUSTOMER_ID + min(973_628, customers - 1)
     seconds = time.perf_counter() - started
     log(f"registry: {root / 'registry'} ({seconds:.1f}s in all)")
-    return {"registry": str(root / "registry"), "store": str(store), "customers": customers,
+    return {"registry": str(root / "registry"), "store": str(path), "customers": customers,
             "models": models, "example-key": example, "seconds": seconds}
 
 
@@ -223,7 +245,7 @@ _BALANCE = [
 ]
 
 
-def _segmentation_manifest(features) -> bytes:
+def _segmentation_manifest(features, entity: dict) -> bytes:
     postcode = "postcode" in features
     mapping = {"age": "age", "state_code": "state-code", "log_balance": "log-balance"}
     if postcode:
@@ -233,7 +255,7 @@ def _segmentation_manifest(features) -> bytes:
         "description": "Customer segment and the product to offer"
                        + (" (v2: also postcode)" if postcode else ""),
         "inputs": _customer_inputs(postcode),
-        "entity": _entity(),
+        "entity": entity,
         "transforms": [
             {"kind": "age-years", "input": "date-of-birth", "output": "age"},
             {"kind": "vocabulary", "input": "state", "output": "state-code",
@@ -248,12 +270,12 @@ def _segmentation_manifest(features) -> bytes:
     return json.dumps(manifest).encode()
 
 
-def _credit_manifest() -> bytes:
+def _credit_manifest(entity: dict) -> bytes:
     manifest = {
         "model-id": "credit-risk",
         "description": "Probability of default and the application decision",
         "inputs": _customer_inputs(False),
-        "entity": _entity(),
+        "entity": entity,
         "transforms": [
             {"kind": "age-years", "input": "date-of-birth", "output": "age"},
             {"kind": "one-hot", "input": "state", "output": "state", "categories": list(STATES)},
@@ -268,3 +290,81 @@ def _credit_manifest() -> bytes:
         "output": {"score": "score", "decision": "application-decision"},
     }
     return json.dumps(manifest).encode()
+
+
+# --- Redis and the remote model (issue 14) -------------------------------------------------
+
+
+def _load_redis(table: pa.Table, url: str, prefix: str, log) -> dict:
+    """Write the customers to Redis; the entity section that reads them (through a cache)."""
+    import msgspec
+
+    from scoreline.engine.data.redis_store import write_entities
+    from scoreline.registry.manifest import RedisStore
+
+    started = time.perf_counter()
+    redis = {"kind": "redis", "url": url, "key-prefix": prefix, "key-column": "customer-id",
+             "columns": {"date-of-birth": "date", "state": "string", "postcode": "int",
+                         "account-balance": "float"}}
+    written = write_entities(msgspec.convert(redis, RedisStore), table)
+    log(f"redis: {written:,} customers -> {url} {prefix}* ({time.perf_counter() - started:.1f}s)")
+    return {"key": "customer-id", "key-type": "int",
+            "store": {"kind": "cached", "size": 100_000, "ttl": 5, "store": redis}}
+
+
+def _remote_manifest(entity: dict, url: str) -> dict:
+    return {
+        "model-id": "credit-risk-remote",
+        "description": "credit-risk called over the Open Inference Protocol v2 (a remote model); "
+                       "while the remote cannot answer, the decision is 'refer' with no score",
+        "inputs": _customer_inputs(False),
+        "entity": entity,
+        "model": {"format": "remote", "remote": {
+            "url": url, "name": "credit-risk", "version": "1", "output": "score",
+            "inputs": [{"name": "date-of-birth", "datatype": "BYTES", "date": True},
+                       {"name": "state", "datatype": "BYTES", "categories": list(STATES)},
+                       {"name": "account-balance", "datatype": "FP64"}],
+            "timeout": 0.5, "retry": {"attempts": 2}, "breaker": {"failures": 5, "reset": 2.0},
+            "fallback": {"kind": "decision", "decision": "refer"}}},
+        "decision": {"kind": "bands", "bands": [{"label": "decline", "min": 0.25},
+                                                {"label": "refer", "min": 0.12}],
+                     "default": "accept"},
+        "output": {"score": "score", "decision": "application-decision"},
+    }
+
+
+def _add_remote(repo, entity: dict, url: str) -> int:
+    """Register credit-risk-remote, checked for real against a temporary server of this registry
+    (the demo's own server, which it will call, is not running yet)."""
+    import msgspec
+
+    from scoreline.engine.pipeline.deployment import validate_version
+    from scoreline.registry.manifest import decode_manifest
+
+    manifest = json.dumps(_remote_manifest(entity, url)).encode()
+    with _temporary_server(repo.root) as temporary:
+        def validate(version_dir, m):
+            remote = msgspec.structs.replace(m.model.remote, url=temporary)
+            validate_version(version_dir, msgspec.structs.replace(
+                m, model=msgspec.structs.replace(m.model, remote=remote)))
+
+        v = repo.add("credit-risk-remote", decode_manifest(manifest), None,
+                     message=f"demo: credit-risk over v2 REST at {url} (checked against this "
+                             "registry's credit-risk on a temporary server)", validate=validate)
+    repo.promote("credit-risk-remote", v, "production", "demo: the remote model goes live")
+    return v
+
+
+@contextlib.contextmanager
+def _temporary_server(registry_root):
+    """`scoreline serve` of this registry on a free loopback port, for the registration check."""
+    from scoreline.engine.pipeline.router import Engine
+    from scoreline.server.app import create_app
+    from scoreline.server.background import serve_in_thread
+
+    engine = Engine(registry_root, preload=True)
+    try:
+        with serve_in_thread(create_app(engine)) as url:
+            yield url
+    finally:
+        engine.close()

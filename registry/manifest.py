@@ -70,8 +70,163 @@ class PostgresStore(msgspec.Struct, tag="postgres", tag_field="kind", **_STRICT)
     table: str
     key_column: str
 
+# --- remote stores and remote models (issue 14) ------------------------------------------------
+# Entities in Redis, a cache in front of any remote store, several stores joined by key, and a
+# model that another server evaluates (engine/data/redis_store.py, storecache.py, models/remote.py).
 
-Store = Union[ParquetStore, ArrowStore, SqliteStore, PostgresStore]
+ColumnType = Literal["int", "float", "string", "bool", "date", "timestamp"]
+
+
+class Freshness(msgspec.Struct, **_STRICT):
+    """A row whose `field` (epoch seconds or an ISO 8601 timestamp) is older than `max-age`
+    seconds is stale: a per-row error ("error") or read as if absent, so inputs take their
+    defaults ("default")."""
+
+    field: str
+    max_age: float
+    stale: Literal["error", "default"] = "error"
+
+
+class RedisStore(msgspec.Struct, tag="redis", tag_field="kind", **_STRICT):
+    """One Redis hash per entity at `<key-prefix><key>`, its fields typed by `columns`.
+
+    The password, if any, comes from the environment variable named by `password-env`, never
+    from this file."""
+
+    columns: dict[str, ColumnType]
+    key_column: str
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = ""
+    key_type: Literal["int", "string"] = "int"
+    password_env: str | None = None
+    timeout: float = 0.25
+    freshness: Freshness | None = None
+
+
+class CachedStore(msgspec.Struct, tag="cached", tag_field="kind", **_STRICT):
+    """A small LRU cache with a time to live in front of a remote store (Redis, PostgreSQL,
+    SQLite): at most `size` entities, each kept `ttl` seconds (absent entities too)."""
+
+    store: Union[RedisStore, PostgresStore, SqliteStore]
+    size: int = 10_000
+    ttl: float = 5.0
+
+
+class JoinStore(msgspec.Struct, tag="join", tag_field="kind", **_STRICT):
+    """Several stores joined by the entity key: each column comes from the first store that has
+    it; an entity is found when the first store has it ("first") or every store has it ("all")."""
+
+    stores: list[Union[ParquetStore, ArrowStore, SqliteStore, PostgresStore, RedisStore, CachedStore]]
+    found: Literal["first", "all"] = "first"
+
+
+TensorType = Literal["FP64", "FP32", "INT64", "INT32", "BOOL", "BYTES"]
+
+
+class RemoteTensor(msgspec.Struct, **_STRICT):
+    """One input tensor of the remote model, filled from the model feature of the same name
+    (model.features maps it from a column). BYTES tensors carry a string input's value (give its
+    `categories`) or a date input as YYYY-MM-DD (`date: true`)."""
+
+    name: str
+    datatype: TensorType = "FP64"
+    categories: list[str] | None = None
+    date: bool = False
+
+
+class Retry(msgspec.Struct, **_STRICT):
+    """Retries with full-jitter exponential backoff, only of failures that are safe to repeat."""
+
+    attempts: int = 3
+    backoff: float = 0.01
+    max_backoff: float = 0.2
+
+
+class Breaker(msgspec.Struct, **_STRICT):
+    """Open after `failures` failed calls in a row; after `reset` seconds let one probe through."""
+
+    failures: int = 5
+    reset: float = 5.0
+
+
+class VersionFallback(msgspec.Struct, tag="version", tag_field="kind", **_STRICT):
+    """Score with another (local) version of this model; its features must be among ours."""
+
+    version: int
+
+
+class DecisionFallback(msgspec.Struct, tag="decision", tag_field="kind", **_STRICT):
+    """Answer this decision with no score."""
+
+    decision: str
+
+
+class ErrorFallback(msgspec.Struct, tag="error", tag_field="kind", **_STRICT):
+    """A per-row error of kind "remote"."""
+
+
+Fallback = Union[VersionFallback, DecisionFallback, ErrorFallback]
+
+
+class RemoteSpec(msgspec.Struct, **_STRICT):
+    """A model served elsewhere over the Open Inference Protocol v2 (REST).
+
+    Secrets never live here: `token-env` names the environment variable holding a bearer token,
+    `headers-env` maps header names to environment variables."""
+
+    url: str
+    name: str
+    inputs: list[RemoteTensor]
+    output: str
+    version: str | None = None
+    # send every input as one [n, len(inputs)] tensor of this name, in the order of `inputs`
+    # (the one 2-D input of MLServer's and Triton's LightGBM, XGBoost and scikit-learn runtimes)
+    matrix: str | None = None
+    protocol: Literal["v2-rest"] = "v2-rest"
+    objective: Literal["binary", "regression", "multiclass", "multiclassova"] = "binary"
+    num_class: int = 1
+    timeout: float = 1.0
+    idempotent: bool = True
+    retry: Retry = Retry()
+    breaker: Breaker = Breaker()
+    fallback: Fallback = ErrorFallback()
+    token_env: str | None = None
+    headers_env: dict[str, str] = {}
+
+
+def _check_remote(m: Manifest) -> None:
+    """A remote model names its endpoint and no artifact; a local one the reverse."""
+    spec = m.model
+    if (spec.format == "remote") != (spec.remote is not None):
+        raise SchemaError('model.remote goes with format "remote" (and only with it)', path="$.model.remote")
+    if spec.format != "remote":
+        if not spec.artifact:
+            raise SchemaError(f"a {spec.format} model needs its artifact", path="$.model.artifact")
+        return
+    r = spec.remote
+    names = [t.name for t in r.inputs]
+    if not names or len(set(names)) != len(names):
+        raise SchemaError("model.remote.inputs must name each tensor once", path="$.model.remote.inputs")
+    for i, t in enumerate(r.inputs):
+        if t.datatype == "BYTES" and (t.categories is None) == (not t.date):
+            raise SchemaError(f"BYTES tensor {t.name!r} needs either categories (a string input) or "
+                              "date: true", path=f"$.model.remote.inputs[{i}]")
+        if t.datatype != "BYTES" and (t.categories is not None or t.date):
+            raise SchemaError(f"categories and date apply to BYTES tensors; {t.name!r} is {t.datatype}",
+                              path=f"$.model.remote.inputs[{i}]")
+    kinds = {t.datatype for t in r.inputs}
+    if r.matrix is not None and (len(kinds) != 1 or kinds & {"BYTES", "BOOL"}):
+        raise SchemaError("a matrix input carries numbers of one datatype: give every input the same "
+                          "numeric datatype", path="$.model.remote.matrix")
+    if r.timeout <= 0 or r.retry.attempts < 1 or r.breaker.failures < 1 or r.num_class < 1:
+        raise SchemaError("timeout must be positive; retry.attempts, breaker.failures and num-class at "
+                          "least 1", path="$.model.remote")
+    if isinstance(r.fallback, VersionFallback) and not r.fallback.version >= 1:
+        raise SchemaError("a fallback version is a version number (1 or more)", path="$.model.remote.fallback")
+
+
+Store = Union[ParquetStore, ArrowStore, SqliteStore, PostgresStore, RedisStore, CachedStore,
+              JoinStore]
 
 
 class Entity(msgspec.Struct, **_STRICT):
@@ -195,8 +350,9 @@ TRANSFORM_KINDS = tuple(t.__struct_config__.tag for t in Transform.__args__)
 class ModelSpec(msgspec.Struct, **_STRICT):
     """The artifact (relative to the version folder) and how its features map from columns."""
 
-    format: Literal["lightgbm", "linear"]
-    artifact: str
+    format: Literal["lightgbm", "linear", "remote"]
+    # the file in the version folder (none for a remote model)
+    artifact: str = ""
     # model feature name -> column (raw input or transform output); unnamed features map by name
     features: dict[str, str] = {}
     # which raw output is "the score": "auto" (the prediction for one output, the top class's
@@ -206,6 +362,8 @@ class ModelSpec(msgspec.Struct, **_STRICT):
     # shared kernel), "model" (this model's trees compiled to machine code at load, cached) or
     # "auto" ("model" for models of at most treecode.MAX_AUTO_LEAVES leaves)
     compile: Literal["generic", "model", "auto"] = "generic"
+    # format "remote": where and how the model is called
+    remote: RemoteSpec | None = None
 
 
 # --- decision logic ---------------------------------------------------------------------------
@@ -328,9 +486,11 @@ def _check_semantics(m: Manifest) -> None:
     if m.model.compile != "generic" and m.model.format != "lightgbm":
         raise SchemaError(f"compile {m.model.compile!r} applies to lightgbm models only; a {m.model.format} "
                           "model has one kernel", path="$.model.compile")
+    _check_remote(m)
     if isinstance(m.decision, Bands):
         mins = [b.min for b in m.decision.bands]
         if mins != sorted(mins, reverse=True):
             raise SchemaError("bands must be ordered by descending min", path="$.decision.bands")
     if isinstance(m.decision, TopK) and not 1 <= m.decision.k <= len(m.decision.labels):
         raise SchemaError("k must be between 1 and the number of labels", path="$.decision.k")
+

@@ -128,14 +128,15 @@ class Repository:
         self,
         model_id: str,
         manifest: Manifest | bytes | str | os.PathLike,
-        artifact_path: str | os.PathLike,
+        artifact_path: str | os.PathLike | None,
         message: str = "",
         validate: Validator | None = None,
     ) -> int:
         """Register a new version of ``model_id`` and return its number.
 
         ``manifest``: a Manifest, its JSON bytes, or the path of a JSON file. ``artifact_path``:
-        the model file, copied to the name the manifest's ``model.artifact`` gives.
+        the model file, copied to the name the manifest's ``model.artifact`` gives (None for a
+        remote model, which has none).
         ``validate(version_dir, manifest)`` runs on the fully written folder before it becomes
         visible; any exception it raises refuses the version with RegistrationError (the
         repository is left as it was, and the refusal is recorded in the history).
@@ -146,9 +147,13 @@ class Repository:
             raise SchemaError(
                 f"the manifest is for model {manifest.model_id!r}, not {model_id!r}", path="$.model-id"
             )
-        artifact_name = _artifact_name(manifest)
-        source = Path(artifact_path)
-        if not source.is_file():
+        # a remote model (format "remote") has no artifact: the manifest is the whole version
+        remote = manifest.model.format == "remote"
+        artifact_name = None if remote else _artifact_name(manifest)
+        if not remote and artifact_path is None:
+            raise NotFoundError(f"a {manifest.model.format} model needs its artifact file", path="artifact")
+        source = None if remote else Path(artifact_path)
+        if source is not None and not source.is_file():
             raise NotFoundError(f"artifact file {str(source)!r} does not exist", path="artifact")
 
         model_dir = self.root / model_id
@@ -160,10 +165,11 @@ class Repository:
             tmp.mkdir()
             try:
                 write_synced(tmp / _MANIFEST, msgspec.json.format(encode_manifest(manifest), indent=2))
-                target = tmp / artifact_name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
-                fsync_path(target)
+                if source is not None:
+                    target = tmp / artifact_name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)
+                    fsync_path(target)
                 if validate is not None:
                     self._validate(validate, model_id, tmp, manifest, message, "the new version")
                 with self._lock(model_id):

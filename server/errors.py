@@ -26,6 +26,8 @@ _STATUS_BY_KIND = {
     "model-format": 422,
     "not-found": 404,
     "not-ready": 503,
+    "remote": 502,       # a remote model did not answer (engine/models/remote.py)
+    "stale": 422,        # an entity's stored row is older than its store's max-age
     "overloaded": 503,
     "unauthorized": 401,
     "registration": 409,

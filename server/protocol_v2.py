@@ -3,7 +3,8 @@
 Input tensors map by name to the entity key or the manifest's raw inputs; each is one value per
 row (shape [n] or [n, 1]). Output tensors are the contract fields (key, model-id, model-version,
 score, decision, further outputs), shape [n]; a row scored from inline inputs has no key, sent as
-null in JSON data (as v1 answers) and as 0 or "" in binary data. The protocol has no per-row
+null in JSON data (as v1 answers) and as 0 or "" in binary data; a score with no value (a remote
+model's decision fallback) is null in JSON and NaN in binary data, never 0. The protocol has no per-row
 errors: a row that cannot be scored fails the request with `{"error": "... (at row i, <path>)"}`.
 JSON tensor data is checked against its datatype's range (an INT8 holds -128..127). Datatypes: BOOL, INT8..INT64,
 UINT8..UINT64, FP32, FP64, BYTES (UTF-8); FP16 and BF16 are refused.
@@ -12,6 +13,7 @@ UINT8..UINT64, FP32, FP64, BYTES (UTF-8); FP16 and BF16 are refused.
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from typing import Any
 
@@ -344,8 +346,10 @@ def _outputs(batch: pa.RecordBatch, wanted: list[tuple[str, bool]]) -> tuple[lis
         elif not binary:
             tensor["data"] = column.to_pylist()  # null: no entity (a row scored from inline inputs)
         else:
-            if column.null_count:  # binary data has no null: 0 (or false)
-                column = pc.fill_null(column, pa.scalar(0 if datatype != "BOOL" else False, column.type))
+            if column.null_count:  # binary data has no null: 0 (or false); NaN for a missing
+                # score (a remote model's decision fallback), never a made-up 0
+                fill = math.nan if datatype in ("FP32", "FP64") else (0 if datatype != "BOOL" else False)
+                column = pc.fill_null(column, pa.scalar(fill, column.type))
             raw = column.to_numpy(zero_copy_only=False).astype(DATATYPES[datatype], copy=False).tobytes()
         if binary:
             tensor["parameters"] = {"binary_data_size": len(raw)}

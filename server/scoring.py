@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from scoreline.engine.data.request import RowBatch
+from scoreline.engine.pipeline.remote_stage import call_deadline
 from scoreline.errors import NotReadyError, ScorelineError
 from scoreline.registry.repository import check_model_ref
 
@@ -36,13 +38,14 @@ class Request:
     """One request's rows (a RowBatch) on their way to the micro-batcher. `single`: a `/v1/score`
     call, whose answer body is encoded in the executor; `echo_id`: its client sent a request id."""
 
-    __slots__ = ("rows", "n", "single", "echo_id")
+    __slots__ = ("rows", "n", "single", "echo_id", "deadline")
 
     def __init__(self, rows, *, single: bool = False, echo_id: bool = False) -> None:
         self.rows = rows
         self.n = rows.n
         self.single = single
         self.echo_id = echo_id
+        self.deadline = math.inf  # time.monotonic() past which its client no longer waits
 
 
 class Scored:
@@ -97,6 +100,9 @@ class Scorer:
         self.metrics = metrics
         self.engine = None  # set by the app once the engine is built (it compiles and warms first)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="scoreline-score")
+        # Remote models wait on the network: their own threads, so a slow or hung remote never
+        # takes a scoring thread from local models (each deployment still has max_in_flight calls)
+        self.remote_executor = ThreadPoolExecutor(4 * settings.threads, thread_name_prefix="scoreline-remote")
         self._entries: dict[tuple[str, int], _Entry] = {}
         self._resolved: set[tuple[str, int | str | None]] = set()
         self._ids = itertools.count(1)
@@ -110,6 +116,11 @@ class Scorer:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)
+        self.remote_executor.shutdown(wait=True, cancel_futures=False)
+
+    def executor_for(self, deployment) -> ThreadPoolExecutor:
+        """The threads that score `deployment`: its own pool for a remote model."""
+        return self.remote_executor if getattr(deployment.model, "kind", None) == "remote" else self.executor
 
     # -- resolution ------------------------------------------------------------------------------
 
@@ -163,13 +174,15 @@ class Scorer:
 
         return MicroBatcher(
             score, max_rows=s.max_batch, max_wait=s.max_wait_us / 1e6, max_queue=s.max_queue,
-            max_in_flight=s.max_in_flight, executor=self.executor, retry_after=s.retry_after_s, inline=inline)
+            max_in_flight=s.max_in_flight, executor=self.executor_for(deployment), retry_after=s.retry_after_s,
+            inline=inline)
 
     # -- scoring ---------------------------------------------------------------------------------
 
     async def score_rows(self, entry: _Entry, request: Request) -> Scored:
         """Score a request's rows through the deployment's micro-batcher."""
         start = time.monotonic()
+        request.deadline = start + self.settings.request_timeout_s
         scored = await entry.batcher.submit(request, rows=request.n, timeout=self.settings.request_timeout_s)
         self._record(entry, scored, time.monotonic() - start)
         return scored
@@ -180,9 +193,9 @@ class Scorer:
         loop = asyncio.get_running_loop()
         deployment = entry.deployment
         result = await loop.run_in_executor(
-            self.executor,
-            lambda: self.engine.score_arrow(deployment.model_id, batch, version=entry.version,
-                                            request_ids=request_ids),
+            self.executor_for(deployment),
+            _with_deadline(self.settings.request_timeout_s, self.engine.score_arrow, deployment.model_id,
+                           batch, version=entry.version, request_ids=request_ids),
         )
         self.metrics.batch_rows.observe(entry.labels, result.n)
         errors = len(result.errors)
@@ -207,7 +220,9 @@ class Scorer:
         a `/v1/score` part's answer is encoded here, off the event loop. `version`: what the
         engine is asked for (the entry's)."""
         rows = RowBatch.concat([part.rows for part in parts])
-        result = self.engine.score_rows(deployment.model_id, rows, version=version)
+        # a remote model's call ends when the last of these requests' clients stops waiting
+        with call_deadline(max(part.deadline for part in parts) - time.monotonic()):
+            result = self.engine.score_rows(deployment.model_id, rows, version=version)
         out, offset = [], 0
         for part in parts:
             body = None
@@ -232,3 +247,10 @@ class Scorer:
         for _, entry in sorted(self._entries.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
             yield entry.labels, entry.batcher.queued_rows
 
+
+def _with_deadline(seconds: float, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` as a thunk whose remote calls end within `seconds` of its start."""
+    def run():
+        with call_deadline(seconds):
+            return fn(*args, **kwargs)
+    return run

@@ -177,7 +177,13 @@ class DeploymentScorer:
             absolute = str((dep.store_base / store.path).resolve())
             entity = msgspec.structs.replace(manifest.entity, store=msgspec.structs.replace(store, path=absolute))
             manifest = msgspec.structs.replace(manifest, entity=entity)
-        artifact = (dep.version_dir / manifest.model.artifact).read_bytes()
+        remote = manifest.model.remote
+        if remote is not None and remote.fallback.__struct_config__.tag == "version":
+            raise InputError(f"model {dep.model_id!r} is remote with a fallback version, whose files "
+                             "the workers do not have: score it in one process, or declare a decision "
+                             "or error fallback", path="$.model.remote.fallback")
+        # a remote model has no artifact: the manifest is the whole of it
+        artifact = b"" if remote is not None else (dep.version_dir / manifest.model.artifact).read_bytes()
         body = encode_manifest(manifest)
         token = hashlib.sha256(body + artifact + str(dep.version).encode()).hexdigest()[:24]
         return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version}
@@ -225,6 +231,8 @@ def _rebuild(state: dict):
     manifest = decode_manifest(state["manifest"])
     folder = Path(tempfile.gettempdir()) / "scoreline-deployments" / state["token"]
     folder.mkdir(parents=True, exist_ok=True)
+    if manifest.model.format == "remote":
+        return Deployment(manifest, folder, version=state["version"])
     artifact = folder / Path(manifest.model.artifact).name
     if not artifact.exists():
         partial = folder / f".{artifact.name}.{os.getpid()}"

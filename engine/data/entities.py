@@ -30,14 +30,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from scoreline.engine.data.keyindex import KeyIndex, coerce_keys, python_keys, take_rows
-from scoreline.registry.manifest import (
-    ArrowStore,
-    ParquetStore,
-    PostgresStore,
-    SqliteStore,
-)
-
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError
+from scoreline.registry.manifest import (
+    ArrowStore, CachedStore, JoinStore, ParquetStore, PostgresStore, RedisStore, SqliteStore,
+)
 
 __all__ = ["EntityStore", "open_store"]
 
@@ -62,6 +58,10 @@ def open_store(spec, base_dir: str | os.PathLike, *, reload_interval: float = 2.
         return SqliteTableStore(_resolve(spec.path, base), spec.table, spec.key_column)
     if isinstance(spec, PostgresStore):
         return PostgresTableStore(spec.uri, spec.table, spec.key_column)
+    if isinstance(spec, (RedisStore, CachedStore, JoinStore)):
+        from scoreline.engine.data.storecache import open_composite
+
+        return open_composite(spec, base, open_store)
     raise SchemaError(f"unsupported entity store {type(spec).__name__}", path="$.entity.store")
 
 

@@ -35,6 +35,7 @@ from scoreline.engine.data.samples import sample_inputs
 from scoreline.engine.pipeline.decide import Decider
 from scoreline.engine.pipeline.fill import Entities, Fill
 from scoreline.engine.pipeline.plan import Plan, compile_plan
+from scoreline.engine.pipeline.remote_stage import check_remote, first_fallback, remote_stages
 from scoreline.engine.pipeline.result import Contract, Result
 from scoreline.engine.pipeline.stages import Decide, Predict, Stage, State, Transform
 from scoreline.engine.data.validate import check_store
@@ -68,6 +69,10 @@ def scoring_day(now=None) -> int:
 
 def load_artifact(spec: M.ModelSpec, version_dir: Path):
     """The model object for a manifest's `model` section (the artifact in the version folder)."""
+    if spec.format == "remote":
+        from scoreline.engine.models.remote import load_remote
+
+        return load_remote(spec, version_dir, load_artifact)
     path = Path(version_dir) / spec.artifact
     if not path.is_file():
         # The folder is not named: it may be a temporary one (a bulk worker's), and messages
@@ -127,6 +132,9 @@ class Deployment:
             Predict(self.model),
             Decide(self.decider),
         ]
+        if manifest.model.format == "remote":   # a remote model: its own predict and decide
+
+            self.stages = remote_stages(self.stages, self.model, self.decider)
         self._contract()
         self.compile_seconds = time.perf_counter() - started
         self.warm_seconds = 0.0
@@ -161,9 +169,10 @@ class Deployment:
 
     def serves_from_memory(self) -> bool:
         """Whether key-only requests are answered from the store's converted in-memory view
-        (integer keys): then a one-row call is tens of microseconds (opens the store)."""
-        return self.entities.ready() and self.entities.view is not None \
-            and self.manifest.entity.key_type == "int"
+        (integer keys): then a one-row call is tens of microseconds (opens the store). Never for
+        a remote model: its answer comes over the network."""
+        return self.manifest.model.format != "remote" and self.entities.ready() \
+            and self.entities.view is not None and self.manifest.entity.key_type == "int"
 
     # --- scoring --------------------------------------------------------------------------------
 
@@ -226,8 +235,13 @@ class Deployment:
             result = self.run(pa.RecordBatch.from_pydict(values))
             if result.errors:
                 first = result.errors[min(result.errors)]
-                raise RegistrationError(f"a generated sample row did not score: {first.message}",
-                                        path="$.inputs")
+                if first.kind != "remote":
+                    raise RegistrationError(f"a generated sample row did not score: {first.message}",
+                                            path="$.inputs")
+            if result.errors or first_fallback(result) is not None:
+                # a remote that cannot answer at start-up: the local stages are warm, its
+                # fallback serves meanwhile; registration checks the remote for real
+                continue
             if n == 1:
                 one = self.run_one(RowBatch([None], values, [None])).one()[self.score_name]
                 score = float(result.score[0])
@@ -247,7 +261,9 @@ def validate_version(version_dir, manifest: M.Manifest) -> None:
     """The registration check: load the artifact, compile the plan, score a generated sample
     through both paths. Raises RegistrationError with the reason (and the failing field's path)."""
     try:
-        Deployment(manifest, version_dir, store=False)
+        deployment = Deployment(manifest, version_dir, store=False)
+        if manifest.model.format == "remote":
+            check_remote(deployment)
         check_store(manifest, _registry_root(version_dir))  # the store serving will open
     except RegistrationError:
         raise

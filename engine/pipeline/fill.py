@@ -21,6 +21,7 @@ from scoreline.engine.data.fields import check_column, check_value, index_in
 from scoreline.engine.data.request import RowBatch
 from scoreline.engine.data.storeview import StoreView
 from scoreline.engine.pipeline.plan import Plan, bool_key
+from scoreline.engine.data.storecache import lookup_rows
 from scoreline.engine.pipeline.stages import Stage, State
 
 __all__ = ["Entities", "Fill", "codes"]
@@ -204,10 +205,12 @@ class Fill(Stage):
         if e.view is not None:
             found = self._from_view(work, rows, wanted, null_key, errors)
         else:
-            table, found = e.store.lookup(wanted, e.lookup_columns)
+            table, found, store_errors = lookup_rows(e.store, wanted, e.lookup_columns)
             # Store columns seen through the manifest's input names (entity.columns renames).
             renamed = pa.table({name: table.column(column) for name, column in e.columns.items()})
             self.fill_columns(work, rows, renamed, errors)
+            for i, error in store_errors.items():   # a stale row: its nulls are not the story
+                errors[int(rows[i])] = error
         missing = ~np.asarray(found, dtype=bool) & ~null_key
         if missing.any():
             values = wanted.filter(pa.array(missing)).to_pylist()
@@ -263,9 +266,11 @@ class Fill(Stage):
             work[0, view.span] = current.values[row]
             return
         keys = np.array([key], dtype=np.int64) if type(key) is int else [key]
-        table, found = e.store.lookup(keys, e.lookup_columns)
+        table, found, store_errors = lookup_rows(e.store, keys, e.lookup_columns)
         if not found[0]:
             raise e.not_found(key)
+        if store_errors:
+            raise store_errors[0]
         self._fill_row(work, 0, [table.column(e.columns[slot.spec.name])[0].as_py()
                                  for slot in self.plan.inputs])
 

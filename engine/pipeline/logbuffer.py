@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["LogBuffer"]
 
@@ -79,7 +80,9 @@ class LogBuffer:
                 out.column(names[3]),
                 out.column(names[4]),
                 pa.array(np.full(n, seconds * 1e6)),
-                out.column("error"),
+                # a remote model's fallback row is logged with what answered and why
+                pc.coalesce(out.column("error"), out.column("fallback")) if "fallback" in names
+                else out.column("error"),
                 pa.nulls(n, pa.string()) if experiment is None else pa.repeat(pa.scalar(experiment), n),
                 _roles(roles, n),
             ],

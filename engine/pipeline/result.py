@@ -166,11 +166,13 @@ class Result:
             for row, exc in errors.items():
                 text[row] = exc.message
             error_column = pa.array(text, pa.string())
-            score_column = pa.array(score, mask=bad)
+            score_column = pa.array(score, mask=bad | np.isnan(score))
         else:
             bad = np.zeros(n, dtype=bool)
             error_column = c.constant("error", n)
-            score_column = pa.array(score)
+            # NaN without an error: a decision with no score (a remote's decision fallback)
+            no_score = np.isnan(score)
+            score_column = pa.array(score, mask=no_score) if no_score.any() else pa.array(score)
         if self.labels is not None:
             labels = pa.array([None if b else v for v, b in zip(self.labels, bad)], pa.string())
         else:

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     a = sub.add_parser("add", parents=[common], help="register a new version (validated first)")
     a.add_argument("model_id", metavar="MODEL_ID")
     a.add_argument("--manifest", required=True, help="manifest JSON file")
-    a.add_argument("--artifact", required=True, help="model file (LightGBM text or scoreline-linear)")
+    a.add_argument("--artifact", default=None,
+                   help="model file (LightGBM text or scoreline-linear; none for a remote model)")
     a.add_argument("-m", "--message", default="", help="why this version (kept in the history)")
     a.add_argument("--profile-sample", metavar="PARQUET",
                    help="rows (raw inputs or keys) for the version's reference profile, which drift "

@@ -26,7 +26,7 @@ def test_demo_command_builds_store_and_registry(tmp_path, capsys):
 
     repo = Repository(root / "registry")
     assert {m["model_id"]: m["versions"] for m in repo.list()} == {
-        "credit-risk": [1], "customer-segmentation": [1, 2]}
+        "credit-risk": [1], "customer-segmentation": [1, 2], "credit-risk-remote": [1]}
     assert repo.aliases("customer-segmentation") == {"production": 2}
     assert "postcode" in repo.show("customer-segmentation")["versions"][1]["inputs"]
     assert "postcode" not in repo.show("customer-segmentation")["versions"][0]["inputs"]

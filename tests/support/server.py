@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import socket
-import threading
-import time
 
 import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import uvicorn
 
 from scoreline.registry.manifest import decode_manifest
 
@@ -104,29 +100,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
 def live_server(app, *, ready_path: str = "/healthz", http="httptools"):
     """Run `app` under uvicorn (httptools, or the protocol class `http`) in a thread on a free
     loopback port; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http=http, loop="asyncio", log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    from scoreline.server.background import serve_in_thread
+
+    return serve_in_thread(app, http=http)
 
 
 def make_engine(root, **kwargs):

@@ -175,6 +175,8 @@ def test_lazy_compilation_and_ready(registry):
         assert not e.ready
         e.deployment("customer-segmentation")
         e.deployment("credit-risk")
+        assert not e.ready
+        e.deployment("credit-risk-remote")     # the demo's remote model (its remote may be down)
         assert e.ready
 
 
@@ -205,7 +207,8 @@ def test_reload_picks_up_new_versions_and_keeps_a_broken_one_out(registry):
         repo.promote("customer-segmentation", v4, "production")
         e.reload()
         assert e.score("customer-segmentation", {"customer-id": KEY})["model-version"] == v3
-        states = {v["version"]: v for v in e.models()[1]["versions"]}
+        listing = {m["model-id"]: m for m in e.models()}
+        states = {v["version"]: v for v in listing["customer-segmentation"]["versions"]}
         assert states[v4]["state"] == "failed" and "std" in states[v4]["error"]
         with pytest.raises(NotReadyError, match="failed to load"):
             e.score("customer-segmentation", {"customer-id": KEY}, version=v4)
