@@ -12,7 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scoreline.engine.models.lightgbm import read_lightgbm
-from scoreline.engine.models.simd import MAX_CATEGORY, MAX_LEAVES, build_forest, unsupported_reason
+from scoreline.engine.models.simd import (
+    MAX_CATEGORY,
+    MAX_LEAVES,
+    build_forest,
+    unsupported_reason,
+)
 
 import scoreline
 
