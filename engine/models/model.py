@@ -35,7 +35,7 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
         others serve: nothing compiles on a request. ``model.tiers`` reports the choice.
       "generic": the shared tree walk (kernels/trees.py); nothing per model.
       "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (category
-        sets past category 63, trees over 64 leaves, linear trees) use the generic walk.
+        sets past category 4095, trees over 64 leaves, linear trees) use the generic walk.
       "model": this model's trees compiled to machine code at load (engine/models/treecode.py, like
         lleaves), 1-2 s per few thousand split nodes, read back from ``cache_dir`` on the next
         load; linear trees and trees deeper than ``treecode.MAX_DEPTH`` use the generic walk.
@@ -234,7 +234,7 @@ class LightGBMModel:
         elif tier == "simd":
             f = self._simd
             kernel = simd_run.predict_parallel if parallel else simd_run.predict_serial
-            kernel(X, f.slots, f.nodes, f.trees, f.leaves, divisor, link, p.link_param, matrix)
+            kernel(X, f.slots, f.nodes, f.trees, f.leaves, f.words, divisor, link, p.link_param, matrix)
         elif p.is_linear:
             kernel = kernels.predict_linear_parallel if parallel else kernels.predict_linear_serial
             kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, p.linear, p.linear_const,

@@ -19,11 +19,14 @@ reading it) the model uses, filled while transposing:
     BAND_HIGH NaN and |x| <= kZ -> +inf   (zero as missing, default right, where 0.0 goes left)
     NAN_FLAG  1.0 for NaN, else 0.0    (NAN_HIGH at a threshold of +inf: only NaN goes right)
     BAND_FLAG 1.0 for NaN and the band (BAND_HIGH at a threshold of +inf), compared with 0.5
-    CATEGORY  LightGBM's category 0..63 of x, or 64 where every set sends x right
+    CATEGORY  LightGBM's category c of x where 0 <= c < limit, else limit (every set sends x right)
 
-A categorical split holds its set of categories 0..63 as 64 bits instead of a threshold; a row
-goes right where its category's bit is clear. A tree's numeric splits come first, then its
-categorical ones (the bitvector is an AND of masks, so the order of nodes does not matter).
+A categorical split on a feature whose sets stay within categories 0..63 holds its set as 64 bits
+instead of a threshold (limit 64); a row goes right where its category's bit is clear. A feature
+with wider sets (limit 64 * W, W words of 64 bits) gives each of its splits W + 1 words in
+``words``, the last one zero, and the node reads word ``c >> 6`` (a gather). A tree's numeric
+splits come first, then narrow categorical, then wide ones (the bitvector is an AND of masks, so
+the order of nodes does not matter).
 
 Missing type None reads NaN as 0.0, so NaN goes where 0.0 goes (NAN_LOW iff 0 <= t); thresholds
 inside the zero band are moved to its edge (kernels/rules.py effective_thresholds), so the band
@@ -33,7 +36,7 @@ scores are bit-identical to ``Booster.predict`` and to the generic kernel. Nothi
 per model: a model is four flat arrays, the machine code comes from Numba's cache.
 
 Limits (the model stays on the other tiers; ``unsupported_reason`` says why): categorical
-sets naming categories past 63, linear trees, trees over 64 leaves.
+sets naming categories past MAX_CATEGORY, linear trees, trees over 64 leaves.
 """
 
 from __future__ import annotations
@@ -57,19 +60,22 @@ __all__ = [
     "unsupported_reason",
 ]
 
-NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH, NAN_FLAG, BAND_FLAG, CATEGORY = range(7)
+NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH, NAN_FLAG, BAND_FLAG, CATEGORY, WIDE_CATEGORY = range(8)
 MAX_LEAVES = 64  # one 64-bit word per row and tree
+# Category sets up to this category (a wide split's words are a copy per node: 64 words = 512 bytes).
+MAX_CATEGORY = 4095
 
 
 @dataclass(frozen=True, eq=False)
 class SimdForest:
     """One model as the SIMD kernel reads it (engine/models/simd_run.py); plain arrays, so it pickles.
 
-    slots: int64 (S, 2), the feature and way of reading (NAN_LOW ...) of each block slot.
-    nodes: float64 (N, 3) records: threshold (categorical: the 64-bit set, as int64), then as
-    int64 the slot and the left-subtree mask.
-    trees: int64 (T + 1, 4): first node, first categorical node, first leaf value, output column;
-    row T closes the last.
+    slots: int64 (S, 3), the feature, way of reading (NAN_LOW ...) and category limit of each slot.
+    nodes: float64 (N, 3) records: threshold (narrow categorical: the 64-bit set; wide: its first
+    word in ``words``, as int64), then as int64 the slot and the left-subtree mask.
+    trees: int64 (T + 1, 5): first node, first narrow and first wide categorical node, first
+    leaf value, output column; row T closes the last.
+    words: int64, the sets of wide categorical splits.
     leaves: float64, every tree's leaf values numbered left to right.
     """
 
@@ -77,6 +83,7 @@ class SimdForest:
     nodes: np.ndarray
     trees: np.ndarray
     leaves: np.ndarray
+    words: np.ndarray
 
 
 def unsupported_reason(ir: EnsembleIR) -> str | None:
@@ -87,18 +94,32 @@ def unsupported_reason(ir: EnsembleIR) -> str | None:
         if tree.num_leaves > MAX_LEAVES:
             return f"a tree of {tree.num_leaves} leaves (tree {i}; at most {MAX_LEAVES})"
         for node in np.flatnonzero(rules.is_categorical(tree.decision_type)):
-            if _category_set(tree, node) is None:
-                return f"a categorical set naming categories past 63 (tree {i})"
+            if _category_words(tree, node).size * 64 > MAX_CATEGORY + 1:
+                return f"a categorical set naming categories past {MAX_CATEGORY} (tree {i})"
     return None
 
 
-def _category_set(tree: TreeIR, node: int) -> int | None:
-    """The categorical split's set of categories 0..63 as a 64-bit word, None when it names more."""
+def _category_words(tree: TreeIR, node: int) -> np.ndarray:
+    """A categorical split's set as uint64 words (category c is bit c % 64 of word c // 64),
+    without trailing zero words."""
     index = int(tree.threshold[node])
-    words = tree.cat_threshold[int(tree.cat_boundaries[index]):int(tree.cat_boundaries[index + 1])]
-    if (np.asarray(words[2:]) != 0).any():
-        return None
-    return sum(int(w) << (32 * i) for i, w in enumerate(words[:2]))
+    words = np.asarray(tree.cat_threshold[int(tree.cat_boundaries[index]):int(tree.cat_boundaries[index + 1])],
+                       dtype=np.uint64)
+    nonzero = np.flatnonzero(words)
+    words = words[: nonzero[-1] + 1] if nonzero.size else words[:0]
+    if words.size % 2:
+        words = np.append(words, np.uint64(0))
+    return words[0::2] | (words[1::2] << np.uint64(32))
+
+
+def _feature_words(ir: EnsembleIR) -> dict[int, int]:
+    """64-bit words the widest set of each categorical feature needs."""
+    widest: dict[int, int] = {}
+    for tree in ir.trees:
+        for node in np.flatnonzero(rules.is_categorical(tree.decision_type)):
+            feature = int(tree.split_feature[node])
+            widest[feature] = max(widest.get(feature, 0), _category_words(tree, node).size)
+    return widest
 
 
 def _slot_kinds(tree: TreeIR, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,20 +167,26 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
     if reason is not None:
         raise ValueError(f"the SIMD tier does not support this model: {reason}")
     k = ir.num_tree_per_iteration
-    slot_of: dict[tuple[int, int], int] = {}
-    node_parts, leaf_parts = [], []
-    trees = np.zeros((len(ir.trees) + 1, 4), dtype=np.int64)
-    nodes_used = leaves_used = 0
+    widest = _feature_words(ir)
+    slot_of: dict[tuple[int, int, int], int] = {}
+    node_parts, leaf_parts, word_parts = [], [], []
+    trees = np.zeros((len(ir.trees) + 1, 5), dtype=np.int64)
+    nodes_used = leaves_used = words_used = 0
     for t, tree in enumerate(ir.trees):
-        trees[t] = (nodes_used, nodes_used, leaves_used, t % k)
+        trees[t] = (nodes_used, nodes_used, nodes_used, leaves_used, t % k)
         if tree.num_leaves == 1:
             leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64))
             leaves_used += 1
             continue
         order, low, high = _leaf_ranges(tree)
         kinds, thresholds = _slot_kinds(tree, rules.effective_thresholds(tree.threshold))
-        slots = np.array([slot_of.setdefault((int(f), int(kind)), len(slot_of))
-                          for f, kind in zip(tree.split_feature, kinds)], dtype=np.int64)
+        limits = np.zeros(kinds.size, dtype=np.int64)
+        for node in np.flatnonzero(kinds == CATEGORY):
+            words = widest[int(tree.split_feature[node])]
+            kinds[node] = CATEGORY if words <= 1 else WIDE_CATEGORY
+            limits[node] = 64 * max(words, 1)
+        slots = np.array([slot_of.setdefault((int(f), int(kind), int(limit)), len(slot_of))
+                          for f, kind, limit in zip(tree.split_feature, kinds, limits)], dtype=np.int64)
         # Mask clearing leaves low..high-1 (the left subtree), applied when the row goes right;
         # high - low <= 63 (the right subtree holds a leaf), so the shifts never overflow.
         width = (high - low).astype(np.uint64)
@@ -169,19 +196,31 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
         meta = record.view(np.int64)
         meta[:, 1] = slots
         meta[:, 2] = (~span).view(np.int64)
-        categorical = kinds == CATEGORY
-        for node in np.flatnonzero(categorical):
-            meta[node, 0] = np.uint64(_category_set(tree, node)).view(np.int64)
-        node_parts.append(np.concatenate((record[~categorical], record[categorical])))
+        for node in np.flatnonzero(kinds == CATEGORY):
+            words = _category_words(tree, node)
+            meta[node, 0] = (words[0] if words.size else np.uint64(0)).view(np.int64)
+        for node in np.flatnonzero(kinds == WIDE_CATEGORY):
+            # The feature's widest set plus a zero word: categories at the limit (the slot's
+            # "goes right") read the zero word.
+            table = np.zeros(limits[node] // 64 + 1, dtype=np.uint64)
+            words = _category_words(tree, node)
+            table[: words.size] = words
+            meta[node, 0] = words_used
+            word_parts.append(table.view(np.int64))
+            words_used += table.size
+        numeric, narrow, wide = kinds < CATEGORY, kinds == CATEGORY, kinds == WIDE_CATEGORY
+        node_parts.append(np.concatenate((record[numeric], record[narrow], record[wide])))
         leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64)[order])
-        trees[t, 1] = nodes_used + int((~categorical).sum())
+        trees[t, 1] = nodes_used + int(numeric.sum())
+        trees[t, 2] = trees[t, 1] + int(narrow.sum())
         nodes_used += tree.num_leaves - 1
         leaves_used += tree.num_leaves
-    trees[len(ir.trees)] = (nodes_used, nodes_used, leaves_used, 0)
-    slots = np.array(sorted(slot_of, key=slot_of.get), dtype=np.int64).reshape(-1, 2)
+    trees[len(ir.trees)] = (nodes_used, nodes_used, nodes_used, leaves_used, 0)
+    slots = np.array(sorted(slot_of, key=slot_of.get), dtype=np.int64).reshape(-1, 3)
     return SimdForest(
         slots=slots,
         nodes=np.concatenate(node_parts) if node_parts else np.zeros((0, 3)),
         trees=trees,
         leaves=np.concatenate(leaf_parts) if leaf_parts else np.zeros(0),
+        words=np.concatenate(word_parts) if word_parts else np.zeros(1, dtype=np.int64),
     )

@@ -26,6 +26,7 @@ from scoreline.engine.models.simd import (
     CATEGORY,
     NAN_FLAG,
     NAN_LOW,
+    WIDE_CATEGORY,
 )
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
@@ -93,22 +94,22 @@ def _node_loop(builder, name, start, stop, bits, body):
 
 
 @intrinsic
-def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
+def forest_block(typingctx, acc, xs, nodes, trees, leaves, words, num_trees):
     """Add every tree's leaf, per lane, into acc (num_class x LANES, slot-major like xs).
 
-    xs: float64 (slots x LANES) block; nodes, trees, leaves: the SimdForest arrays. Per tree:
-    bitvectors start all ones; each numeric node ANDs its mask into the lanes where ``x > t``
-    (ordered: the slots hold no NaN), each categorical node where the lane's category is not in
-    its set; the leaf is the lowest set bit, gathered and added to the tree's column. The
+    xs: float64 (slots x LANES) block; nodes, trees, leaves, words: the SimdForest arrays. Per
+    tree: bitvectors start all ones; each numeric node ANDs its mask into the lanes where
+    ``x > t`` (ordered: the slots hold no NaN), each categorical node where the lane's category is
+    not in its set (narrow: a 64-bit set in the node; wide: word ``c >> 6`` gathered); the leaf is the lowest set bit, gathered and added to the tree's column. The
     bitvectors stay in vector registers through a tree's nodes.
     """
-    sig = types.void(acc, xs, nodes, trees, leaves, num_trees)
+    sig = types.void(acc, xs, nodes, trees, leaves, words, num_trees)
 
     def codegen(context, builder, signature, args):
-        data = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in range(5)]
-        p_acc, p_xs, p_nodes, p_trees, p_leaves = data
+        data = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in range(6)]
+        p_acc, p_xs, p_nodes, p_trees, p_leaves, p_words = data
         p_meta = builder.bitcast(p_nodes, I64.as_pointer())
-        count = args[5]
+        count = args[6]
         fn = builder.function
         entry = builder.block
         head = fn.append_basic_block("simd_tree")
@@ -117,10 +118,13 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
 
         builder.position_at_end(head)
         t = builder.phi(I64)
-        row = builder.mul(t, _const(4))
-        field = lambda k: builder.load(builder.gep(p_trees, [builder.add(row, _const(k))]))
-        first, first_category, leaf_start, column = field(0), field(1), field(2), field(3)
-        stop = field(4)
+        row = builder.mul(t, _const(5))
+
+        def field(k):
+            return builder.load(builder.gep(p_trees, [builder.add(row, _const(k))]))
+
+        first, first_narrow, first_wide, leaf_start, column = field(0), field(1), field(2), field(3), field(4)
+        stop = field(5)  # the next tree's first node
 
         def record(i):
             at = builder.mul(i, _const(3))
@@ -150,8 +154,30 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
                 out.append(builder.and_(bits[h], builder.select(member, _ONES, mask)))
             return out
 
-        bits = _node_loop(builder, "simd_numeric", first, first_category, [_ONES] * _V, numeric)
-        bits = _node_loop(builder, "simd_category", first_category, stop, bits, categorical)
+        everywhere = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 8)
+        word_pointers = ir.VectorType(I64.as_pointer(), 8)
+        gather_words = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VI, [word_pointers, I32, ir.VectorType(ir.IntType(1), 8), _VI]),
+            "llvm.masked.gather.v8i64.v8p0i64")
+
+        def wide(i, bits):
+            at, base, mask = record(i)
+            table = builder.gep(p_words, [builder.load(builder.gep(p_meta, [at]))])
+            table = _splat(builder, builder.ptrtoint(table, I64), _VI)
+            out = []
+            for h in range(_V):
+                category = builder.fptosi(lanes(base, h), _VI)  # 0..limit; limit reads the zero word
+                where = builder.add(table, builder.shl(builder.lshr(category, _splat_const(6)), _splat_const(3)))
+                word = builder.call(gather_words, [builder.inttoptr(where, word_pointers), ir.Constant(I32, 8),
+                                                   everywhere, ir.Constant(_VI, ir.Undefined)])
+                bit = builder.and_(builder.lshr(word, builder.and_(category, _splat_const(63))), _splat_const(1))
+                member = builder.icmp_unsigned("!=", bit, _splat_const(0))
+                out.append(builder.and_(bits[h], builder.select(member, _ONES, mask)))
+            return out
+
+        bits = _node_loop(builder, "simd_numeric", first, first_narrow, [_ONES] * _V, numeric)
+        bits = _node_loop(builder, "simd_category", first_narrow, first_wide, bits, categorical)
+        bits = _node_loop(builder, "simd_wide", first_wide, stop, bits, wide)
 
         cttz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI, [_VI, ir.IntType(1)]),
                                               "llvm.cttz.v8i64")
@@ -161,7 +187,6 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
             "llvm.masked.gather.v8f64.v8p0f64")
         leaf_base = _splat(builder, builder.ptrtoint(builder.gep(p_leaves, [leaf_start]), I64), _VI)
         acc_base = builder.mul(column, _const(LANES))
-        everywhere = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 8)
         for h, final in enumerate(bits):
             # The exit leaf's bit is never cleared (the row went left at every node above it).
             leaf = builder.call(cttz, [final, ir.Constant(ir.IntType(1), 1)])
@@ -189,17 +214,18 @@ def _aligned(size):
 
 
 @jit
-def _score_block(X, start, count, slots, nodes, trees, leaves, xs, acc, divisor, link, param, out):
+def _score_block(X, start, count, slots, nodes, trees, leaves, words, xs, acc, divisor, link, param, out):
     """Rows start..start+count-1 (count <= LANES): transpose into slots, run the forest, finish."""
     for s in range(slots.shape[0]):
         feature = slots[s, 0]
         kind = slots[s, 1]
         base = s * LANES
         band = kind == BAND_LOW or kind == BAND_HIGH or kind == BAND_FLAG
-        if kind == CATEGORY:
+        if kind == CATEGORY or kind == WIDE_CATEGORY:
+            limit = slots[s, 2]
             for j in range(count):
                 category = category_index(np.float64(X[start + j, feature]))
-                xs[base + j] = np.float64(category) if 0 <= category < 64 else 64.0
+                xs[base + j] = np.float64(category if 0 <= category < limit else limit)
             continue
         if kind == NAN_FLAG or kind == BAND_FLAG:
             for j in range(count):
@@ -216,7 +242,7 @@ def _score_block(X, start, count, slots, nodes, trees, leaves, xs, acc, divisor,
                 x = np.float64(X[start + j, feature])
                 xs[base + j] = fill if np.isnan(x) else x
     acc[:] = 0.0
-    forest_block(acc, xs, nodes, trees, leaves, np.int64(trees.shape[0] - 1))
+    forest_block(acc, xs, nodes, trees, leaves, words, np.int64(trees.shape[0] - 1))
     columns = out.shape[1]
     for j in range(count):
         row = out[start + j]
@@ -228,7 +254,7 @@ def _score_block(X, start, count, slots, nodes, trees, leaves, xs, acc, divisor,
 
 
 @jit
-def predict_serial(X, slots, nodes, trees, leaves, divisor, link, param, out):
+def predict_serial(X, slots, nodes, trees, leaves, words, divisor, link, param, out):
     """Score every row of X (float64/float32, C or F order) into out (n, num_class) on this thread.
 
     divisor: iterations of an average_output model (0.0 otherwise); link/param: kernels/links.py.
@@ -237,12 +263,12 @@ def predict_serial(X, slots, nodes, trees, leaves, divisor, link, param, out):
     xs = _aligned(max(slots.shape[0], 1) * LANES)
     acc = _aligned(out.shape[1] * LANES)
     for start in range(0, n, LANES):
-        _score_block(X, start, min(LANES, n - start), slots, nodes, trees, leaves, xs, acc, divisor, link, param,
-                     out)
+        _score_block(X, start, min(LANES, n - start), slots, nodes, trees, leaves, words, xs, acc, divisor, link,
+                     param, out)
 
 
 @parallel_jit
-def predict_parallel(X, slots, nodes, trees, leaves, divisor, link, param, out):
+def predict_parallel(X, slots, nodes, trees, leaves, words, divisor, link, param, out):
     """``predict_serial`` with tasks of BLOCKS_PER_TASK blocks spread over Numba's threads."""
     n = X.shape[0]
     rows = BLOCKS_PER_TASK * LANES
@@ -251,5 +277,5 @@ def predict_parallel(X, slots, nodes, trees, leaves, divisor, link, param, out):
         acc = _aligned(out.shape[1] * LANES)
         stop = min(n, task * rows + rows)
         for start in range(task * rows, stop, LANES):
-            _score_block(X, start, min(LANES, stop - start), slots, nodes, trees, leaves, xs, acc, divisor, link,
-                         param, out)
+            _score_block(X, start, min(LANES, stop - start), slots, nodes, trees, leaves, words, xs, acc, divisor,
+                         link, param, out)

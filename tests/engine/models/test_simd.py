@@ -12,7 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scoreline.engine.models.lightgbm import read_lightgbm
-from scoreline.engine.models.simd import MAX_LEAVES, build_forest, unsupported_reason
+from scoreline.engine.models.simd import (
+    MAX_CATEGORY,
+    MAX_LEAVES,
+    build_forest,
+    unsupported_reason,
+)
 
 import scoreline
 
@@ -87,6 +92,7 @@ def _label(objective: str, X: np.ndarray, seed: int) -> np.ndarray:
 CASES = [
     ("binary", {}),
     ("binary", {"categorical": 40}),  # a categorical feature of 40 categories (sets within 0..63)
+    ("regression", {"categorical": 150}),  # sets reaching past category 63: words gathered
     ("regression", {"num_leaves": 64, "min_data_in_leaf": 3}),
     ("multiclass", {"num_class": 3}),
     ("regression", {"zero_as_missing": True}),
@@ -159,21 +165,37 @@ def test_trained_models_match_lightgbm_and_the_generic_kernel_bit_for_bit(traine
     np.testing.assert_array_equal(model.predict(rows, num_threads=2), generic.predict(rows, num_threads=1))
 
 
-def test_trees_over_64_leaves_and_wide_category_sets_fall_back_to_the_generic_walk():
+def _one_categorical_split(words: list[int]) -> str:
+    """A model of one categorical split on feature 0 whose set is ``words`` (uint32)."""
+    return ("tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\nmax_feature_idx=0\n"
+            "objective=regression\nfeature_names=f0\nfeature_infos=-1:1\n\nTree=0\nnum_leaves=2\nnum_cat=1\n"
+            "split_feature=0\nthreshold=0\ndecision_type=1\nleft_child=-1\nright_child=-2\nleaf_value=1 2\n"
+            f"cat_boundaries=0 {len(words)}\ncat_threshold={' '.join(map(str, words))}\nis_linear=0\nshrinkage=1\n\n"
+            "end of trees\n\nparameters:\n[objective: regression]\nend of parameters\n\npandas_categorical:null\n")
+
+
+def test_trees_over_64_leaves_and_huge_category_sets_fall_back_to_the_generic_walk():
     X = _data(8)
     y = _label("regression", X, 8)
     big = lgb.train({"objective": "regression", "num_leaves": MAX_LEAVES + 1, "min_data_in_leaf": 2, "verbose": -1},
                     lgb.Dataset(X, y), num_boost_round=3)
-    Xc = X.copy()
-    Xc[:, 5] = np.random.default_rng(1).integers(0, 100, len(X))
-    wide = lgb.train({"objective": "regression", "num_leaves": 8, "verbose": -1, "min_data_per_group": 5,
-                      "cat_smooth": 1}, lgb.Dataset(Xc, y + (Xc[:, 5] > 70), categorical_feature=[5]),
-                     num_boost_round=3)
-    for booster, why, rows in ((big, "leaves", X), (wide, "past 63", Xc)):
+    huge = lgb.Booster(model_str=_one_categorical_split([5] + [0] * ((MAX_CATEGORY + 1) // 32) + [1]))
+    rows = np.array([[v] for v in CATEGORY_VALUES + [MAX_CATEGORY + 33.0, 4.0]])
+    for booster, why, data in ((big, "leaves", X), (huge, f"past {MAX_CATEGORY}", rows)):
         text = booster.model_to_string()
         assert why in unsupported_reason(read_lightgbm(text))
         model = scoreline.load_lightgbm(text, compile="simd")
         assert model.tier == "generic" and why in model.tiers["excluded"]["simd"]
-        np.testing.assert_array_equal(model.predict(rows, raw_score=True), booster.predict(rows, raw_score=True))
+        np.testing.assert_array_equal(model.predict(data, raw_score=True), booster.predict(data, raw_score=True))
         with pytest.raises(ValueError, match=why):
             build_forest(read_lightgbm(text))
+
+
+def test_wide_category_sets_read_the_right_word():
+    # Categories 0, 2, 95 and 127 (words 0, 2 and 3 of the set), nothing past it.
+    text = _one_categorical_split([5, 0, 2147483648, 2147483648])
+    model = scoreline.load_lightgbm(text, compile="simd")
+    assert model.tier == "simd"
+    rows = np.array([[v] for v in CATEGORY_VALUES + [127.0, 127.9, 128.0, 95.0, 94.0, 2.0, 1.0, 4096.0]])
+    np.testing.assert_array_equal(model.predict(rows, raw_score=True),
+                                  lgb.Booster(model_str=text).predict(rows, raw_score=True))
