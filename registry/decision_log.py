@@ -239,7 +239,7 @@ class DecisionLog:
             where = "WHERE ts >= ?" if self.dialect == "sqlite" else "WHERE ts >= $1::timestamptz"
             # the stored text form on SQLite, so the comparison is by time
             params = [since.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")]
-        common = f"""model_id, model_version, COUNT(*) AS calls,
+        common = """model_id, model_version, COUNT(*) AS calls,
                    SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS errors,
                    AVG(latency_us) AS mean_latency_us"""
         if self.dialect == "postgresql":

@@ -118,7 +118,9 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, num_trees):
         builder.position_at_end(head)
         t = builder.phi(I64)
         row = builder.mul(t, _const(4))
-        field = lambda k: builder.load(builder.gep(p_trees, [builder.add(row, _const(k))]))
+        def field(k):
+            return builder.load(builder.gep(p_trees, [builder.add(row, _const(k))]))
+
         first, first_category, leaf_start, column = field(0), field(1), field(2), field(3)
         stop = field(4)
 

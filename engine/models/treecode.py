@@ -230,10 +230,6 @@ def compile_spec(spec: tuple, cache_dir: str | os.PathLike | None = None) -> Com
 
 LEFT_LE, LEFT_LE_OR_NAN, ZERO_LEFT, ZERO_RIGHT, CATEGORY = range(5)
 
-DOUBLE = ir.DoubleType()
-I32 = ir.IntType(32)
-I64 = ir.IntType(64)
-
 
 def build_module(spec, row_width: int, num_class: int) -> ir.Module:
     """The LLVM module of one model: ``chunk_<i>(double* x, i64 n, double* a)`` per chunk, each

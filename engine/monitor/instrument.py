@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .profile import load_profile
 from .stages import StageHistograms, clock
 from .tracker import Tracker
+
+if TYPE_CHECKING:  # only for annotations: the pipeline's package imports this module (see _slots)
+    from scoreline.engine.pipeline.stages import Stage
 
 __all__ = ["Monitor", "instrument", "timed", "Track"]
 
