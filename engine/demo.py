@@ -77,9 +77,9 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
     sample = rng.choice(customers, size=min(train_rows, customers), replace=False)
     cols = _features(table.take(pa.array(sample)), today)
     repo = Repository(root / "registry")
-    models = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    models: dict[str, list[int]] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         y_segment = _segments(rng, cols)
         for version, features in ((1, ("age", "state_code", "log_balance")),
                                   (2, ("age", "state_code", "log_balance", "postcode"))):

@@ -124,7 +124,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
 
     async def openapi(scope, receive, send) -> None:
         current = scorer.engine
-        listing = await asyncio.get_running_loop().run_in_executor(None, current.models) if current is not None else []
+        listing: list[dict] = await asyncio.get_running_loop().run_in_executor(None, current.models) if current is not None else []
         ids = [m.get("model-id") for m in listing]
         await send_json(send, 200, openapi_document(settings, model_ids=[i for i in ids if isinstance(i, str)]))
 

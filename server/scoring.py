@@ -151,7 +151,7 @@ class Scorer:
         # where its answer comes from memory, the store's converted view (asked in the executor
         # on the first batch: it may open the store). Then the one-row run is some tens of
         # microseconds, less than handing the row to a thread and back.
-        from_memory = []
+        from_memory: list[bool] = []
 
         def score(parts):
             if not from_memory:

@@ -165,7 +165,9 @@ def model_spec(ir: EnsembleIR) -> tuple:
     """(row width, num_class, chunks, category words): everything the machine code depends on,
     as ``build_module`` reads it; plain tuples, so it pickles."""
     k = ir.num_tree_per_iteration
-    chunks, chunk, nodes = [], [], 0
+    chunks: list[tuple] = []
+    chunk: list = []
+    nodes = 0
     cat_words: list[int] = []
     # Trees of one class together (stable, so each class still sums in file order): a chunk
     # then adds into one accumulator, and a class's trees share their features more often.
