@@ -18,6 +18,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -105,7 +106,7 @@ class DecisionLog:
         self._closed = False
         self._close_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._reader = None
+        self._reader: Any = None  # an ADBC connection (untyped), opened on the first read
         self._count_lock = threading.Lock()
         # Open and prepare the table here so a bad URL fails in the caller, not in the thread.
         try:

@@ -175,8 +175,8 @@ class Repository:
                             self._append_history(model_id, "refused", None, None, None, message,
                                                  reason=reason)
                         # the error carries the path itself, so its message does not repeat it
-                        detail = reason.replace(f" (at {exc.path})", "") if getattr(
-                            exc, "path", None) else reason
+                        at = getattr(exc, "path", None)
+                        detail = reason.replace(f" (at {at})", "") if at else reason
                         raise RegistrationError(
                             f"model {model_id!r}: the new version was refused: {detail}",
                             path=getattr(exc, "path", None),

@@ -70,13 +70,15 @@ def _report(result: subprocess.CompletedProcess) -> str:
 def test_ruff_is_clean():
     _tool("ruff")
     result = run_ruff()
-    assert result.returncode == 0, "ruff check found problems:\n" + _report(result)
+    if result.returncode != 0:
+        pytest.fail("ruff check found problems:\n" + _report(result), pytrace=False)
 
 
 def test_mypy_is_clean():
     _tool("mypy")
     result = run_mypy()
-    assert result.returncode == 0, "mypy found problems:\n" + _report(result)
+    if result.returncode != 0:
+        pytest.fail("mypy found problems:\n" + _report(result), pytrace=False)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ import os
 import queue
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -257,7 +258,7 @@ class AtomicWriter:
         self.format = fmt
         self.rows = 0
         self._tmp: str | None = None
-        self._writer = None
+        self._writer: Any = None  # a pyarrow Parquet or IPC file writer (untyped), opened on the first batch
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
@@ -284,7 +285,7 @@ class AtomicWriter:
             self._open()
         self._writer.close()
         self._writer = None
-        os.replace(self._tmp, self.path)
+        os.replace(cast(str, self._tmp), self.path)  # _open named it
         self._tmp = None
         return self.path
 
@@ -328,7 +329,7 @@ def read_ahead(
     parallel: int,
     depth: int,
     stop: threading.Event | None = None,
-) -> Iterator:
+) -> Generator:
     """Run ``producers`` (each returns an iterable) on ``parallel`` daemon threads and yield their
     items as they come, at most ``depth`` waiting: reading overlaps whatever the consumer does.
 
@@ -394,7 +395,7 @@ def read_sources(
     parallel: int,
     depth: int,
     stop: threading.Event | None = None,
-) -> Iterator[tuple[int, int, pa.RecordBatch]]:
+) -> Generator[tuple[int, int, pa.RecordBatch], None, None]:
     """``(source index, first row's number in its file, batch)`` for every batch of every source,
     ``parallel`` files read at once; batches of one file come in order. A CSV file's malformed
     lines come as ``Malformed`` items in place of a batch (they do not advance the row number)."""
