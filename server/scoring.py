@@ -97,7 +97,7 @@ class Scorer:
         self.metrics = metrics
         self.engine = None  # set by the app once the engine is built (it compiles and warms first)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="scoreline-score")
-        self._entries: dict[tuple[str, int], _Entry] = {}
+        self._entries: dict[tuple[str, int | None], _Entry] = {}  # version None: routed by experiment
         self._resolved: set[tuple[str, int | str | None]] = set()
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
