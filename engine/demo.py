@@ -98,10 +98,11 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
     sample = rng.choice(customers, size=min(train_rows, customers), replace=False)
     cols = _features(table.take(pa.array(sample)), today)
     repo = Repository(root / "registry")
-    models = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    models: dict[str, list[int]] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         y_segment = _segments(rng, cols)
+        features: tuple[str, ...]
         for version, features in ((1, ("age", "state_code", "log_balance")),
                                   (2, ("age", "state_code", "log_balance", "postcode"))):
             path = tmp / f"segmentation-v{version}.txt"
@@ -229,7 +230,7 @@ def _entity() -> dict:
 
 
 def _customer_inputs(postcode: bool) -> list[dict]:
-    inputs = [
+    inputs: list[dict] = [
         {"name": "date-of-birth", "type": "date", "earliest": "1900-01-01", "latest": "today"},
         {"name": "state", "type": "string", "allowed": list(STATES)},
         {"name": "account-balance", "type": "float"},

@@ -37,8 +37,8 @@ def use_threads(num_threads: int | None) -> int:
     ``None`` or a value <= 0 means every thread Numba was started with. Setting threads costs
     ~1 us, so the hot path calls this only on the parallel branch.
     """
-    wanted = numba.config.NUMBA_NUM_THREADS if not num_threads or num_threads <= 0 else num_threads
-    wanted = min(wanted, numba.config.NUMBA_NUM_THREADS)
+    wanted = numba.config.NUMBA_NUM_THREADS if not num_threads or num_threads <= 0 else num_threads  # type: ignore[attr-defined]  # set at import from the environment
+    wanted = min(wanted, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     if numba.get_num_threads() != wanted:
         numba.set_num_threads(wanted)
     return wanted

@@ -465,7 +465,6 @@ def _score_rows_linear(X, start, stop, thresholds, words, leaf_value, trees, cat
             out[row, k] = 0.0
     for t in range(trees.shape[0]):
         root = trees[t, 0]
-        depth = trees[t, 1]
         column = trees[t, 2]
         for row in range(start, stop):
             leaf = _leaf_record(X, row, root, thresholds, words, cat_bits)

@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -111,7 +112,7 @@ class DecisionLog:
         self._closed = False
         self._close_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._reader = None
+        self._reader: Any = None  # an ADBC connection (untyped), opened on the first read
         self._count_lock = threading.Lock()
         # Open and prepare the table here so a bad URL fails in the caller, not in the thread.
         try:
@@ -260,7 +261,7 @@ class DecisionLog:
             where = "WHERE ts >= ?" if self.dialect == "sqlite" else "WHERE ts >= $1::timestamptz"
             # the stored text form on SQLite, so the comparison is by time
             params = [since.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")]
-        common = f"""model_id, model_version, COUNT(*) AS calls,
+        common = """model_id, model_version, COUNT(*) AS calls,
                    SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS errors,
                    AVG(latency_us) AS mean_latency_us"""
         if self.dialect == "postgresql":

@@ -7,7 +7,7 @@ becomes a decision (decision) and how the answer is named (output). JSON keys ar
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import msgspec
 
@@ -341,7 +341,7 @@ Transform = Union[
     Passthrough, AgeYears, DaysSince, Vocabulary, OneHot, Standardize, MinMax, Log1p, Clip,
     Bucketize, FillMissing, Ratio, Lookup,
 ]
-TRANSFORM_KINDS = tuple(t.__struct_config__.tag for t in Transform.__args__)
+TRANSFORM_KINDS = tuple(t.__struct_config__.tag for t in get_args(Transform))
 
 
 # --- model ------------------------------------------------------------------------------------

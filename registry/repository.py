@@ -16,6 +16,7 @@ waits for another version's compilation.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as _dt
 import fcntl
@@ -264,7 +265,7 @@ class Repository:
             })
         return out
 
-    def model_ids(self) -> list[str]:
+    def model_ids(self) -> builtins.list[str]:  # `list` here is the method above
         """The ids of the models in the repository, sorted."""
         if not self.root.is_dir():
             return []
@@ -273,7 +274,7 @@ class Repository:
             if e.is_dir() and _MODEL_ID.fullmatch(e.name) and ".." not in e.name
         )
 
-    def versions(self, model_id: str) -> list[int]:
+    def versions(self, model_id: str) -> builtins.list[int]:
         """The registered versions of ``model_id``, ascending; NotFoundError for an unknown model."""
         model_dir = self._model_dir(model_id)
         return sorted(int(e.name) for e in os.scandir(model_dir)
@@ -290,7 +291,7 @@ class Repository:
             raise SchemaError(f"{path} is not valid JSON: {exc}", path=str(path)) from None
         return {str(k): int(v) for k, v in data.items()}
 
-    def history(self, model_id: str) -> list[dict]:
+    def history(self, model_id: str) -> builtins.list[dict]:
         """Every recorded change, oldest first.
 
         Each entry: time (UTC ISO 8601), action (registered, refused, promoted, rolled-back),
@@ -412,7 +413,7 @@ class Repository:
             )
         return path
 
-    def _existing(self, model_id: str, version: int, versions: list[int], via: str) -> int:
+    def _existing(self, model_id: str, version: int, versions: builtins.list[int], via: str) -> int:
         if version not in versions:
             raise NotFoundError(
                 f"model {model_id!r} has no version {via}{version} (versions: {_names(versions)})",

@@ -128,7 +128,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
 
     async def openapi(scope, receive, send) -> None:
         current = scorer.engine
-        listing = await asyncio.get_running_loop().run_in_executor(None, current.models) if current is not None else []
+        listing: list[dict] = await asyncio.get_running_loop().run_in_executor(None, current.models) if current is not None else []
         ids = [m.get("model-id") for m in listing]
         await send_json(send, 200, openapi_document(settings, model_ids=[i for i in ids if isinstance(i, str)]))
 
@@ -208,7 +208,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
             exc = _http_error(exc, request.url.path)
         metrics.errors.inc((getattr(exc, "kind", "internal"),))
         headers = error_headers(exc)
-        if isinstance(exc, ScorelineError) and exc.kind == "method":
+        if isinstance(exc, _MethodNotAllowed):
             headers["allow"] = exc.allow
         return Response(encode_json(error_body(exc, protocol_v2=v2)), status_code=status_for(exc),
                         headers=headers, media_type=JSON.decode())
@@ -391,6 +391,7 @@ class ScoreFastPath:
 
 class _MethodNotAllowed(ScorelineError):
     kind = "method"
+    allow = ""  # the Allow header's methods
 
 
 def _http_error(exc: HTTPException, path: str) -> ScorelineError:
@@ -401,8 +402,7 @@ def _http_error(exc: HTTPException, path: str) -> ScorelineError:
         return error
     if exc.status_code == 404:
         return NotFoundError(f"no endpoint at {path}", path="$")
-    error = ScorelineError(str(exc.detail))
-    return error
+    return ScorelineError(str(exc.detail))
 
 
 def app_from_env() -> Starlette:

@@ -7,6 +7,8 @@ The entity key's name depends on the model, so a score request allows further pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import scoreline
 
 from scoreline.registry.repository import MODEL_ID_PATTERN, VERSION_REF_PATTERN
@@ -37,14 +39,14 @@ def _errors(*codes: int, v2: bool = False) -> dict:
     return {str(c): _json(schema, text[c]) for c in codes}
 
 
-def openapi_document(settings: ServerSettings, *, model_ids: list[str] = ()) -> dict:
+def openapi_document(settings: ServerSettings, *, model_ids: Sequence[str] = ()) -> dict:
     """The OpenAPI document; `model_ids` (the registry's models now) become examples."""
     model_id = dict(_NAME, examples=list(model_ids)[:10]) if model_ids else _NAME
     version = {"oneOf": [{"type": "integer", "minimum": 1}, _ALIAS],
                "description": "A version number or an alias (default: alias `production`, else the latest)."}
     scoring_errors = (400, 401, 404, 413, 422, 503)
-    secured = [{"bearer": []}, {"apiKey": []}, {}] if not settings.api_keys else [{"bearer": []}, {"apiKey": []}]
-    admin = [{"bearer": []}, {"apiKey": []}]
+    secured: list[dict] = [{"bearer": []}, {"apiKey": []}, {}] if not settings.api_keys else [{"bearer": []}, {"apiKey": []}]
+    admin: list[dict] = [{"bearer": []}, {"apiKey": []}]
     name_param = {"name": "name", "in": "path", "required": True, "schema": model_id}
     version_param = {"name": "version", "in": "path", "required": True, "schema": _ALIAS}
 

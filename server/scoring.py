@@ -103,7 +103,7 @@ class Scorer:
         # Remote models wait on the network: their own threads, so a slow or hung remote never
         # takes a scoring thread from local models (each deployment still has max_in_flight calls)
         self.remote_executor = ThreadPoolExecutor(4 * settings.threads, thread_name_prefix="scoreline-remote")
-        self._entries: dict[tuple[str, int], _Entry] = {}
+        self._entries: dict[tuple[str, int | None], _Entry] = {}  # version None: routed by experiment
         self._resolved: set[tuple[str, int | str | None]] = set()
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
@@ -162,7 +162,7 @@ class Scorer:
         # where its answer comes from memory, the store's converted view (asked in the executor
         # on the first batch: it may open the store). Then the one-row run is some tens of
         # microseconds, less than handing the row to a thread and back.
-        from_memory = []
+        from_memory: list[bool] = []
 
         def score(parts):
             if not from_memory:

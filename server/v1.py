@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import msgspec
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from starlette.routing import Route
 
-from scoreline.errors import InputError, SchemaError
+from scoreline.errors import InputError, SchemaError, ScorelineError
 
 from scoreline.engine.data.request import ARROW_TYPES
 
@@ -43,7 +43,7 @@ def v1_routes(scorer: Scorer) -> tuple[list[Route], Callable]:
         scored = await scorer.score_rows(entry, Request(rows, single=True, echo_id="request-id" in body))
         if scored.body is not None:  # the answer, encoded in the executor
             return scored.body
-        raise scored.error(0)
+        raise cast(ScorelineError, scored.error(0))  # a row without an answer has its error
 
     async def score_one_endpoint(scope, receive, send) -> None:
         await send_bytes(send, 200, await score_one(scope, receive), JSON)

@@ -264,7 +264,8 @@ def _parse_numbers(batch: pa.RecordBatch, targets: dict[str, pa.DataType]):
 def _parse_slowly(text: pa.Array, target: pa.DataType, name: str):
     # Only a batch holding a bad value comes here (Arrow's cast refuses the whole column).
     convert, what = (int, "an integer") if pa.types.is_integer(target) else (float, "a number")
-    values, reasons = [], []
+    values: list = []
+    reasons: list[str | None] = []
     for value in text.to_pylist():
         try:
             # Readers that know one null marker only (Spark's CSV) leave the others to us.

@@ -8,7 +8,7 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -247,7 +247,7 @@ def read_ahead(
     parallel: int,
     depth: int,
     stop: threading.Event | None = None,
-) -> Iterator:
+) -> Generator:
     """Run ``producers`` (each returns an iterable) on ``parallel`` daemon threads and yield their
     items as they come, at most ``depth`` waiting: reading overlaps whatever the consumer does.
 
@@ -313,7 +313,7 @@ def read_sources(
     parallel: int,
     depth: int,
     stop: threading.Event | None = None,
-) -> Iterator[tuple[int, int, pa.RecordBatch]]:
+) -> Generator[tuple[int, int, pa.RecordBatch], None, None]:
     """``(source index, first row's number in its file, batch)`` for every batch of every source,
     ``parallel`` files read at once; batches of one file come in order. A CSV file's malformed
     lines come as ``Malformed`` items in place of a batch (they do not advance the row number)."""

@@ -86,11 +86,11 @@ class EntityStore(abc.ABC):
         that holds nothing in memory (a database)."""
         return None
 
-    def refresh(self) -> None:
+    def refresh(self) -> None:  # noqa: B027 (an optional hook: stores without files keep the no-op)
         """Check the store's files for changes now and then (cheap; a reload runs in the
         background and shows as a new `snapshot`)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: stores holding nothing keep the no-op)
         """Release files and connections; the store is unusable afterwards."""
 
     def __enter__(self) -> EntityStore:

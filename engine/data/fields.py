@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scoreline.engine.data.days import EPOCH, EPOCH_DT, FIRST_DAY, day_bounds, plain_dates
-from scoreline.errors import InputError, SchemaError
+from scoreline.errors import InputError, SchemaError, ScorelineError
 from scoreline.registry.manifest import Input
 
 __all__ = ["check_column", "check_value", "check_default", "index_in", "input_path"]
@@ -189,8 +189,8 @@ def check_default(spec: Input, path: str) -> None:
 # --- a whole Arrow column ---------------------------------------------------------------------
 
 
-def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
-                 want_keys: bool = True, missing: dict[int, InputError] | None = None):
+def check_column(spec: Input, arr: pa.Array, errors: dict[int, ScorelineError], *,
+                 want_keys: bool = True, missing: dict[int, ScorelineError] | None = None):
     """An Arrow column -> (float64 numbers or None, string keys as an Arrow array or None).
 
     Numbers: float64 (n,), NaN where missing or bad. Keys (string, int and bool inputs): the value
@@ -215,8 +215,8 @@ def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
     return numbers, keys
 
 
-def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool,
-                  missing: dict[int, InputError] | None):
+def _check_column(spec: Input, arr: pa.Array, errors: dict[int, ScorelineError], want_keys: bool,
+                  missing: dict[int, ScorelineError] | None):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):

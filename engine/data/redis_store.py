@@ -209,7 +209,7 @@ class RedisEntityStore(EntityStore):
                 f"is {time.time() - stamp:.0f} s old"
             errors[i] = StaleError(
                 f"the stored row of {self.key_column} {keys[i]!r} {age} (field {rule.field!r}; "
-                f"max-age {rule.max_age:g} s)", path=f"$.entity.store.freshness")
+                f"max-age {rule.max_age:g} s)", path="$.entity.store.freshness")
 
 
 def _epoch_seconds(value: bytes | None) -> float | None:

@@ -536,7 +536,7 @@ def _arrow_jobs(model, batches, rows: int, matrix: np.ndarray, tag=None):
             continue
         names = batch.schema.names
 
-        def fill(buf, batch=batch, m=m):
+        def fill(buf, batch=batch, m=m, names=names):
             columns = buf.reshape(model.num_features, m)
 
             def copy(j):

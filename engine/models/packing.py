@@ -117,7 +117,8 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
     any_linear = any(t.is_linear for t in ir.trees)
     linear = np.zeros((total if any_linear else 0, 2), dtype=np.int64)
     linear_const = np.zeros(total if any_linear else 0, dtype=np.float64)
-    linear_feature, linear_coeff = [], []
+    linear_feature: list = []  # per-tree arrays, concatenated below
+    linear_coeff: list = []
     linear_used = 0
     cat_words = []
     cat_used = 0

@@ -37,7 +37,7 @@ __all__ = ["BLOCKS_PER_TASK", "LANES", "predict_parallel", "predict_serial"]
 
 def _lanes() -> int:
     # NUMBA_CPU_NAME (e.g. "haswell" to check the AVX2 code here) names the target Numba compiles for.
-    features = numba.config.CPU_FEATURES if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()
+    features = numba.config.CPU_FEATURES if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()  # type: ignore[attr-defined]  # numba.config sets these at import
     return 64 if "+avx512f" in (features or "") else 32
 
 

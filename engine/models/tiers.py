@@ -230,9 +230,9 @@ class TierSet:
         self._num_class = packed.num_class
         self._spec = spec
         self._cache_dir = cache_dir
-        self.compiled = None  # the compiled tier's treecode.CompiledTrees once loaded
+        self.compiled: treecode.CompiledTrees | None = None  # the compiled tier, once loaded
         self.excluded = dict(excluded)
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._rows = _sample(packed, sample_rows)
         self._packed, self._mode, self._simd_ready, self._choice_json = packed, mode, simd_ready, choice_json
 

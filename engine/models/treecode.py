@@ -165,7 +165,9 @@ def model_spec(ir: EnsembleIR) -> tuple:
     """(row width, num_class, chunks, category words): everything the machine code depends on,
     as ``build_module`` reads it; plain tuples, so it pickles."""
     k = ir.num_tree_per_iteration
-    chunks, chunk, nodes = [], [], 0
+    chunks: list[tuple] = []
+    chunk: list = []
+    nodes = 0
     cat_words: list[int] = []
     # Trees of one class together (stable, so each class still sums in file order): a chunk
     # then adds into one accumulator, and a class's trees share their features more often.
@@ -229,10 +231,6 @@ def compile_spec(spec: tuple, cache_dir: str | os.PathLike | None = None) -> Com
 # -- the emitter: one model as LLVM IR
 
 LEFT_LE, LEFT_LE_OR_NAN, ZERO_LEFT, ZERO_RIGHT, CATEGORY = range(5)
-
-DOUBLE = ir.DoubleType()
-I32 = ir.IntType(32)
-I64 = ir.IntType(64)
 
 
 def build_module(spec, row_width: int, num_class: int) -> ir.Module:

@@ -17,7 +17,7 @@ from .profile import load_profile
 from .stages import StageHistograms, clock
 from .tracker import Tracker
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for annotations: the pipeline's package imports this module (see _slots)
     from scoreline.engine.pipeline.stages import Stage
 
 __all__ = ["Monitor", "instrument", "timed", "Track"]

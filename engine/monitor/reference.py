@@ -84,5 +84,5 @@ def _draw_keys(deployment, n: int, seed: int):
                           "here; give sample rows for the reference profile", path="sample")
     keys = snapshot.table.column(entities.store.key_column).combine_chunks()
     rng = np.random.default_rng(seed)
-    take = rng.choice(len(keys), size=min(n, len(keys)), replace=False) if len(keys) else []
+    take: np.ndarray | list = rng.choice(len(keys), size=min(n, len(keys)), replace=False) if len(keys) else []
     return keys.take(np.sort(np.asarray(take, dtype=np.int64)))

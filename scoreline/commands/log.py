@@ -231,7 +231,8 @@ def compare(rows: list[dict], experiment: str | None = None) -> dict | None:
     for (version, role), group in sorted(groups.items(), key=lambda g: (order.get(g[0][1], 9), g[0][0])):
         scores = np.array([r["score"] for r in group if r["score"] is not None], dtype=np.float64)
         latency = np.array([r["latency_us"] for r in group if r["latency_us"] is not None])
-        agreement, confusion, labels = None, {}, []
+        agreement, labels = None, []
+        confusion: dict[str, dict[str, int]] = {}
         if role == "shadow":
             pairs = [(by_request[r["request_id"]]["decision"], r["decision"]) for r in group
                      if r["request_id"] in by_request and r["decision"] is not None

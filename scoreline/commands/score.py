@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # rich is imported only when a bar is shown
+    from rich.progress import TaskID
 
 DESCRIPTION = """\
 Score Parquet (a file, a directory or a glob), Arrow IPC (file or stream) or CSV input into one
@@ -75,14 +79,14 @@ def _score(args):
     )
     if args.engine == "ray":
         _require("ray", "ray")
-        from scoreline.distributed.ray import score_files
+        from scoreline.distributed.ray import score_files as ray_score_files
 
-        return score_files(args.model, inputs, args.output, address=args.address, **common)
+        return ray_score_files(args.model, inputs, args.output, address=args.address, **common)
     if args.engine == "spark":
         _require("pyspark", "spark")
-        from scoreline.distributed.spark import score_files
+        from scoreline.distributed.spark import score_files as spark_score_files
 
-        return score_files(args.model, inputs, args.output, master=args.address, **common)
+        return spark_score_files(args.model, inputs, args.output, master=args.address, **common)
     from scoreline.engine.bulk.jobs import score_file
 
     bar = None if args.quiet else _bar()
@@ -135,14 +139,15 @@ class _RichProgress:
             console=console,
             transient=True,
         )
-        self._task = None
+        self._task: TaskID | None = None
 
     def start(self, total_rows: int | None) -> None:
         self._task = self._progress.add_task("score", total=total_rows)
         self._progress.start()
 
     def advance(self, rows: int) -> None:
-        self._progress.update(self._task, advance=rows)
+        if self._task is not None:  # before start() there is no bar to move
+            self._progress.update(self._task, advance=rows)
 
     def stop(self) -> None:
         self._progress.stop()

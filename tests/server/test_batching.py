@@ -53,7 +53,7 @@ async def _sent_behind_a_held_request(client, gated: GatedEngine, bodies: list[d
     rest = [asyncio.ensure_future(client.post("/v1/score", json=b)) for b in bodies]
     while True:
         text = (await client.get("/metrics")).text
-        line = [l for l in text.splitlines() if l.startswith("scoreline_queue_rows{")]
+        line = [t for t in text.splitlines() if t.startswith("scoreline_queue_rows{")]
         if line and float(line[0].rsplit(" ", 1)[1]) == len(bodies):
             break
         assert time.monotonic() < deadline, f"requests were not all queued: {line}"
@@ -128,8 +128,8 @@ def test_coalesced_key_only_requests_served_from_memory_match_unbatched_answers(
             answers, metrics = asyncio.run(main())
             assert gated.batch_sizes == [1, len(bodies)]
             # the batch's size is observed once, in the bucket of up to 32 rows
-            assert any(l.startswith("scoreline_batch_rows_bucket{") and 'le="32"' in l and l.endswith(" 2")
-                       for l in metrics.splitlines()), metrics
+            assert any(t.startswith("scoreline_batch_rows_bucket{") and 'le="32"' in t and t.endswith(" 2")
+                       for t in metrics.splitlines()), metrics
             by_id = {b["request-id"]: r for b, r in zip(bodies, answers)}
             assert by_id["keys-unknown"].status_code == 404
             assert by_id["keys-unknown"].json()["path"] == f"$.{KEY}"

@@ -207,7 +207,8 @@ def test_a_failure_midway_leaves_no_output(booster, tmp_path):
         w.write_table(table, max_chunksize=500)
     data = (tmp_path / "b.arrows").read_bytes()
     (tmp_path / "b.arrows").write_bytes(data[: len(data) // 2])  # a stream cut off halfway
-    with pytest.raises(Exception):
+    # a stream cut off is found while its rows are read: today pyarrow's OSError escapes unwrapped there
+    with pytest.raises((InputError, OSError)):
         scoreline.score_file(model, [tmp_path / "a.parquet", tmp_path / "b.arrows"], tmp_path / "out.parquet", batch_size=300)
     assert _files(tmp_path) == ["a.parquet", "b.arrows"]
 

@@ -170,7 +170,7 @@ def test_the_demo_on_redis_scores_like_the_parquet_demo(demo, tmp_path, redis_ur
         assert type(store).__name__ == "CachedStore"
         keys = [FIRST_CUSTOMER_ID + i for i in range(0, 300, 11)] + [1]
         got = engine.score_batch("credit-risk", _keys(keys=keys))
-        assert got.column("error").to_pylist()[-1].endswith(f"not found in the entity store of model 'credit-risk'")
+        assert got.column("error").to_pylist()[-1].endswith("not found in the entity store of model 'credit-risk'")
     import pyarrow.parquet as pq
 
     table = pq.read_table(tmp_path / "d" / "store" / "customers.parquet")

@@ -23,7 +23,7 @@ import scoreline
 
 lgb = pytest.importorskip("lightgbm")
 
-from tests.support.lightgbm_edges import CATEGORY_VALUES, K_ZERO, THRESHOLDS, VALUES
+from tests.support.lightgbm_edges import CATEGORY_VALUES, K_ZERO, THRESHOLDS, VALUES  # noqa: E402
 
 BATCHES = (1, 7, 63, 64, 65, 10_000)
 

@@ -18,6 +18,7 @@ pytest.importorskip("lightgbm")
 from scoreline.engine.data.request import RowBatch  # noqa: E402
 from scoreline.engine.demo import build_demo  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
+from scoreline.errors import ScorelineError  # noqa: E402
 
 MODEL = "customer-segmentation"
 CUSTOMERS = 20_000
@@ -124,7 +125,7 @@ def test_a_store_column_going_blank_is_seen_on_every_path(root):
     with Engine(root / "registry") as engine:
         engine.score_batch(MODEL, pa.record_batch({"customer-id": keys}))
         for k in keys[:50].tolist():
-            with pytest.raises(Exception):
+            with pytest.raises(ScorelineError):
                 engine.score(MODEL, {"customer-id": k})
         tracker = _tracker(engine)
         quality, drift = tracker.quality(), tracker.drift()
