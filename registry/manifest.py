@@ -358,10 +358,11 @@ class ModelSpec(msgspec.Struct, **_STRICT):
     # which raw output is "the score": "auto" (the prediction for one output, the top class's
     # probability for several), or a class index
     score: Literal["auto"] | int = "auto"
-    # LightGBM only: which kernel scores it (scoreline.load_lightgbm's `compile`): "generic" (the
-    # shared kernel), "model" (this model's trees compiled to machine code at load, cached) or
-    # "auto" ("model" for models of at most treecode.MAX_AUTO_LEAVES leaves)
-    compile: Literal["generic", "model", "auto"] = "generic"
+    # LightGBM only: which kernel scores it (scoreline.load_lightgbm's `compile`): "auto" (the
+    # default: every exact tier timed at load, the fastest serves each batch size, docs/treecode.md),
+    # or a pinned tier: "generic" (the shared walk), "simd" (branch-free blocks of rows) or "model"
+    # (this model's trees compiled to machine code at load, cached)
+    compile: Literal["auto", "generic", "simd", "model"] = "auto"
     # format "remote": where and how the model is called
     remote: RemoteSpec | None = None
 
@@ -483,7 +484,7 @@ def _check_semantics(m: Manifest) -> None:
                 f"model feature {feature!r} maps from unknown column {column!r}",
                 path=f"$.model.features.{feature}",
             )
-    if m.model.compile != "generic" and m.model.format != "lightgbm":
+    if m.model.compile != "auto" and m.model.format != "lightgbm":
         raise SchemaError(f"compile {m.model.compile!r} applies to lightgbm models only; a {m.model.format} "
                           "model has one kernel", path="$.model.compile")
     _check_remote(m)

@@ -393,13 +393,15 @@ def test_string_keys_and_a_changed_store_file(models, tmp_path):
 
 def test_the_manifest_picks_the_compiled_tier(models):
     """`model.compile: "model"` scores through the model's own compiled trees: the same answers
-    as the shared kernel; an unknown tier, or a tier for a linear model, is refused by its path."""
+    as the shared kernel; an unknown tier, or a pinned tier for a linear model, is refused by its path."""
     body = json.loads(manifest(BANDS))
     body["model"]["compile"] = "model"
     folder, _ = models["binary"]
     compiled = Deployment(decode_manifest(json.dumps(body)), folder, version=1, store=False)
-    generic = deploy(models, "binary", BANDS)
+    generic = Deployment(decode_manifest(json.dumps({**body, "model": {**body["model"], "compile": "generic"}})),
+                         folder, version=1, store=False)
     assert (compiled.model.tier, generic.model.tier) == ("model", "generic")
+    assert decode_manifest(manifest(BANDS)).model.compile == "auto"  # the default: measured at load
     rows = random_rows(np.random.default_rng(5), 300)
     got, want = (d.score(batch_of(rows), now=TODAY) for d in (compiled, generic))
     assert got.column("score").to_pylist() == want.column("score").to_pylist()
@@ -407,7 +409,7 @@ def test_the_manifest_picks_the_compiled_tier(models):
     one = compiled.score_request({"customer-id": 1, "inputs": rows[0]}, now=TODAY)
     assert one["score"] == want.column("score")[0].as_py()
     for model, message in (({**body["model"], "compile": "fast"}, "enum value 'fast'"),
-                           ({"format": "linear", "artifact": "model.json", "compile": "auto"}, "lightgbm models only")):
+                           ({"format": "linear", "artifact": "model.json", "compile": "simd"}, "lightgbm models only")):
         with pytest.raises(SchemaError, match=message) as caught:
             decode_manifest(json.dumps({**body, "model": model}))
         assert caught.value.path == "$.model.compile"
