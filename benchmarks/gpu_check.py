@@ -59,12 +59,12 @@ MODELS = ("gen-100x31", "gen-500x63-cat", "gen-1000x255", "gen-multiclass-5x100x
 def _import_scoreline():
     """scoreline installed, or straight from this checkout (engine/ and kernels/ are its packages)."""
     try:
-        import scoreline.engine.model  # noqa: F401
+        import scoreline.engine.models.model  # noqa: F401
     except ModuleNotFoundError:
         import scoreline
 
         scoreline.__path__.append(str(ROOT))
-    import scoreline.engine.model  # noqa: F401,F811
+    import scoreline.engine.models.model  # noqa: F401,F811
 
 
 def main(argv=None) -> int:
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         print(json.dumps(result, indent=1))
         return 0 if result["fused_multiply_adds"] == 0 else 1
     from benchmarks.suite import models as bench_models
-    from scoreline.engine import gpu
+    from scoreline.engine.gpu import backend as gpu
 
     ok, device = gpu.cuda_available()
     report = {"device": device, "environment": _environment(), "models": [], "parquet": [], "exp": None}
@@ -146,7 +146,7 @@ def _sizes(quick: bool) -> dict:
 
 def check_model(bench, sizes) -> dict:
     import scoreline
-    from scoreline.engine import gpu
+    from scoreline.engine.gpu import backend as gpu
 
     name = bench.name
     print(f"\n== {name}", flush=True)
@@ -191,7 +191,7 @@ def check_model(bench, sizes) -> dict:
 
 def time_kernels(model, X: np.ndarray, reps: int) -> list[dict]:
     """Raw-score kernel time per variant, rows resident on the device (CUDA events, median)."""
-    from scoreline.engine import gpu
+    from scoreline.engine.gpu import backend as gpu
     from scoreline.kernels import cuda_trees as kernels
 
     device = gpu._DeviceModel.of(model)
@@ -235,7 +235,7 @@ def time_kernels(model, X: np.ndarray, reps: int) -> list[dict]:
 
 def time_host(model, X: np.ndarray, reps: int) -> dict:
     """predict_gpu from a host matrix (transfers, transform) vs the CPU kernels on all cores."""
-    from scoreline.engine import gpu
+    from scoreline.engine.gpu import backend as gpu
 
     out = np.empty((X.shape[0], model.num_class) if model.num_class > 1 else X.shape[0])
     result = {"rows": int(X.shape[0])}
@@ -260,8 +260,8 @@ def check_parquet(bench, rows: int) -> dict:
     import pyarrow.parquet as pq
 
     import scoreline
-    from scoreline.engine import gpu
-    from scoreline.engine.inputs import to_matrix
+    from scoreline.engine.gpu import backend as gpu
+    from scoreline.engine.data.inputs import to_matrix
 
     model = scoreline.load_lightgbm(str(bench.path))
     print(f"\n== Parquet: {bench.name}, {rows:,} rows", flush=True)
@@ -372,7 +372,7 @@ def _simulated() -> bool:
 def check_device_exp(bench, rows: int) -> dict:
     """How many sigmoid outputs differ if the transform ran on the device (why it runs on the host)."""
     import scoreline
-    from scoreline.engine import gpu
+    from scoreline.engine.gpu import backend as gpu
 
     model = scoreline.load_lightgbm(str(bench.path))
     X = make_rows(bench, rows, seed=5)

@@ -157,7 +157,7 @@ def _run_measurement(spec: dict) -> dict:
     import resource
 
     import scoreline
-    from scoreline.engine.inputs import to_matrix
+    from scoreline.engine.data.inputs import to_matrix
 
     def status_mb(field: str) -> float | None:
         try:

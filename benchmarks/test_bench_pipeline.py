@@ -37,8 +37,8 @@ class Bench:
 
     def __init__(self, root: Path, customers: int) -> None:
         from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo
-        from scoreline.engine.deployment import scoring_day
-        from scoreline.engine.router import Engine
+        from scoreline.engine.pipeline.deployment import scoring_day
+        from scoreline.engine.pipeline.router import Engine
 
         build_demo(root, customers=customers, train_rows=min(customers, 100_000),
                    log=lambda *a: None)

@@ -54,7 +54,7 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
     """
     import lightgbm  # noqa: F401  (fail early, before writing anything)
 
-    from scoreline.engine.deployment import validate_version
+    from scoreline.engine.pipeline.deployment import validate_version
     from scoreline.registry.repository import Repository
 
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """CUDA tree-ensemble kernels (numba-cuda) over the packed node records: raw scores equal to the CPU's.
 
-The kernels read the arrays of engine/packing.py as the CPU kernels do (one 16-byte record per node,
+The kernels read the arrays of engine/models/packing.py as the CPU kernels do (one 16-byte record per node,
 children adjacent, a leaf its own child) and follow the same rules (docs/lightgbm-semantics.md).
 They stop at the raw score, divided by the iteration count for average_output models: the output
 transforms run on the host with kernels/links.py (``link_rows``), because CUDA's ``exp`` is not
@@ -155,7 +155,7 @@ def score_staged(X, n, num_features, feature_major, thresholds, words, leaf_valu
     """Raw scores of rows 0..n-1 into out (n, num_class), one thread per row, rows staged in shared memory.
 
     X is the flat input (float64 or float32): ``X[row * num_features + f]`` when ``feature_major`` is
-    0, ``X[f * n + row]`` when it is 1. The model arrays are engine/packing.py's; ``is_linear`` is 1
+    0, ``X[f * n + row]`` when it is 1. The model arrays are engine/models/packing.py's; ``is_linear`` is 1
     when the leaves are linear (else the linear arrays are never read), ``divisor`` the iteration
     count of an average_output model or 0.0. Launch with blocks of B threads and
     B * num_features * 8 bytes of dynamic shared memory.

@@ -1,6 +1,6 @@
 """Machine code for one model's trees (the per-model compiled tier), and the drivers that call it.
 
-engine/treecode.py reads a model into ``spec`` (below); ``build_module`` emits each tree as
+engine/models/treecode.py reads a model into ``spec`` (below); ``build_module`` emits each tree as
 straight branches on constants (compare, branch, ..., the leaf's value) directly as LLVM IR, the
 way lleaves does, ``compile_object`` optimises it at -O3 for the host CPU, and ``LoadedCode``
 puts the object code in memory. The drivers (``predict_serial`` ...) are ordinary Numba kernels,
@@ -17,7 +17,7 @@ order into the output row's column:
 
 slot is the column of the (float64, C order) row the split reads. A child ``c >= 0`` is node c,
 ``c < 0`` leaf ``~c``. kind says when a row goes left (LightGBM's rules; thresholds already moved
-out of the zero band as engine/packing.py ``effective_thresholds`` does):
+out of the zero band as engine/models/packing.py ``effective_thresholds`` does):
 
     LEFT_LE           x <= t                       (NaN right)
     LEFT_LE_OR_NAN    not (x > t)                  (NaN left)

@@ -1,4 +1,4 @@
-"""Tree-ensemble kernels over packed node records (see engine/packing.py): scores and leaf indices."""
+"""Tree-ensemble kernels over packed node records (see engine/models/packing.py): scores and leaf indices."""
 
 from __future__ import annotations
 

@@ -17,14 +17,14 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_lightgbm": "scoreline.engine.model",
-    "load_linear": "scoreline.engine.linear",
-    "Engine": "scoreline.engine.router",
-    "Deployment": "scoreline.engine.deployment",
+    "load_lightgbm": "scoreline.engine.models.model",
+    "load_linear": "scoreline.engine.models.linear",
+    "Engine": "scoreline.engine.pipeline.router",
+    "Deployment": "scoreline.engine.pipeline.deployment",
     "Repository": "scoreline.registry.repository",
     "DecisionLog": "scoreline.registry.decision_log",
-    "score_file": "scoreline.engine.bulk",
-    "score_batches": "scoreline.engine.bulk",
+    "score_file": "scoreline.engine.bulk.jobs",
+    "score_batches": "scoreline.engine.bulk.jobs",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

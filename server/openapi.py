@@ -1,7 +1,7 @@
 """openapi_document(settings, model_ids) -> the OpenAPI 3.1 description of every endpoint the app serves.
 
 Written by hand next to the handlers (not derived from type hints: the scoring endpoints are raw
-ASGI), and checked against the running server by a property-based fuzzer (tests/test_server_fuzz.py).
+ASGI), and checked against the running server by a property-based fuzzer (tests/server/test_fuzz.py).
 The entity key's name depends on the model, so a score request allows further properties.
 """
 

@@ -147,7 +147,7 @@ class ScorelineEngine(Engine):
 
 
 class ScorelineModelEngine(ScorelineEngine):
-    """Scoreline's per-model compiled tier (engine/treecode.py, compile="model"), for models within
+    """Scoreline's per-model compiled tier (engine/models/treecode.py, compile="model"), for models within
     the run's compile limit, as lleaves (compile="auto" alone stops at treecode.MAX_AUTO_LEAVES);
     cold = an empty Numba cache and an empty compiled-model cache."""
 

@@ -70,7 +70,7 @@ def _repo(args):
 def _add(args) -> int:
     # The engine's check (load, compile, score a sample); imported here, so `--help` stays instant
     # and registry/ itself never imports the engine.
-    from scoreline.engine.deployment import validate_version
+    from scoreline.engine.pipeline.deployment import validate_version
 
     repo = _repo(args)
     version = repo.add(args.model_id, args.manifest, args.artifact, args.message,

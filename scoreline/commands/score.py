@@ -71,12 +71,12 @@ def run(args) -> int:
 
         result = score_files(args.model, inputs, args.output, master=args.address, **common)
     else:
-        from scoreline.engine.bulk import score_file
+        from scoreline.engine.bulk.jobs import score_file
 
         bar = None if args.quiet else _bar()
         model = args.model
         if args.device != "cpu":
-            from scoreline.engine.gpu import for_bulk  # numba.cuda only when a GPU is asked for
+            from scoreline.engine.gpu.backend import for_bulk  # numba.cuda only when a GPU is asked for
 
             model = for_bulk(args.model, args.device)
         result = score_file(model, inputs, args.output, threads=args.threads, progress=bar, **common)

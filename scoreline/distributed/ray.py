@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from scoreline.engine import bulk
-from scoreline.engine.sources import CSV_NULL_VALUES
+from scoreline.engine.bulk import jobs as bulk
+from scoreline.engine.bulk.sources import CSV_NULL_VALUES
 from scoreline.errors import InputError
 
 __all__ = ["score_dataset", "score_files"]

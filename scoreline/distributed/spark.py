@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from scoreline.engine import bulk
-from scoreline.engine import sources as _sources
+from scoreline.engine.bulk import jobs as bulk
+from scoreline.engine.bulk import sources as _sources
 from scoreline.errors import InputError
 
 __all__ = ["score_dataframe", "score_files"]

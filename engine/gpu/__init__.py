@@ -1,0 +1,1 @@
+"""The CUDA backend: device-resident models and batched scoring on the GPU."""

@@ -1,0 +1,249 @@
+"""The LightGBM model facade: load_lightgbm(path_or_text) -> LightGBMModel with a Booster-like predict."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from scoreline.engine.models.lightgbm import pandas_categories, read_lightgbm
+from scoreline.engine.models.packing import PackedEnsemble, pack
+from scoreline.errors import InputError
+from scoreline.kernels import trees as kernels
+from scoreline.kernels.policy import PARALLEL_MIN_ROWS, use_threads
+
+__all__ = ["LightGBMModel", "load_lightgbm"]
+
+_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
+_TIERS = ("generic", "model", "auto")
+
+
+def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "generic",
+                  cache_dir: str | Path | None = None) -> LightGBMModel:
+    """Load a LightGBM text model (a file path, or the text of ``Booster.model_to_string()``).
+
+    compile: which kernel scores the model.
+      "generic" (the default): the shared tree kernel (kernels/trees.py); nothing is compiled
+        per model, its machine code comes from Numba's on-disk cache.
+      "model": this model's trees compiled to machine code at load (engine/models/treecode.py, like
+        lleaves): 1.4-4x the generic kernel's bulk throughput on models of shallow trees (about
+        even on 100 x 31 generated data; docs/treecode.md), 1-2 s of compile per few thousand
+        split nodes, read back from ``cache_dir`` on the next load. Models this tier cannot hold (linear trees, trees deeper than
+        ``treecode.MAX_DEPTH``) use the generic kernel; ``model.tier`` says which one runs.
+      "auto": "model" for models of at most ``treecode.MAX_AUTO_LEAVES`` leaves in all, else
+        "generic".
+    cache_dir: where compiled models are kept (default ``$NUMBA_CACHE_DIR/../treecode``).
+
+    Raises ``ModelFormatError`` naming the tree and key for a truncated, inconsistent or
+    unsupported file; ``InputError`` (path "compile") for an unknown ``compile``.
+    """
+    if compile not in _TIERS:
+        raise InputError(f"compile must be one of {', '.join(map(repr, _TIERS))}, got {compile!r}", path="compile")
+    ir = read_lightgbm(path_or_text)
+    spec = None
+    if compile != "generic":
+        from scoreline.engine.models import treecode  # llvmlite's code generator only when asked for
+
+        fits = compile == "model" or treecode.total_leaves(ir) <= treecode.MAX_AUTO_LEAVES
+        if fits and treecode.unsupported_reason(ir) is None:
+            spec = treecode.model_spec(ir)
+    return LightGBMModel(
+        pack(ir),
+        feature_names=ir.feature_names,
+        objective=ir.objective,
+        categories=pandas_categories(ir),
+        treecode_spec=spec,
+        cache_dir=cache_dir,
+    )
+
+
+class LightGBMModel:
+    """A packed LightGBM ensemble; ``predict`` returns what ``lightgbm.Booster.predict`` returns."""
+
+    kind = "lightgbm"
+
+    def __init__(self, packed: PackedEnsemble, *, feature_names, objective: str, categories: dict[int, tuple],
+                 treecode_spec: tuple | None = None, cache_dir: str | Path | None = None):
+        # Arrays that arrive read-only (Ray's object store, a memory map) are copied once: Numba
+        # treats read-only arrays as other types, and a new specialization costs ~10 s to compile
+        # while the copy of even a 1000 x 255 model takes milliseconds. Kernels never write them.
+        packed = _writable(packed)
+        self._packed = packed
+        self.feature_names = tuple(feature_names)
+        self.num_features = packed.num_features
+        self.num_class = packed.num_class
+        self.objective = objective
+        self.categories = dict(categories)
+        self.num_trees = packed.trees.shape[0]
+        # Flat views of the node records: the kernels read thresholds and packed words from
+        # the same 16-byte records, so one cache line holds four whole nodes.
+        self._thresholds = packed.nodes.reshape(-1)
+        self._words = packed.nodes.view(np.int64).reshape(-1)
+        # The per-model compiled tier (engine/models/treecode.py): compiled, or read from its cache,
+        # here at load, and its drivers loaded with one row, so no request ever compiles.
+        self._treecode_spec = treecode_spec
+        self._cache_dir = cache_dir
+        self._treecode = None
+        if treecode_spec is not None:
+            from scoreline.engine.models import treecode
+
+            self._treecode = treecode.compile_spec(treecode_spec, cache_dir)
+            self.predict_matrix(np.zeros((1, self.num_features)), num_threads=1)
+        self.tier = "generic" if self._treecode is None else "model"
+
+    def __repr__(self) -> str:
+        return (
+            f"LightGBMModel(objective={self.objective!r}, trees={self.num_trees}, "
+            f"features={self.num_features}, classes={self.num_class}, tier={self.tier!r})"
+        )
+
+    # -- pickling: plain arrays and metadata; the kernels come from Numba's cache on the other side
+    def __getstate__(self) -> dict:
+        return {
+            "packed": self._packed,
+            "feature_names": self.feature_names,
+            "objective": self.objective,
+            "categories": self.categories,
+            # The compiled tier travels as its spec: the other side loads the machine code from
+            # its cache or compiles it again.
+            "treecode_spec": self._treecode_spec,
+            "cache_dir": self._cache_dir,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(
+            state["packed"],
+            feature_names=state["feature_names"],
+            objective=state["objective"],
+            categories=state["categories"],
+            treecode_spec=state.get("treecode_spec"),
+            cache_dir=state.get("cache_dir"),
+        )
+
+    @property
+    def treecode(self):
+        """The compiled tier's ``engine.treecode.CompiledTrees`` (object file path, whether it came
+        from the cache, load seconds), or None when the generic kernel scores this model."""
+        return self._treecode
+
+    @property
+    def packed(self) -> PackedEnsemble:
+        """The flat arrays the kernels read (see engine/models/packing.py)."""
+        return self._packed
+
+    def predict(self, data, raw_score: bool = False, pred_leaf: bool = False, num_threads: int | None = None,
+                device: str = "cpu"):
+        """Score ``data`` like ``lightgbm.Booster.predict``: same shape, same values.
+
+        data: a 2-D numpy array (columns in model order), a pyarrow Table or RecordBatch, or a
+        pandas DataFrame (columns by feature name; nulls are missing values; string or dictionary
+        columns of categorical features map through ``categories``).
+        Returns float64 (n,) or (n, num_class); with ``pred_leaf`` int32 (n, num_trees).
+        Raises ``InputError`` naming a missing, misspelled or non-numeric column or a wrong shape.
+        device: "cpu"; "cuda" scores on the GPU (same values; without a usable GPU it warns once
+        and scores on the CPU); "auto" takes the GPU for batches of at least
+        ``scoreline.engine.gpu.backend.GPU_MIN_ROWS`` rows when one is usable. pred_leaf always runs on the CPU.
+        """
+        if device != "cpu" and not pred_leaf:
+            from scoreline.engine.gpu import backend as gpu  # numba.cuda is imported only when a GPU is asked for
+
+            rows = data.num_rows if hasattr(data, "num_rows") else len(data)
+            if gpu.choose_device(device, rows) == "cuda":
+                return gpu.predict_gpu(self, data, raw_score=raw_score, num_threads=num_threads)
+        from scoreline.engine.data.inputs import to_matrix  # pyarrow is imported only when data arrives
+
+        X = to_matrix(data, self.feature_names, self.categories, dtype=_lightgbm_dtype(data))
+        if pred_leaf:
+            return self.predict_leaf_matrix(X)
+        return self.predict_matrix(X, raw_score=raw_score, num_threads=num_threads)
+
+    def predict_matrix(self, X: np.ndarray, raw_score: bool = False, num_threads: int | None = None, out=None):
+        """The hot path: X is a C- or F-contiguous float64/float32 (n, num_features) matrix.
+
+        Returns float64 (n,) for one output column, else (n, num_class); writes into ``out`` when
+        given (same shape, float64, C-contiguous). No copies of X.
+        """
+        self._check_matrix(X)
+        n = X.shape[0]
+        if out is None:
+            out = np.empty((n, self.num_class) if self.num_class > 1 else n, dtype=np.float64)
+        elif out.dtype != np.float64 or not out.flags.c_contiguous or out.shape[0] != n or out.size != n * self.num_class:
+            raise InputError(f"expected out as a C-contiguous float64 array of {n} x {self.num_class}", path="out")
+        matrix = out.reshape(n, self.num_class)
+        p = self._packed
+        # LightGBM averages random-forest outputs only on the transformed path: its raw score is
+        # the plain sum of the trees (GBDT::Predict divides, GBDT::PredictRaw does not).
+        link, divisor = (0, 0.0) if raw_score else (p.link, p.average_divisor)
+        threads = use_threads(num_threads) if n >= PARALLEL_MIN_ROWS and num_threads != 1 else 1
+        parallel = threads > 1
+        if self._treecode is not None:
+            self._treecode.predict(X, divisor, link, p.link_param, matrix,
+                                   threads=threads)
+        elif p.is_linear:
+            kernel = kernels.predict_linear_parallel if parallel else kernels.predict_linear_serial
+            kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, p.linear, p.linear_const,
+                   p.linear_feature, p.linear_coeff, divisor, link, p.link_param, matrix)
+        else:
+            kernel = kernels.predict_parallel if parallel else kernels.predict_serial
+            kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, divisor, link,
+                   p.link_param, matrix)
+        return out
+
+    def warm(self, dtypes=(np.float64,), orders: str = "CF", parallel: bool = True) -> None:
+        """Load (or compile, on a cold cache) the kernels for these input types before traffic.
+
+        Each dtype x order x serial/parallel pair is a separate machine-code specialization: from
+        Numba's disk cache it takes well under a second, compiling it ~10 s. C order is what numpy
+        callers pass, F order what Arrow and pandas input become.
+        """
+        for dtype in dtypes:
+            for order in orders:
+                X = np.zeros((1, self.num_features), dtype=dtype, order=order)
+                self.predict_matrix(X, num_threads=1)
+                if parallel:
+                    big = np.zeros((PARALLEL_MIN_ROWS, self.num_features), dtype=dtype, order=order)
+                    self.predict_matrix(big, num_threads=2)
+
+    def predict_leaf_matrix(self, X: np.ndarray) -> np.ndarray:
+        """LightGBM's ``pred_leaf``: int32 (n, num_trees), the leaf each tree sends each row to."""
+        self._check_matrix(X)
+        out = np.empty((X.shape[0], self.num_trees), dtype=np.int32)
+        p = self._packed
+        kernels.leaf_indices(X, self._thresholds, self._words, p.leaf_index, p.trees, p.cat_bits, out)
+        return out
+
+    def _check_matrix(self, X) -> None:
+        # Cheap guards: the kernels index X without bounds checks.
+        if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[1] != self.num_features:
+            shape = getattr(X, "shape", type(X).__name__)
+            raise InputError(f"expected a (rows, {self.num_features}) matrix, got {shape}", path="X")
+        if X.dtype not in _FLOATS or not (X.flags.c_contiguous or X.flags.f_contiguous):
+            raise InputError(f"expected a C- or F-contiguous float64/float32 matrix, got {X.dtype}", path="X")
+
+
+def _writable(packed: PackedEnsemble) -> PackedEnsemble:
+    arrays = {name: getattr(packed, name) for name in PackedEnsemble.__dataclass_fields__}
+    if all(not isinstance(a, np.ndarray) or a.flags.writeable for a in arrays.values()):
+        return packed
+    return PackedEnsemble(**{n: a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
+                             for n, a in arrays.items()})
+
+
+def _lightgbm_dtype(data):
+    """The float type LightGBM's Python package converts ``data`` to, so decisions agree exactly.
+
+    A numpy array of integers or booleans is scored as float32 there (large integers round);
+    a DataFrame uses the common type of its columns and float32. Everything else is float64.
+    """
+    if isinstance(data, np.ndarray):
+        return np.float32 if data.dtype.kind in "biu" else np.float64
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(data, pd.DataFrame):
+        kinds = [d if isinstance(d, np.dtype) else np.dtype(np.float64) for d in data.dtypes]
+        try:
+            common = np.result_type(*kinds, np.float32)
+        except TypeError:
+            return np.float64
+        return np.float32 if common == np.float32 else np.float64
+    return np.float64
