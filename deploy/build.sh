@@ -8,7 +8,7 @@
 #                                             PREFIX's scoreline, filling PREFIX/cache (Numba's
 #                                             cache and the compiled-model tier's object files)
 #
-# tests/test_deploy_build.py runs both into a fresh prefix, then serves from it. uv comes from $UV,
+# tests/deploy/test_build.py runs both into a fresh prefix, then serves from it. uv comes from $UV,
 # else from PATH, else it is bootstrapped from uv-bootstrap.txt (hashed) into a temporary venv.
 # The Python of the prefix is $PYTHON (default python3); the caches are keyed on the CPU, so a
 # machine with another CPU compiles again at start (same answers, slower readiness).

@@ -15,7 +15,7 @@ import yaml
 
 from scoreline.server.app import create_app
 
-from test_deploy_support import ROOT
+from tests.support.deploy import ROOT
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

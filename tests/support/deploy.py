@@ -1,4 +1,4 @@
-"""Shared by the test_deploy_* tests: the repository root and the uv that installs uv.lock."""
+"""Shared by tests/deploy: the repository root and the uv that installs uv.lock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 __all__ = ["ROOT", "uv_path"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def uv_path() -> str:

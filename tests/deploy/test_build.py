@@ -17,8 +17,8 @@ from packaging.requirements import Requirement
 
 import scoreline
 
-from test_deploy_support import ROOT, uv_path
-from test_server_support import free_port
+from tests.support.deploy import ROOT, uv_path
+from tests.support.server import free_port
 
 pytest.importorskip("lightgbm")  # the demo trains its models
 

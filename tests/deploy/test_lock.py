@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from test_deploy_support import ROOT, uv_path
+from tests.support.deploy import ROOT, uv_path
 
 
 def _run(*args, **kwargs):
