@@ -41,6 +41,7 @@ DECISION_SCHEMA = pa.schema([
     ("decision", pa.string()),
     ("latency_us", pa.float64()),
     ("error", pa.string()),
+    ("artifact_sha256", pa.string()),  # the bytes that decided: the version's artifact, hashed at load
 ])
 _REQUIRED = ("ts", "model_id", "model_version")
 
@@ -58,11 +59,15 @@ STATS_SCHEMA = pa.schema([
 _SQL_TYPES = {
     "sqlite": {"ts": "TEXT", "request_id": "TEXT", "model_id": "TEXT", "model_version": "INTEGER",
                "entity_key": "TEXT", "score": "REAL", "decision": "TEXT", "latency_us": "REAL",
-               "error": "TEXT"},
+               "error": "TEXT", "artifact_sha256": "TEXT"},
     "postgresql": {"ts": "TIMESTAMPTZ", "request_id": "TEXT", "model_id": "TEXT",
                    "model_version": "BIGINT", "entity_key": "TEXT", "score": "DOUBLE PRECISION",
-                   "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT"},
+                   "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT",
+                   "artifact_sha256": "TEXT"},
 }
+# Columns added after the first release, by the migration in _create_table (ALTER TABLE ADD COLUMN
+# on a log created before them; its older rows read as null there).
+_ADDED_COLUMNS = ("artifact_sha256",)
 # SQLite's ADBC driver infers each result column's type from the first rows it sees (an all-null
 # column becomes int64, and a later string then fails the read), so SQLite reads start with one
 # typed row of these literals, dropped after the fetch.
@@ -304,8 +309,31 @@ class DecisionLog:
             cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} ({order})")
             cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_model_ts "
                         f"ON {self.table} (model_id, {order})")
+            self._add_columns(cur, types)
         finally:
             cur.close()
+
+    def _add_columns(self, cur, types: dict[str, str]) -> None:
+        """Migrate a log created before the columns in _ADDED_COLUMNS existed."""
+        # Look first: ALTER TABLE takes an exclusive lock on a table other processes write to.
+        if self.dialect == "postgresql":
+            cur.execute("SELECT column_name FROM information_schema.columns "
+                        f"WHERE table_schema = current_schema() AND table_name = '{self.table.lower()}'")
+            have = {row[0] for row in cur.fetchall()}
+        else:
+            cur.execute(f"PRAGMA table_info({self.table})")
+            have = {row[1] for row in cur.fetchall()}
+        for name in _ADDED_COLUMNS:
+            if name in have:
+                continue
+            if self.dialect == "postgresql":
+                cur.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS {name} {types[name]}")
+                continue
+            try:
+                cur.execute(f"ALTER TABLE {self.table} ADD COLUMN {name} {types[name]}")
+            except Exception as exc:  # another process added it between our look and now
+                if "duplicate column" not in str(exc):
+                    raise
 
     def _query(self, sql: str, params: list) -> pa.Table:
         with self._read_lock:

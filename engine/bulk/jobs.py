@@ -683,10 +683,16 @@ class DeploymentScorer:
             absolute = str((dep.version_dir.parent.parent / store.path).resolve())
             entity = msgspec.structs.replace(manifest.entity, store=msgspec.structs.replace(store, path=absolute))
             manifest = msgspec.structs.replace(manifest, entity=entity)
+        from scoreline.engine.pipeline.golden import GOLDEN_FILE
+        from scoreline.registry.provenance import PROVENANCE_FILE
+
         artifact = (dep.version_dir / manifest.model.artifact).read_bytes()
         body = encode_manifest(manifest)
-        token = hashlib.sha256(body + artifact + str(dep.version).encode()).hexdigest()[:24]
-        return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version}
+        # the golden rows and provenance travel too: each worker re-checks them (pipeline/golden.py)
+        checks = {name: (dep.version_dir / name).read_bytes() for name in (GOLDEN_FILE, PROVENANCE_FILE)
+                  if (dep.version_dir / name).is_file()}
+        token = hashlib.sha256(body + artifact + str(dep.version).encode() + b"".join(checks.values())).hexdigest()[:24]
+        return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version, "checks": checks}
 
     def __setstate__(self, state: dict) -> None:
         with _REBUILT_LOCK:
@@ -732,10 +738,11 @@ def _rebuild(state: dict):
     folder = Path(tempfile.gettempdir()) / "scoreline-deployments" / state["token"]
     folder.mkdir(parents=True, exist_ok=True)
     artifact = folder / Path(manifest.model.artifact).name
-    if not artifact.exists():
-        partial = folder / f".{artifact.name}.{os.getpid()}"
-        partial.write_bytes(state["artifact"])
-        os.replace(partial, artifact)  # several worker processes may race to write it
+    for name, data in {artifact.name: state["artifact"], **state.get("checks", {})}.items():
+        if not (folder / name).exists():
+            partial = folder / f".{name}.{os.getpid()}"
+            partial.write_bytes(data)
+            os.replace(partial, folder / name)  # several worker processes may race to write it
     manifest = msgspec.structs.replace(manifest, model=msgspec.structs.replace(manifest.model, artifact=artifact.name))
     return Deployment(manifest, folder, version=state["version"])
 

@@ -28,6 +28,7 @@ from scoreline.errors import (
 )
 from scoreline.registry import manifest as M
 
+from scoreline.engine.pipeline import golden
 from scoreline.engine.pipeline.decide import Decider
 from scoreline.engine.data.fields import EPOCH, check_column, check_default, check_value, index_in
 from scoreline.engine.pipeline.plan import Plan, bool_key, compile_plan
@@ -150,6 +151,10 @@ class Deployment:
             started = time.perf_counter()
             self.check_sample()
             self.warm_seconds = time.perf_counter() - started
+        # Golden rows and provenance (engine/pipeline/golden.py): the artifact's sha256 (each
+        # decision-log row carries it); a warm load re-scores the rows recorded at registration
+        # and refuses the version on any difference.
+        self.artifact_sha256, self.provenance = golden.check(self, verify=warm)
 
     def __repr__(self) -> str:
         return f"<Deployment {self.model_id} v{self.version}>"
@@ -527,11 +532,13 @@ def open_store(spec, registry_root: Path):
     return _open(spec, registry_root)
 
 
-def validate_version(version_dir, manifest: M.Manifest) -> None:
+def validate_version(version_dir, manifest: M.Manifest, *, golden_rows: list[dict] | None = None) -> dict[str, bytes]:
     """The registration check: load the artifact, compile the plan, score a generated sample
-    through both paths. Raises RegistrationError with the reason (and the failing field's path)."""
+    through both paths. Raises RegistrationError with the reason (and the failing field's path).
+    Returns golden.json and provenance.json for the Repository to store with the version: the
+    outputs of `golden_rows` (inline inputs by name), else of generated edge rows (golden.py)."""
     try:
-        Deployment(manifest, version_dir, store=False)
+        dep = Deployment(manifest, version_dir, store=False)
         store = manifest.entity.store
         if store is not None and hasattr(store, "path"):
             root = Path(version_dir).parent.parent
@@ -540,6 +547,7 @@ def validate_version(version_dir, manifest: M.Manifest) -> None:
                 raise NotFoundError(f"the entity store {store.path!r} does not exist (relative "
                                     f"paths start at the registry root {str(root)!r})",
                                     path="$.entity.store.path")
+        return golden.record(dep, golden_rows)
     except RegistrationError:
         raise
     except ScorelineError as exc:

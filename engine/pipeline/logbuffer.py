@@ -54,7 +54,7 @@ class LogBuffer:
         self._rows.append((time.time_ns() // 1000,
                            None if request_id is None else str(request_id), dep.model_id, dep.version,
                            None if key is None else str(key), score, decision, seconds * 1e6,
-                           error))
+                           error, dep.artifact_sha256))
         if len(self._rows) >= self._max_rows:
             self._wake.set()
 
@@ -78,6 +78,7 @@ class LogBuffer:
                 out.column(names[4]),
                 pa.array(np.full(n, seconds * 1e6)),
                 out.column("error"),
+                pa.repeat(pa.scalar(dep.artifact_sha256, pa.string()), n),
             ],
             schema=_schema(),
         ))
@@ -117,7 +118,7 @@ class LogBuffer:
             if not n:
                 return
             rows = [self._rows.popleft() for _ in range(n)]
-        ts, rid, model, version, key, score, decision, latency, error = zip(*rows)
+        ts, rid, model, version, key, score, decision, latency, error, sha256 = zip(*rows)
         self.log.append(pa.RecordBatch.from_arrays(
             [
                 pa.array(ts, _TS),
@@ -129,6 +130,7 @@ class LogBuffer:
                 pa.array(decision, pa.string()),
                 pa.array(latency, pa.float64()),
                 pa.array(error, pa.string()),
+                pa.array(sha256, pa.string()),
             ],
             schema=_schema(),
         ))

@@ -218,6 +218,8 @@ class Engine:
                         "aliases": sorted(a for a, av in entry["aliases"].items() if av == v)}
                 if state == "failed":
                     item["error"] = self._failed[(model_id, v)].message
+                # hashes and the registering environment (registry/provenance.py); None before it was kept
+                item["provenance"] = self.repository.provenance(model_id, v)
                 versions.append(item)
             default = entry["aliases"].get(DEFAULT_ALIAS, entry["latest"])
             contract = None
