@@ -10,7 +10,6 @@ import json
 import logging
 import pickle
 import re
-import shutil
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ import pytest
 pytest.importorskip("lightgbm")
 
 from scoreline.engine.bulk.jobs import DeploymentScorer  # noqa: E402
-from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo  # noqa: E402
+from scoreline.engine.demo import FIRST_CUSTOMER_ID  # noqa: E402
 from scoreline.engine.pipeline import golden  # noqa: E402
 from scoreline.engine.pipeline.deployment import Deployment, validate_version  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
@@ -30,21 +29,6 @@ from scoreline.registry.provenance import file_sha256  # noqa: E402
 from scoreline.registry.repository import Repository  # noqa: E402
 
 MODEL = "credit-risk"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("golden-demo")
-    build_demo(root, customers=2000, train_rows=2000, log=lambda *_: None)
-    return root
-
-
-@pytest.fixture
-def registry(demo, tmp_path):
-    """A private copy of the demo registry (and its store) for tests that change it."""
-    shutil.copytree(demo / "registry", tmp_path / "registry")
-    shutil.copytree(demo / "store", tmp_path / "store")
-    return tmp_path / "registry"
 
 
 def _folder(registry, version=1):
