@@ -8,7 +8,8 @@ postcode, account-balance) and `<root>/registry` with
 - `credit-risk` v1: LightGBM binary; decision bands accept / refer / decline in
   `application-decision`.
 Both segmentation versions end up registered and `production` points at v2 (v1 stays one
-`scoreline registry rollback` away). Needs lightgbm (the `test` extra) to train the models.
+`scoreline registry rollback` away, and scores every request in v2's shadow: the experiment
+`v1-shadow`). Each version keeps a reference profile of its inputs and score for drift. Needs lightgbm (the `test` extra) to train the models.
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
     """
     import lightgbm  # noqa: F401  (fail early, before writing anything)
 
-    from scoreline.engine.pipeline.deployment import validate_version
+    from scoreline.engine.monitor import profiling_validator
+    from scoreline.registry.experiments import set_experiment
     from scoreline.registry.repository import Repository
+
+    # the registration check, and each version's reference profile for drift (5,000 customers)
+    validate_version = profiling_validator()
 
     started = time.perf_counter()
     root = Path(root)
@@ -94,6 +99,11 @@ def build_demo(root, *, customers: int = 1_000_000, seed: int = 7, train_rows: i
                      validate=validate_version)
         repo.promote("credit-risk", v, "production", "demo: credit risk goes live")
         models["credit-risk"] = [v]
+        # v1 keeps scoring every segmentation request in the shadow of v2 (logged, never answered):
+        # `scoreline log compare customer-segmentation` shows how often they agree
+        set_experiment(repo, "customer-segmentation",
+                       {"name": "v1-shadow", "shadows": [1]},
+                       "demo: v1 scores in the shadow of v2")
     (root / _MARKER).write_text(json.dumps({"customers": customers, "seed": seed}))
     example = FIRST_CUSTOMER_ID + min(973_628, customers - 1)
     seconds = time.perf_counter() - started
@@ -198,7 +208,7 @@ def _entity() -> dict:
 
 def _customer_inputs(postcode: bool) -> list[dict]:
     inputs = [
-        {"name": "date-of-birth", "type": "date"},
+        {"name": "date-of-birth", "type": "date", "earliest": "1900-01-01", "latest": "today"},
         {"name": "state", "type": "string", "allowed": list(STATES)},
         {"name": "account-balance", "type": "float"},
     ]

@@ -31,7 +31,8 @@ from numba import cuda
 
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
-from scoreline.kernels.trees import CATEGORICAL, CHILD_MASK, FEATURE_SHIFT, NAN_RIGHT, WIDE_SET, ZERO_MISSING
+from scoreline.kernels.rules import category_index, in_zero_band
+from scoreline.kernels.trees import CATEGORICAL, CHILD_MASK, FEATURE_SHIFT, NAN_RIGHT, ZERO_MISSING, set_contains
 
 __all__ = ["SIMULATED", "SHARED_BYTES", "score_staged", "score_global", "link_rows", "link_rows_parallel"]
 
@@ -46,7 +47,6 @@ _FEATURE_MASK = (1 << 24) - 1
 _NAN_SHIFT = 56
 _DEFAULT_SHIFT = 59
 _SPECIAL = CATEGORICAL | ZERO_MISSING
-_K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 assert NAN_RIGHT == 1 << _NAN_SHIFT and FEATURE_SHIFT == 32  # the layout these kernels decode
 
 _device = cuda.jit(device=True)
@@ -67,22 +67,10 @@ else:
         return libdevice.dmul_rn(a, b)
 
 
-@_device
-def _category_side(x, word, location, cat_bits):
-    """0 (left) when x's category is in the split's set, else 1 (right); as kernels/trees.py."""
-    if not (x > -1.0 and x < 2147483648.0):
-        return 1  # NaN, negatives, beyond int range (INT_MIN on x86): right
-    category = np.int64(x)
-    if not (word & WIDE_SET):  # categories 0..63: the set is the record's 64-bit column 0
-        if category < 64 and (location >> category) & 1:
-            return 0
-        return 1
-    start = location >> 32
-    words = location & CHILD_MASK
-    slot = category >> 5
-    if slot < words and (cat_bits[start + slot] >> np.uint32(category & 31)) & np.uint32(1):
-        return 0
-    return 1
+# LightGBM's category rule and the packed set lookup, compiled from the CPU kernels' own source.
+_category_index = _device(category_index)
+_in_zero_band = _device(in_zero_band)
+_set_contains = _device(set_contains)
 
 
 @_device
@@ -107,8 +95,8 @@ def _leaf(src, base, stride, root, depth, thresholds, words, cat_bits):
             side = np.uint64((word >> _NAN_SHIFT) & 1)
         if word & _SPECIAL:
             if word & CATEGORICAL:
-                side = np.uint64(_category_side(x, word, words[at], cat_bits))
-            elif x != x or abs(x) <= _K_ZERO:
+                side = np.uint64(0 if _set_contains(_category_index(x), word, words[at], cat_bits) else 1)
+            elif x != x or _in_zero_band(x):
                 side = np.uint64((word >> _DEFAULT_SHIFT) & 1)  # zero as missing: NaN and the zero band
         node = child + side
     return node
@@ -124,7 +112,7 @@ def _linear_value(src, base, stride, leaf, leaf_value, linear, linear_const, lin
         x = np.float64(src[base + linear_feature[j] * stride])
         if x != x:
             return leaf_value[leaf]
-        if abs(x) <= _K_ZERO:
+        if _in_zero_band(x):
             x = 0.0
         total += _mul(linear_coeff[j], x)
     return total

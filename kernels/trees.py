@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.extending import register_jitable
 
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
+from scoreline.kernels.rules import CATEGORY_LIMIT, category_index, in_zero_band
 
 __all__ = [
     "CHILD_MASK",
@@ -29,6 +31,7 @@ __all__ = [
     "predict_linear_serial",
     "predict_linear_parallel",
     "leaf_indices",
+    "set_contains",
 ]
 
 # Layout of a node's int64 word (column 1 of the record).
@@ -51,8 +54,6 @@ TREE_GENERAL = 2  # zero-as-missing band tests: a row at a time
 TREE_WIDE = 3  # categorical sets reaching past category 63 (read from cat_bits): lockstep too
 TREE_PLAIN = 4  # numeric splits where NaN never goes right (x > t alone decides): the leanest step
 
-K_ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
-
 # Helpers are plain @jit functions that LLVM inlines into the kernels: Numba-level inlining
 # (inline="always") gave the same speed but took 40-80 s to compile each kernel here, 4-8x more.
 
@@ -65,24 +66,23 @@ TILE_ROWS = 64
 # Node records per block of trees (16 bytes each: 256 KiB, about a core's L2).
 TILE_RECORDS = 16384
 
-@jit
-def _category_side(x, word, location, cat_bits):
-    """0 (left) when x's category is in the split's set, else 1 (right)."""
-    # LightGBM: NaN, negatives and values beyond int range go right; others truncate to int,
-    # so -0.5 is category 0.
-    if not (x > -1.0 and x < 2147483648.0):
-        return 1
-    category = np.int64(x)
+@register_jitable
+def set_contains(category, word, location, cat_bits):
+    """Whether a categorical split's set holds ``category`` (from rules.category_index; -1 never).
+
+    The set is the record's 64-bit column 0 for categories 0..63, or (WIDE_SET) ``words`` uint32
+    words at ``start`` in cat_bits (location = start << 32 | words); a category past the set's
+    last word is not in it. Plain Python registered with Numba, so the CUDA kernels compile this
+    same function as a device function.
+    """
+    if category < 0:
+        return False
     if not (word & WIDE_SET):
-        if category < 64 and (location >> category) & 1:
-            return 0
-        return 1
+        return category < 64 and (location >> category) & 1 == 1
     start = location >> 32
     words = location & CHILD_MASK
     slot = category >> 5
-    if slot < words and (cat_bits[start + slot] >> np.uint32(category & 31)) & np.uint32(1):
-        return 0
-    return 1
+    return slot < words and (cat_bits[start + slot] >> np.uint32(category & 31)) & np.uint32(1) == 1
 
 
 @jit
@@ -102,8 +102,8 @@ def _leaf_record(X, row, root, thresholds, words, cat_bits):
             side = (word >> NAN_SHIFT) & 1
         if word & _SPECIAL:
             if word & CATEGORICAL:
-                side = _category_side(x, word, words[2 * node], cat_bits)
-            elif x != x or abs(x) <= K_ZERO:
+                side = 0 if set_contains(category_index(x), word, words[2 * node], cat_bits) else 1
+            elif x != x or in_zero_band(x):
                 side = (word >> 59) & 1  # zero as missing: NaN and the zero band go to the default side
         child = (word & CHILD_MASK) + side
         if child == node:
@@ -158,8 +158,8 @@ def _step_wide(X, row, node, thresholds, words, cat_bits):
     x = np.float64(X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK])
     location = words[node * _U2]
     numeric_side = np.int64(x > thresholds[node * _U2]) | (np.int64(x != x) & ((word >> NAN_SHIFT) & 1))
-    # LightGBM: NaN, negatives and values beyond int range go right; others truncate to int.
-    valid = (x > -1.0) & (x < 2147483648.0)
+    # category_index's rule (kernels/rules.py) without its branch: invalid values go right.
+    valid = (x > -1.0) & (x < CATEGORY_LIMIT)
     category = np.int64(x if valid else 0.0)
     narrow = valid & (category < 64)
     narrow_side = 1 - ((location >> min(category, 63)) & np.int64(narrow))
@@ -451,7 +451,7 @@ def _linear_value(X, row, leaf, leaf_value, linear, linear_const, linear_feature
         x = np.float64(X[row, linear_feature[j]])
         if x != x:
             return leaf_value[leaf]
-        if abs(x) <= K_ZERO:
+        if in_zero_band(x):
             x = 0.0  # LightGBM drops near-zero values from the row before predicting
         total += linear_coeff[j] * x
     return total

@@ -41,7 +41,13 @@ DECISION_SCHEMA = pa.schema([
     ("decision", pa.string()),
     ("latency_us", pa.float64()),
     ("error", pa.string()),
-    ("artifact_sha256", pa.string()),  # the bytes that decided: the version's artifact, hashed at load
+    # experiments (registry/experiments.py): the experiment's name and the row's role there
+    # (champion, challenger, canary, or shadow: scored on the same request, never answered);
+    # null outside an experiment. Tables made before these columns get them on open.
+    ("experiment", pa.string()),
+    ("role", pa.string()),
+    # the bytes that decided: the version's artifact, hashed at load (engine/pipeline/golden.py)
+    ("artifact_sha256", pa.string()),
 ])
 _REQUIRED = ("ts", "model_id", "model_version")
 
@@ -59,15 +65,12 @@ STATS_SCHEMA = pa.schema([
 _SQL_TYPES = {
     "sqlite": {"ts": "TEXT", "request_id": "TEXT", "model_id": "TEXT", "model_version": "INTEGER",
                "entity_key": "TEXT", "score": "REAL", "decision": "TEXT", "latency_us": "REAL",
-               "error": "TEXT", "artifact_sha256": "TEXT"},
+               "error": "TEXT", "experiment": "TEXT", "role": "TEXT", "artifact_sha256": "TEXT"},
     "postgresql": {"ts": "TIMESTAMPTZ", "request_id": "TEXT", "model_id": "TEXT",
                    "model_version": "BIGINT", "entity_key": "TEXT", "score": "DOUBLE PRECISION",
                    "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT",
-                   "artifact_sha256": "TEXT"},
+                   "experiment": "TEXT", "role": "TEXT", "artifact_sha256": "TEXT"},
 }
-# Columns added after the first release, by the migration in _create_table (ALTER TABLE ADD COLUMN
-# on a log created before them; its older rows read as null there).
-_ADDED_COLUMNS = ("artifact_sha256",)
 # SQLite's ADBC driver infers each result column's type from the first rows it sees (an all-null
 # column becomes int64, and a later string then fails the read), so SQLite reads start with one
 # typed row of these literals, dropped after the fetch.
@@ -304,36 +307,14 @@ class DecisionLog:
         cur = conn.cursor()
         try:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({cols})")
+            _add_missing_columns(cur, self.dialect, self.table, types)
             # tail() reads these backwards: newest rows first, for all models or one
             order = "ts, seq" if self.dialect == "postgresql" else "ts"
             cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} ({order})")
             cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_model_ts "
                         f"ON {self.table} (model_id, {order})")
-            self._add_columns(cur, types)
         finally:
             cur.close()
-
-    def _add_columns(self, cur, types: dict[str, str]) -> None:
-        """Migrate a log created before the columns in _ADDED_COLUMNS existed."""
-        # Look first: ALTER TABLE takes an exclusive lock on a table other processes write to.
-        if self.dialect == "postgresql":
-            cur.execute("SELECT column_name FROM information_schema.columns "
-                        f"WHERE table_schema = current_schema() AND table_name = '{self.table.lower()}'")
-            have = {row[0] for row in cur.fetchall()}
-        else:
-            cur.execute(f"PRAGMA table_info({self.table})")
-            have = {row[1] for row in cur.fetchall()}
-        for name in _ADDED_COLUMNS:
-            if name in have:
-                continue
-            if self.dialect == "postgresql":
-                cur.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS {name} {types[name]}")
-                continue
-            try:
-                cur.execute(f"ALTER TABLE {self.table} ADD COLUMN {name} {types[name]}")
-            except Exception as exc:  # another process added it between our look and now
-                if "duplicate column" not in str(exc):
-                    raise
 
     def _query(self, sql: str, params: list) -> pa.Table:
         with self._read_lock:
@@ -441,6 +422,21 @@ class DecisionLog:
             cur.adbc_ingest(self.table, data, mode="append")
         finally:
             cur.close()
+
+
+def _add_missing_columns(cur, dialect: str, table: str, types: dict) -> None:
+    """Migrate a table made by an older version: add the schema's columns it lacks (as nulls)."""
+    if dialect == "sqlite":
+        cur.execute(f"PRAGMA table_info({table})")
+        have = {row[1] for row in cur.fetchall()}
+    else:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = $1 "
+                    "AND table_schema = current_schema()",
+                    [table])
+        have = {row[0] for row in cur.fetchall()}
+    for name in DECISION_SCHEMA.names:
+        if name not in have:
+            cur.execute(f"ALTER TABLE {table} ADD COLUMN {name} {types[name]}")
 
 
 def _close_quietly(conn) -> None:

@@ -11,7 +11,7 @@ from scoreline.errors import ScorelineError
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func` to a
 # callable taking the parsed args and returning an exit code. Modules import heavy libraries
 # inside `func`, never at import time, so `scoreline --help` stays instant.
-COMMAND_MODULES = ("registry", "log", "demo", "serve", "score", "bench")
+COMMAND_MODULES = ("registry", "experiment", "log", "demo", "serve", "score", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

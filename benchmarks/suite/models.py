@@ -34,12 +34,19 @@ class ModelSpec:
     num_class: int = 1
     categorical: int = 0  # how many of the features are categorical (generated data only)
     dataset: str | None = None  # "breast_cancer" | "diabetes"
+    # How benchmark rows are drawn from a real dataset's few hundred rows: "whole" rows resampled
+    # (half with a little jitter; the branch predictor can learn them, which flatters branchy
+    # code) or "columns" resampled independently (every row new to the branch predictor).
+    rows: str = "whole"
     train_rows: int = 20_000
     in_quick: bool = True  # included in `scoreline bench --quick`
     note: str = ""
 
     def digest(self) -> str:
-        blob = json.dumps({**asdict(self), "recipe": _RECIPE, "in_quick": None, "note": None}, sort_keys=True)
+        fields = {**asdict(self), "recipe": _RECIPE, "in_quick": None, "note": None}
+        if self.rows == "whole":
+            del fields["rows"]  # the digest every cached model and row file had before "rows" existed
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -50,10 +57,16 @@ KERNEL_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("gen-500x63-cat", "binary", 500, 63, num_features=30, categorical=5, in_quick=False),
     ModelSpec("gen-1000x255", "regression", 1000, 255, num_features=50, train_rows=30_000),
     ModelSpec("gen-multiclass-5x100x31", "multiclass", 100, 31, num_features=20, num_class=5),
+    ModelSpec("gen-5-features-100x31", "regression", 100, 31, num_features=5, in_quick=False,
+              note="few features: rows leave each tree after a few predictable branches (walking code wins)"),
     ModelSpec("real-breast-cancer", "binary", 200, 15, dataset="breast_cancer",
-              note="scikit-learn's bundled Wisconsin breast cancer data (569 rows, 30 features)"),
+              note="scikit-learn's bundled Wisconsin breast cancer data (569 rows, 30 features), whole rows"),
+    ModelSpec("real-breast-cancer-cols", "binary", 200, 15, dataset="breast_cancer", rows="columns",
+              note="the same model; benchmark rows with each column resampled independently"),
     ModelSpec("real-diabetes", "regression", 200, 15, dataset="diabetes", in_quick=False,
-              note="scikit-learn's bundled diabetes data (442 rows, 10 features)"),
+              note="scikit-learn's bundled diabetes data (442 rows, 10 features), whole rows"),
+    ModelSpec("real-diabetes-cols", "regression", 200, 15, dataset="diabetes", rows="columns", in_quick=False,
+              note="the same model; benchmark rows with each column resampled independently"),
 )
 
 
@@ -191,6 +204,10 @@ def _sample_rows(model: BenchModel, n: int) -> np.ndarray:
         rng = np.random.default_rng([12_345, i])
         if base is None:
             chunks.append(_generated_features(spec, rng, _CHUNK))
+            continue
+        if spec.rows == "columns":
+            chunks.append(np.column_stack([base[rng.integers(0, base.shape[0], size=_CHUNK), j]
+                                           for j in range(base.shape[1])]))
             continue
         # Real data has few rows: resample them, with a little jitter on half the rows so a
         # batch is not the same few hundred rows over and over (cache effects would flatter).

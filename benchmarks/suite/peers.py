@@ -30,8 +30,9 @@ __all__ = ["PEERS", "OURS", "ENGINES", "ADAPTERS", "Unavailable", "Context", "En
 
 # Scoreline first, then the peers in the order the tables show them.
 PEERS = ("lightgbm", "lleaves", "treelite", "onnxruntime")
-# Scoreline's tiers: the generic kernel and the per-model compiled one (load_lightgbm compile="model").
-OURS = ("scoreline", "scoreline-model")
+# Scoreline: "scoreline" is the default path (load_lightgbm(path): the tier chosen per batch size
+# by measurement at load); the others pin one tier each (compile="generic", "simd", "model").
+OURS = ("scoreline", "scoreline-generic", "scoreline-simd", "scoreline-model")
 ENGINES = OURS + PEERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,8 +103,12 @@ class Engine:
 
 
 class ScorelineEngine(Engine):
+    """Scoreline's default path: ``load_lightgbm(path)``, every tier it can use measured at load.
+    A background compile of the per-model tier (models of at most treecode.MAX_AUTO_LEAVES leaves)
+    is waited for before timing, so the figures are those of the settled choice."""
+
     name = "scoreline"
-    compile = "generic"  # load_lightgbm's compile option
+    compile = "auto"  # load_lightgbm's compile option
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -121,8 +126,11 @@ class ScorelineEngine(Engine):
         t0 = time.perf_counter()
         self.model = scoreline.load_lightgbm(model.path, compile=self.compile, cache_dir=self._cache_dir())
         in_process = time.perf_counter() - t0
+        settled = self.model.wait_for_tiers(timeout=600)
+        chosen = {"tier": self.model.tier, "tiers": self.model.tiers, "settled": settled}
         if not self.ctx.fresh_process_loads:
-            return {"cold_s": None, "warm_s": in_process, "what": "load in this process (fresh-process timing off)"}
+            return {"cold_s": None, "warm_s": in_process, "what": "load in this process (fresh-process timing off)",
+                    **chosen}
         # The kernels' compile does not depend on the model, so a quick run times it once.
         cold = None
         if self.ctx.cold_every_model or not getattr(self, "_cold_timed", False):
@@ -136,6 +144,7 @@ class ScorelineEngine(Engine):
             "detail": {"cold": cold, "warm": warm, "reload_in_process_s": in_process},
             "what": "fresh process: imports + load + first call; cold = empty Numba cache (kernels compile)"
                     + ("" if cold else "; cold timed on the first model only"),
+            **chosen,
         }
 
     def _cache_dir(self):
@@ -144,6 +153,20 @@ class ScorelineEngine(Engine):
     def _make_predictor(self, threads):
         predict_matrix = self.model.predict_matrix
         return lambda X: predict_matrix(X, num_threads=threads)
+
+
+class ScorelineGenericEngine(ScorelineEngine):
+    """Scoreline's generic walk pinned (compile="generic")."""
+
+    name = "scoreline-generic"
+    compile = "generic"
+
+
+class ScorelineSimdEngine(ScorelineEngine):
+    """Scoreline's branch-free SIMD tier pinned (compile="simd"; models it cannot hold use the walk)."""
+
+    name = "scoreline-simd"
+    compile = "simd"
 
 
 class ScorelineModelEngine(ScorelineEngine):
@@ -431,6 +454,8 @@ class OnnxEngine(Engine):
 # Engine name -> adapter class; `make` looks names up here.
 ADAPTERS = {
     "scoreline": ScorelineEngine,
+    "scoreline-generic": ScorelineGenericEngine,
+    "scoreline-simd": ScorelineSimdEngine,
     "scoreline-model": ScorelineModelEngine,
     "lightgbm": LightGBMEngine,
     "lleaves": LleavesEngine,

@@ -52,12 +52,12 @@ def best_peer_ratios(kernels: dict) -> dict:
         for row in kernels[kind]:
             groups.setdefault(tuple(row[k] for k in key), {})[row["engine"]] = row
         for group, by_engine in groups.items():
-            # Scoreline's figure is its best tier here (generic or per-model compiled); neither
-            # tier is ever a peer.
+            # Scoreline's figure is its default path ("scoreline": the tier chosen at load) when it
+            # ran, else its best pinned tier; no Scoreline tier is ever a peer.
             tiers = [by_engine[name] for name in OURS if name in by_engine]
             if not tiers:
                 continue
-            ours = (min if kind == "latency" else max)(tiers, key=lambda r: r[figure])
+            ours = by_engine.get("scoreline") or (min if kind == "latency" else max)(tiers, key=lambda r: r[figure])
             exact = _exact_engines(kernels, group[0]) - set(OURS)
             peers = [r for name, r in by_engine.items() if name in exact]
             entry = dict(zip(key, group))
@@ -213,6 +213,19 @@ def _kernels_md(k: dict) -> str:
     out.append("\n### Load / compile time, seconds (cold, warm)\n")
     out.append(_table(["model", "engine", "cold s", "warm s", "what"], [
         [r["model"], r["engine"], r.get("cold_s"), r.get("warm_s"), r.get("what", "")] for r in k["load"]]))
+    chosen = [r for r in k["load"] if r.get("tiers")]
+    if chosen:
+        out.append("\n### Kernel tier chosen at load (default path), per batch size\n")
+        out.append("Each tier that can hold the model is timed at load on rows drawn from the model's own "
+                   "thresholds; a batch takes the fastest at the largest measured size it reaches. ns/row "
+                   "as measured at load (one thread).\n")
+        out.append(_table(["model", "engine", "large batches", "by batch rows", "ns/row at load", "excluded", "source"], [
+            [r["model"], r["engine"], r["tier"],
+             ", ".join(f"{size}: {tier}" for size, tier in r["tiers"]["by_batch_rows"].items()),
+             "; ".join(f"{tier} " + "/".join(f"{v:.0f}" for v in sizes.values())
+                       for tier, sizes in r["tiers"]["ns_per_row"].items()),
+             "; ".join(f"{tier}: {why}" for tier, why in r["tiers"]["excluded"].items()) or "-",
+             r["tiers"]["source"]] for r in chosen]))
     ratios = best_peer_ratios(k)
     lat = {(r["model"], r["batch"], r["engine"]): r for r in k["latency"]}
     rows = []
@@ -282,7 +295,9 @@ def _grid_plot(plt, path, rows, x, y, xlabel, ylabel, log_x=True, log_y=True):
         for engine in ENGINES:
             pts = sorted((r[x], r[y]) for r in rows if r["model"] == model and r["engine"] == engine)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=engine, lw=2.5 if engine == "scoreline" else 1.2)
+                # One colour per engine in every plot, whichever engines ran on this model.
+                ax.plot(*zip(*pts), marker="o", label=engine, color=f"C{ENGINES.index(engine) % 10}",
+                        lw=2.5 if engine == "scoreline" else 1.2)
         ax.set_title(model, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel, fontsize=8)

@@ -96,10 +96,11 @@ def _edges(spec: M.Input, keys: list[str] | None) -> list:
         values += [*(keys or [])[:_MAX_CATEGORIES], _UNSEEN]
     elif spec.type == "bool":
         values += [True, False]
-    elif spec.type == "date":
-        values += list(_EDGE_DATES)
-    elif spec.type == "timestamp":
-        values += list(_EDGE_TIMES)
+    elif spec.type in ("date", "timestamp"):
+        # the declared bounds ("today" is left out: golden rows are scored on a fixed day)
+        bounds = [d for d in (spec.earliest, spec.latest) if d and d != "today"]
+        suffix = "T00:00:00" if spec.type == "timestamp" else ""
+        values += [d + suffix for d in bounds] + list(_EDGE_DATES if spec.type == "date" else _EDGE_TIMES)
     else:
         lo, hi = spec.minimum, spec.maximum
         values += [v for v in (lo, hi) if v is not None]

@@ -5,7 +5,6 @@ and batches streamed through pinned host buffers with copies overlapped with com
     predict_gpu(model, data, raw_score=False)   # numpy / Arrow / pandas, like model.predict
     score_batches_gpu(model, batches)           # Arrow RecordBatches in, one result per batch out
     on_gpu(model) -> GpuLightGBM                # the model's interface, scoring on the GPU
-    for_bulk(model, device)                     # what `scoreline score --device` scores with
     choose_device(device, rows) -> "cuda" | "cpu"
 
 Results equal the CPU path's bit for bit: the kernels (kernels/cuda_trees.py) follow the same
@@ -26,6 +25,7 @@ from collections import deque
 
 import numpy as np
 
+from scoreline.engine.models.protocols import TreeModel
 from scoreline.errors import InputError, ModelFormatError, NotReadyError
 from scoreline.kernels.policy import PARALLEL_MIN_ROWS, use_threads
 
@@ -35,10 +35,10 @@ __all__ = [
     "GpuLightGBM",
     "cuda_available",
     "choose_device",
-    "for_bulk",
     "on_gpu",
     "predict_gpu",
     "score_batches_gpu",
+    "warn_unavailable",
 ]
 
 # device="auto" sends a batch to the GPU from this many rows (env SCORELINE_GPU_MIN_ROWS): below
@@ -127,7 +127,7 @@ def predict_gpu(model, data, raw_score: bool = False, *, fallback: bool = True, 
     if not ok:
         if not fallback:
             raise NotReadyError(f"cannot score on the GPU: {reason}", path="device")
-        _warn_once(reason)
+        warn_unavailable(reason)
         result = cpu_model.predict(data, raw_score=raw_score, num_threads=num_threads)
         if out is not None:
             out[...] = result
@@ -157,41 +157,6 @@ def on_gpu(model) -> GpuLightGBM:
     return model if isinstance(model, GpuLightGBM) else GpuLightGBM(model)
 
 
-def for_bulk(model, device: str | None):
-    """What bulk scoring (``score_file``, ``scoreline score --device``) should score with.
-
-    ``model`` is a model file, a loaded model or a registered model id. For ``"cpu"`` it comes back
-    as is; for ``"cuda"`` or ``"auto"`` a LightGBM model (file or loaded) comes back as a
-    ``GpuLightGBM`` when a GPU is usable. Otherwise ``model`` comes back unchanged, with a
-    ``GpuUnavailableWarning`` saying why when ``"cuda"`` was asked for (no GPU; a registered
-    deployment or a linear model, which score on the CPU).
-    """
-    explicit = (device or os.environ.get("SCORELINE_DEVICE") or "cpu").lower() == "cuda"
-    if choose_device(device, GPU_MIN_ROWS) == "cpu":
-        return model
-    ok, reason = cuda_available()
-    if not ok:
-        if explicit:
-            _warn_once(reason)
-        return model
-    loaded = model
-    if isinstance(model, (str, os.PathLike)):
-        if not os.path.isfile(model):
-            if explicit:
-                warnings.warn("scoring on the CPU: registered deployments score on the CPU; give a model file "
-                              "to score on the GPU", GpuUnavailableWarning, stacklevel=2)
-            return model
-        from scoreline.engine.bulk.jobs import load_model_file
-
-        loaded = load_model_file(model)
-    if getattr(loaded, "kind", None) != "lightgbm" or not hasattr(loaded, "packed"):
-        if explicit:
-            warnings.warn(f"scoring on the CPU: only LightGBM models score on the GPU, not {type(loaded).__name__}",
-                          GpuUnavailableWarning, stacklevel=2)
-        return model
-    return on_gpu(loaded)
-
-
 class GpuLightGBM:
     """A LightGBM model that scores on the GPU: the attributes and methods of ``LightGBMModel``.
 
@@ -203,7 +168,7 @@ class GpuLightGBM:
     kind = "lightgbm"
 
     def __init__(self, model, *, batch_rows: int | None = None, streams: int = _STREAMS) -> None:
-        if getattr(model, "kind", None) != "lightgbm" or not hasattr(model, "packed"):
+        if not (isinstance(model, TreeModel) and model.kind == "lightgbm"):
             raise InputError(f"expected a LightGBM model from load_lightgbm, got {type(model).__name__}", path="model")
         self.cpu_model = model
         self.feature_names = model.feature_names
@@ -253,7 +218,7 @@ class GpuLightGBM:
 _warned = False
 
 
-def _warn_once(reason: str) -> None:
+def warn_unavailable(reason: str) -> None:
     global _warned
     if not _warned:
         _warned = True

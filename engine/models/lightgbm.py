@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from scoreline.errors import ModelFormatError
+from scoreline.kernels import rules
 
 __all__ = ["TreeIR", "EnsembleIR", "parse_lightgbm", "read_lightgbm"]
 
@@ -299,9 +300,9 @@ def _screen_forest(heads, flat: dict[str, np.ndarray], num_features: int) -> np.
     leaf_off = np.concatenate(([0], np.cumsum(leaves)[:-1]))
     if ((sf < 0) | (sf >= num_features)).any() or np.isnan(thr).any():
         return None
-    if ((dt < 0) | (dt > 15) | ((dt >> 2) & 3 == 3)).any():
+    if (~rules.valid_decision(dt)).any():
         return None
-    categorical = (dt & 1) == 1
+    categorical = rules.is_categorical(dt)
     if categorical.any():
         index = thr[categorical]
         if not ((index >= 0) & (index < num_cat[tree_of[categorical]]) & (index == np.floor(index))).all():
@@ -405,12 +406,12 @@ def _check_splits(where, num_features, split_feature, threshold, decision_type, 
             f"node {bad[0]} splits on feature {split_feature[bad[0]]}, expected 0..{num_features - 1}",
             f"{where}.split_feature",
         )
-    bad = np.flatnonzero((decision_type < 0) | (decision_type > 15) | ((decision_type >> 2) & 3 == 3))
+    bad = np.flatnonzero(~rules.valid_decision(decision_type))
     if bad.size:
         raise _fail(f"node {bad[0]} has decision_type={decision_type[bad[0]]}", f"{where}.decision_type")
     if np.isnan(threshold).any():
         raise _fail(f"node {np.flatnonzero(np.isnan(threshold))[0]} has a NaN threshold", f"{where}.threshold")
-    categorical = (decision_type & 1) == 1
+    categorical = rules.is_categorical(decision_type)
     if categorical.any():
         index = threshold[categorical]
         ok = (index >= 0) & (index < num_cat) & (index == np.floor(index))
@@ -515,7 +516,7 @@ def categorical_features(ir: EnsembleIR) -> tuple[int, ...]:
     """Features LightGBM treats as categorical: used in a categorical split or declared so."""
     found = set()
     for tree in ir.trees:
-        found.update(tree.split_feature[(tree.decision_type & 1) == 1].tolist())
+        found.update(tree.split_feature[rules.is_categorical(tree.decision_type)].tolist())
     declared = ir.parameters.get("categorical_feature", "")
     names = {name: i for i, name in enumerate(ir.feature_names)}
     for item in declared.removeprefix("name:").split(","):

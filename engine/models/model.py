@@ -6,55 +6,76 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
+from scoreline.engine.models import simd, simd_run, treecode
 from scoreline.engine.models.lightgbm import pandas_categories, read_lightgbm
 from scoreline.engine.models.packing import PackedEnsemble, pack
-from scoreline.errors import InputError
+from scoreline.engine.models.simd import SimdForest
+from scoreline.engine.models.tiers import TierSet
 from scoreline.kernels import trees as kernels
 from scoreline.kernels.policy import PARALLEL_MIN_ROWS, use_threads
+
+from scoreline.errors import InputError
 
 __all__ = ["LightGBMModel", "load_lightgbm"]
 
 _FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
-_TIERS = ("generic", "model", "auto")
+_TIERS = ("auto", "generic", "simd", "model")
 
 
-def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "generic",
-                  cache_dir: str | Path | None = None) -> LightGBMModel:
+def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache_dir: str | Path | None = None,
+                  sample_rows: np.ndarray | None = None) -> LightGBMModel:
     """Load a LightGBM text model (a file path, or the text of ``Booster.model_to_string()``).
 
-    compile: which kernel scores the model.
-      "generic" (the default): the shared tree kernel (kernels/trees.py); nothing is compiled
-        per model, its machine code comes from Numba's on-disk cache.
+    compile: which kernel tier scores the model (engine/models/tiers.py; all give the same bits).
+      "auto" (the default): each tier that can hold the model is timed at load on
+        ``sample_rows`` (or rows drawn from the model's own thresholds) at a few batch sizes, and
+        the fastest serves each batch size; the choice is cached by the model's content. The
+        compiled tier takes part when its machine code is cached, or once a background thread
+        has compiled it (models of at most ``treecode.MAX_AUTO_LEAVES`` leaves) while the
+        others serve: nothing compiles on a request. ``model.tiers`` reports the choice.
+      "generic": the shared tree walk (kernels/trees.py); nothing per model.
+      "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (category
+        sets past category 63, trees over 64 leaves, linear trees) use the generic walk.
       "model": this model's trees compiled to machine code at load (engine/models/treecode.py, like
-        lleaves): 1.4-4x the generic kernel's bulk throughput on models of shallow trees (about
-        even on 100 x 31 generated data; docs/treecode.md), 1-2 s of compile per few thousand
-        split nodes, read back from ``cache_dir`` on the next load. Models this tier cannot hold (linear trees, trees deeper than
-        ``treecode.MAX_DEPTH``) use the generic kernel; ``model.tier`` says which one runs.
-      "auto": "model" for models of at most ``treecode.MAX_AUTO_LEAVES`` leaves in all, else
-        "generic".
-    cache_dir: where compiled models are kept (default ``$NUMBA_CACHE_DIR/../treecode``).
+        lleaves), 1-2 s per few thousand split nodes, read back from ``cache_dir`` on the next
+        load; linear trees and trees deeper than ``treecode.MAX_DEPTH`` use the generic walk.
+    ``model.tier`` names the tier that scores large batches.
+    cache_dir: where compiled models and tier choices are kept (default
+      ``$NUMBA_CACHE_DIR/../treecode`` and ``../tiers``).
+    sample_rows: representative rows (a (rows, num_features) matrix, e.g. a registry version's
+      sample) for compile="auto" to time the tiers on; default: rows drawn from the thresholds.
 
     Raises ``ModelFormatError`` naming the tree and key for a truncated, inconsistent or
-    unsupported file; ``InputError`` (path "compile") for an unknown ``compile``.
+    unsupported file; ``InputError`` (path "compile") for an unknown ``compile``, (path
+    "sample_rows") for sample rows of the wrong shape.
     """
     if compile not in _TIERS:
         raise InputError(f"compile must be one of {', '.join(map(repr, _TIERS))}, got {compile!r}", path="compile")
     ir = read_lightgbm(path_or_text)
-    spec = None
-    if compile != "generic":
-        from scoreline.engine.models import treecode  # llvmlite's code generator only when asked for
-
-        fits = compile == "model" or treecode.total_leaves(ir) <= treecode.MAX_AUTO_LEAVES
-        if fits and treecode.unsupported_reason(ir) is None:
+    spec = forest = None
+    excluded = {}
+    if compile in ("auto", "model"):
+        reason = treecode.unsupported_reason(ir)
+        if reason is None and compile == "auto" and treecode.total_leaves(ir) > treecode.MAX_AUTO_LEAVES:
+            reason = f"over {treecode.MAX_AUTO_LEAVES} leaves"
+        if reason is None:
             spec = treecode.model_spec(ir)
+        excluded["model"] = reason
+    if compile in ("auto", "simd"):
+        excluded["simd"] = simd.unsupported_reason(ir)
+        if excluded["simd"] is None:
+            forest = simd.build_forest(ir)
     return LightGBMModel(
         pack(ir),
         feature_names=ir.feature_names,
         objective=ir.objective,
         categories=pandas_categories(ir),
         treecode_spec=spec,
+        simd_forest=forest,
+        compile=compile,
         cache_dir=cache_dir,
+        sample_rows=sample_rows,
+        excluded={k: v for k, v in excluded.items() if v is not None},
     )
 
 
@@ -64,7 +85,9 @@ class LightGBMModel:
     kind = "lightgbm"
 
     def __init__(self, packed: PackedEnsemble, *, feature_names, objective: str, categories: dict[int, tuple],
-                 treecode_spec: tuple | None = None, cache_dir: str | Path | None = None):
+                 treecode_spec: tuple | None = None, simd_forest: SimdForest | None = None,
+                 compile: str = "generic", cache_dir: str | Path | None = None,
+                 sample_rows: np.ndarray | None = None, excluded: dict | None = None, choice: str | None = None):
         # Arrays that arrive read-only (Ray's object store, a memory map) are copied once: Numba
         # treats read-only arrays as other types, and a new specialization costs ~10 s to compile
         # while the copy of even a 1000 x 255 model takes milliseconds. Kernels never write them.
@@ -80,17 +103,21 @@ class LightGBMModel:
         # the same 16-byte records, so one cache line holds four whole nodes.
         self._thresholds = packed.nodes.reshape(-1)
         self._words = packed.nodes.view(np.int64).reshape(-1)
-        # The per-model compiled tier (engine/models/treecode.py): compiled, or read from its cache,
-        # here at load, and its drivers loaded with one row, so no request ever compiles.
         self._treecode_spec = treecode_spec
+        self._simd = simd_forest if simd_forest is None else _writable(simd_forest)
+        self._compile = compile
         self._cache_dir = cache_dir
-        self._treecode = None
-        if treecode_spec is not None:
-            from scoreline.engine.models import treecode
+        # The tiers are loaded here (and their kernels called once by the choice), so no request
+        # ever compiles; engine/models/tiers.py holds the choice.
+        self._tiers = TierSet(self._run, packed, mode=compile, simd_ready=self._simd is not None,
+                              spec=treecode_spec, cache_dir=cache_dir, sample_rows=sample_rows,
+                              excluded=excluded or {}, choice_json=choice)
+        self._tiers.load()
 
-            self._treecode = treecode.compile_spec(treecode_spec, cache_dir)
-            self.predict_matrix(np.zeros((1, self.num_features)), num_threads=1)
-        self.tier = "generic" if self._treecode is None else "model"
+    @property
+    def tier(self) -> str:
+        """The tier that scores large batches now ("generic", "simd" or "model"; see ``tiers``)."""
+        return self._tiers.tier
 
     def __repr__(self) -> str:
         return (
@@ -100,15 +127,19 @@ class LightGBMModel:
 
     # -- pickling: plain arrays and metadata; the kernels come from Numba's cache on the other side
     def __getstate__(self) -> dict:
+        # Plain arrays, metadata and the choice: the other side loads the kernels from Numba's
+        # cache and the compiled tier from its object file (or compiles it again).
         return {
             "packed": self._packed,
             "feature_names": self.feature_names,
             "objective": self.objective,
             "categories": self.categories,
-            # The compiled tier travels as its spec: the other side loads the machine code from
-            # its cache or compiles it again.
             "treecode_spec": self._treecode_spec,
+            "simd_forest": self._simd,
+            "compile": self._compile,
             "cache_dir": self._cache_dir,
+            "excluded": self._tiers.excluded,
+            "choice": self._tiers.choice_json(),
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -118,14 +149,29 @@ class LightGBMModel:
             objective=state["objective"],
             categories=state["categories"],
             treecode_spec=state.get("treecode_spec"),
+            simd_forest=state.get("simd_forest"),
+            compile=state.get("compile", "model" if state.get("treecode_spec") else "generic"),
             cache_dir=state.get("cache_dir"),
+            excluded=state.get("excluded"),
+            choice=state.get("choice"),
         )
+
+    @property
+    def tiers(self) -> dict:
+        """The kernel choice as plain data (for ``registry show`` and ``/v1/models``): the tier per
+        batch size, ns per row of each candidate, excluded tiers and why, whether it was
+        measured, cached or pinned, and whether a background compile is still running."""
+        return self._tiers.report()
+
+    def wait_for_tiers(self, timeout: float | None = None) -> bool:
+        """Wait for a background compile (compile="auto") and its measurement; True once settled."""
+        return self._tiers.wait(timeout)
 
     @property
     def treecode(self):
         """The compiled tier's ``engine.treecode.CompiledTrees`` (object file path, whether it came
         from the cache, load seconds), or None when the generic kernel scores this model."""
-        return self._treecode
+        return self._tiers.compiled
 
     @property
     def packed(self) -> PackedEnsemble:
@@ -146,12 +192,12 @@ class LightGBMModel:
         ``scoreline.engine.gpu.backend.GPU_MIN_ROWS`` rows when one is usable. pred_leaf always runs on the CPU.
         """
         if device != "cpu" and not pred_leaf:
-            from scoreline.engine.gpu import backend as gpu  # numba.cuda is imported only when a GPU is asked for
+            from scoreline.engine.gpu import backend as gpu  # numba.cuda only when a GPU is asked for
 
             rows = data.num_rows if hasattr(data, "num_rows") else len(data)
             if gpu.choose_device(device, rows) == "cuda":
                 return gpu.predict_gpu(self, data, raw_score=raw_score, num_threads=num_threads)
-        from scoreline.engine.data.inputs import to_matrix  # pyarrow is imported only when data arrives
+        from scoreline.engine.data.inputs import to_matrix  # pyarrow only when data arrives
 
         X = to_matrix(data, self.feature_names, self.categories, dtype=_lightgbm_dtype(data))
         if pred_leaf:
@@ -176,10 +222,19 @@ class LightGBMModel:
         # the plain sum of the trees (GBDT::Predict divides, GBDT::PredictRaw does not).
         link, divisor = (0, 0.0) if raw_score else (p.link, p.average_divisor)
         threads = use_threads(num_threads) if n >= PARALLEL_MIN_ROWS and num_threads != 1 else 1
+        self._run(self._tiers.pick(n), X, divisor, link, matrix, threads)
+        return out
+
+    def _run(self, tier: str, X: np.ndarray, divisor: float, link: int, matrix: np.ndarray, threads: int) -> None:
+        """Score X into matrix (n, num_class) with one tier (all tiers give the same bits)."""
+        p = self._packed
         parallel = threads > 1
-        if self._treecode is not None:
-            self._treecode.predict(X, divisor, link, p.link_param, matrix,
-                                   threads=threads)
+        if tier == "model":
+            self._tiers.compiled.predict(X, divisor, link, p.link_param, matrix, threads=threads)
+        elif tier == "simd":
+            f = self._simd
+            kernel = simd_run.predict_parallel if parallel else simd_run.predict_serial
+            kernel(X, f.slots, f.nodes, f.trees, f.leaves, divisor, link, p.link_param, matrix)
         elif p.is_linear:
             kernel = kernels.predict_linear_parallel if parallel else kernels.predict_linear_serial
             kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, p.linear, p.linear_const,
@@ -188,19 +243,21 @@ class LightGBMModel:
             kernel = kernels.predict_parallel if parallel else kernels.predict_serial
             kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, divisor, link,
                    p.link_param, matrix)
-        return out
 
     def warm(self, dtypes=(np.float64,), orders: str = "CF", parallel: bool = True) -> None:
         """Load (or compile, on a cold cache) the kernels for these input types before traffic.
 
-        Each dtype x order x serial/parallel pair is a separate machine-code specialization: from
-        Numba's disk cache it takes well under a second, compiling it ~10 s. C order is what numpy
-        callers pass, F order what Arrow and pandas input become.
+        Each tier x dtype x order x serial/parallel is a separate machine-code specialization:
+        from Numba's disk cache it takes well under a second, compiling it ~10 s. C order is what
+        numpy callers pass, F order what Arrow and pandas input become. Every tier the choice
+        uses for some batch size is warmed serially; the parallel path with the large-batch tier.
         """
+        out = np.empty((1, self.num_class), dtype=np.float64)
         for dtype in dtypes:
             for order in orders:
                 X = np.zeros((1, self.num_features), dtype=dtype, order=order)
-                self.predict_matrix(X, num_threads=1)
+                for tier in self._tiers.used:
+                    self._run(tier, X, 0.0, 0, out, 1)
                 if parallel:
                     big = np.zeros((PARALLEL_MIN_ROWS, self.num_features), dtype=dtype, order=order)
                     self.predict_matrix(big, num_threads=2)
@@ -222,12 +279,13 @@ class LightGBMModel:
             raise InputError(f"expected a C- or F-contiguous float64/float32 matrix, got {X.dtype}", path="X")
 
 
-def _writable(packed: PackedEnsemble) -> PackedEnsemble:
-    arrays = {name: getattr(packed, name) for name in PackedEnsemble.__dataclass_fields__}
+def _writable(arrays_of):
+    """The same frozen dataclass with any read-only array copied (PackedEnsemble, SimdForest)."""
+    arrays = {name: getattr(arrays_of, name) for name in type(arrays_of).__dataclass_fields__}
     if all(not isinstance(a, np.ndarray) or a.flags.writeable for a in arrays.values()):
-        return packed
-    return PackedEnsemble(**{n: a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
-                             for n, a in arrays.items()})
+        return arrays_of
+    return type(arrays_of)(**{n: a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
+                              for n, a in arrays.items()})
 
 
 def _lightgbm_dtype(data):

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from scoreline.engine.models.lightgbm import EnsembleIR, TreeIR
-from scoreline.errors import ModelFormatError
-from scoreline.kernels import links
+from scoreline.kernels import links, rules
 from scoreline.kernels.trees import (
     CATEGORICAL,
     CHILD_MASK,
@@ -25,14 +23,9 @@ from scoreline.kernels.trees import (
     ZERO_MISSING,
 )
 
-__all__ = ["PackedEnsemble", "pack", "link_for", "effective_thresholds"]
+from scoreline.errors import ModelFormatError
 
-# LightGBM drops |x| <= kZeroThreshold from a dense row before predicting (so such an x is 0.0).
-# The constant is the float literal 1e-35f widened to double.
-K_ZERO = float(np.float32(1e-35))
-_BELOW_MINUS_K_ZERO = float(np.nextafter(-K_ZERO, -np.inf))
-
-_MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
+__all__ = ["PackedEnsemble", "link_for", "pack"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,17 +203,13 @@ def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
         return
     first_child = node_slot[0] + 1 + 2 * np.arange(tree.num_leaves - 1)
     decision = tree.decision_type
-    categorical = (decision & 1) == 1
-    default_left = (decision & 2) == 2
-    missing = (decision >> 2) & 3
+    categorical = rules.is_categorical(decision)
+    default_left = rules.default_left(decision)
     thr = tree.threshold
-    zero_goes_left = 0.0 <= thr
-    # NaN: missing type NaN -> default side; Zero -> NaN is 0.0, a zero -> default side;
-    # None -> NaN is 0.0 and compared.
-    nan_right = np.where(missing == _MISSING_NONE, ~zero_goes_left, ~default_left)
+    nan_right = ~rules.nan_goes_left(decision, thr)
     # A Zero-missing split whose threshold already sends 0.0 to the default side needs nothing
-    # more; otherwise the kernel tests |x| <= K_ZERO at that node.
-    zero_missing = (missing == _MISSING_ZERO) & (zero_goes_left != default_left)
+    # more; otherwise the kernel tests the zero band at that node.
+    zero_missing = rules.needs_zero_band(decision, thr)
     flags = (
         np.where(nan_right & ~categorical, NAN_RIGHT, 0)
         | np.where(categorical, CATEGORICAL, 0)
@@ -228,7 +217,7 @@ def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
         | np.where(~default_left, DEFAULT_RIGHT, 0)
     )
     meta[node_slot, 1] = first_child | (tree.split_feature << FEATURE_SHIFT) | flags
-    nodes[node_slot, 0] = effective_thresholds(thr)
+    nodes[node_slot, 0] = rules.effective_thresholds(thr)
     for node in np.flatnonzero(categorical):
         index = int(thr[node])
         low, high = int(tree.cat_boundaries[index]), int(tree.cat_boundaries[index + 1])
@@ -241,16 +230,3 @@ def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
             meta[node_slot[node], 1] |= WIDE_SET
             meta[node_slot[node], 0] = ((cat_base + low) << 32) | (high - low)
 
-
-def effective_thresholds(thr: np.ndarray) -> np.ndarray:
-    """Thresholds t' with ``x <= t'`` == ``z(x) <= t`` where z maps |x| <= K_ZERO to 0.0.
-
-    LightGBM compares the zero-filtered value; moving the few thresholds inside the zero band
-    lets the kernels compare the raw value instead, with no extra work per node.
-    """
-    out = thr.copy()
-    band_low = (thr >= -K_ZERO) & (thr < 0.0)  # zero goes right, below -K_ZERO goes left
-    band_high = (thr >= 0.0) & (thr < K_ZERO)  # zero goes left, above K_ZERO goes right
-    out[band_low] = _BELOW_MINUS_K_ZERO
-    out[band_high] = K_ZERO
-    return out

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["LogBuffer"]
 
@@ -27,9 +28,12 @@ class LogBuffer:
     """Feeds a DecisionLog (or nothing, for `log=None`); see the module docstring.
 
     `interval`: seconds between drains of queued rows; `max_rows` queued rows wake the drain early.
+    `artifacts(model_id, version)`: the artifact sha256 of a version other than the batch's own
+    deployment (an experiment's batch mixes its variants' rows); None when unknown.
     """
 
-    def __init__(self, log, *, interval: float = 0.05, max_rows: int = 4096) -> None:
+    def __init__(self, log, *, interval: float = 0.05, max_rows: int = 4096, artifacts=None) -> None:
+        self._artifacts = artifacts
         self.owned = isinstance(log, str)
         if self.owned:
             from scoreline.registry.decision_log import DecisionLog
@@ -47,19 +51,22 @@ class LogBuffer:
                                             name="scoreline-decision-buffer", daemon=True)
             self._thread.start()
 
-    def row(self, request_id, dep, key, score, decision, seconds: float, error) -> None:
+    def row(self, request_id, dep, key, score, decision, seconds: float, error,
+            experiment: str | None = None, role: str | None = None) -> None:
         """Queue one decision (a deque append: thread-safe and about 100 ns)."""
         if self.log is None:
             return
         self._rows.append((time.time_ns() // 1000,
                            None if request_id is None else str(request_id), dep.model_id, dep.version,
                            None if key is None else str(key), score, decision, seconds * 1e6,
-                           error, dep.artifact_sha256))
+                           error, experiment, role, dep.artifact_sha256))
         if len(self._rows) >= self._max_rows:
             self._wake.set()
 
-    def batch(self, dep, out: pa.RecordBatch, request_ids, seconds: float) -> None:
-        """Log a scored batch: one row per output row, the batch's wall time as each latency."""
+    def batch(self, dep, out: pa.RecordBatch, request_ids, seconds: float,
+              experiment: str | None = None, roles=None) -> None:
+        """Log a scored batch: one row per output row, the batch's wall time as each latency;
+        `roles`: a role per row (or one for all) when the batch is part of an experiment."""
         if self.log is None or out.num_rows == 0:
             return
         n = out.num_rows
@@ -78,10 +85,23 @@ class LogBuffer:
                 out.column(names[4]),
                 pa.array(np.full(n, seconds * 1e6)),
                 out.column("error"),
-                pa.repeat(pa.scalar(dep.artifact_sha256, pa.string()), n),
+                pa.nulls(n, pa.string()) if experiment is None else pa.repeat(pa.scalar(experiment), n),
+                _roles(roles, n),
+                self._artifact_column(dep, out.column("model-version")),
             ],
             schema=_schema(),
         ))
+
+    def _artifact_column(self, dep, versions: pa.Array) -> pa.Array:
+        """Each row's artifact sha256, by the version that answered it."""
+        n = len(versions)
+        if versions.null_count == 0 and pc.all(pc.equal(versions, dep.version)).as_py():
+            return pa.repeat(pa.scalar(dep.artifact_sha256, pa.string()), n)
+        known = {dep.version: dep.artifact_sha256}
+        for v in pc.unique(versions).drop_null().to_pylist():
+            if v not in known:
+                known[v] = self._artifacts(dep.model_id, v) if self._artifacts is not None else None
+        return pa.array([known.get(v) for v in versions.to_pylist()], pa.string())
 
     def flush(self) -> None:
         """Hand every queued row to the log and wait until the log has written them."""
@@ -118,7 +138,7 @@ class LogBuffer:
             if not n:
                 return
             rows = [self._rows.popleft() for _ in range(n)]
-        ts, rid, model, version, key, score, decision, latency, error, sha256 = zip(*rows)
+        ts, rid, model, version, key, score, decision, latency, error, experiment, role, sha256 = zip(*rows)
         self.log.append(pa.RecordBatch.from_arrays(
             [
                 pa.array(ts, _TS),
@@ -130,7 +150,17 @@ class LogBuffer:
                 pa.array(decision, pa.string()),
                 pa.array(latency, pa.float64()),
                 pa.array(error, pa.string()),
+                pa.array(experiment, pa.string()),
+                pa.array(role, pa.string()),
                 pa.array(sha256, pa.string()),
             ],
             schema=_schema(),
         ))
+
+
+def _roles(roles, n: int) -> pa.Array:
+    if roles is None:
+        return pa.nulls(n, pa.string())
+    if isinstance(roles, str):
+        return pa.repeat(pa.scalar(roles), n)
+    return pa.array(roles, pa.string())

@@ -10,6 +10,7 @@ ask for. Every scored row (and every refused one) is logged through the Decision
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -18,12 +19,21 @@ import msgspec
 import pyarrow as pa
 
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError, ScorelineError
+from scoreline.registry.experiments import experiment_stamp
 from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
+from scoreline.engine.data.request import RowBatch
+from scoreline.engine.monitor import Monitor, clock, timed
 from scoreline.engine.pipeline.deployment import Deployment, open_store
 from scoreline.engine.pipeline.logbuffer import LogBuffer
+from scoreline.engine.pipeline.result import Result
+from scoreline.engine.pipeline.routing import Experiments
 
 __all__ = ["Engine"]
+
+log = logging.getLogger("scoreline.engine")
+# Up to this many rows a result is logged row by row (plain tuples, no Arrow); past it as a batch.
+_ROW_LOG_LIMIT = 64
 
 
 class Engine:
@@ -38,21 +48,29 @@ class Engine:
         `ready` is True when this returns.
     reload_interval: seconds between checks of the registry for new versions or moved aliases
         (None: only on `reload()`).
+    monitor: watch every deployment's inputs, score and stage times (`engine.monitor`).
+
+    A model with an experiment (registry/experiments.py) routes each request made without a
+    version to the variant its entity key splits to, and scores its shadows off the answer's path.
     """
 
     def __init__(self, registry_root, *, log=None, preload: bool = False,
-                 reload_interval: float | None = None) -> None:
+                 reload_interval: float | None = None, monitor: bool = True) -> None:
         self.repository = Repository(registry_root)
         self._lock = threading.Lock()  # guards the tables below; never held while compiling
         self._deployments: dict[tuple[str, int], Deployment] = {}
         self._failed: dict[tuple[str, int], ScorelineError] = {}
         self._compiling: dict[tuple[str, int], threading.Lock] = {}
         self._stores: dict[bytes, object] = {}
-        self._log = LogBuffer(log)
+        self._log = LogBuffer(log, artifacts=self._artifact_sha256)
         self._closed = False
         self._token = None
+        self.monitor = Monitor() if monitor else None
+        self._experiments = Experiments(self)
         # model id -> {"versions", "aliases", "latest"}: replaced whole, never edited in place
         self._live: dict[str, dict] = self._scan()
+        if not preload:
+            self._experiments.load(compile_now=False)
         if preload:
             self.reload()
         self._watcher = None
@@ -104,8 +122,7 @@ class Engine:
         self._check_version(model_id, version)
         failed = self._failed.get(key)
         if failed is not None:
-            raise NotReadyError(f"model {model_id!r} version {version} failed to load: "
-                                f"{failed.message}", path=failed.path)
+            raise _failure(model_id, version, failed)
         with self._lock:
             compiling = self._compiling.setdefault(key, threading.Lock())
         with compiling:  # one compilation per version; other callers wait for it
@@ -115,19 +132,26 @@ class Engine:
             if key in self._failed:
                 return self._get(model_id, version)
             try:
-                dep = self._compile(model_id, version)
+                manifest = self.repository.load_manifest(model_id, version)
+                version_dir = self.repository.version_dir(model_id, version)
             except NotFoundError:
                 with self._lock:
                     self._compiling.pop(key, None)  # not a version: nothing to remember
                 raise
+            try:
+                # Anything that fails from here on (a store that is missing included) is this
+                # version failing to load.
+                dep = self._compile(manifest, version_dir, version)
             except ScorelineError as exc:
                 self._failed[key] = exc
-                raise NotReadyError(f"model {model_id!r} version {version} failed to load: "
-                                    f"{exc.message}", path=exc.path) from exc
+                log.warning("model %r version %s failed to load: %s (at %s)", model_id, version,
+                            exc.message, exc.path)
+                raise _failure(model_id, version, exc) from exc
             except Exception as exc:
+                log.exception("model %r version %s failed to load", model_id, version)
                 error = NotReadyError(f"{type(exc).__name__}: {exc}")
                 self._failed[key] = error
-                raise error from exc
+                raise _failure(model_id, version, error) from exc
             self._deployments[key] = dep
             return dep
 
@@ -140,9 +164,7 @@ class Engine:
             return
         self.repository.resolve(model_id, version)  # raises; or a version added since the scan
 
-    def _compile(self, model_id: str, version: int) -> Deployment:
-        manifest = self.repository.load_manifest(model_id, version)
-        version_dir = self.repository.version_dir(model_id, version)
+    def _compile(self, manifest, version_dir, version: int) -> Deployment:
         store = False
         spec = manifest.entity.store
         if spec is not None:
@@ -153,7 +175,11 @@ class Engine:
                 store = open_store(spec, self.repository.root)
                 with self._lock:
                     store = self._stores.setdefault(store_key, store)
-        return Deployment(manifest, version_dir, version=version, store=store)
+        dep = Deployment(manifest, version_dir, version=version, store=store,
+                         store_base=self.repository.root)
+        if self.monitor is not None:
+            self.monitor.watch(dep)
+        return dep
 
     # --- scoring ------------------------------------------------------------------------------
 
@@ -161,46 +187,138 @@ class Engine:
         """Score one entity: `{"<key>": 5973628}` or `{"inputs": {...}}` (optionally with
         "request-id") -> the contract dict. Raises NotFoundError (unknown model, version or
         entity), InputError (a bad value, with its path), SchemaError (a malformed request)."""
-        started = time.perf_counter()
         if type(request) is not dict:
             raise SchemaError(f"expected a request object, got {type(request).__name__}", path="$")
-        dep = self.deployment(model_id, version)
-        try:
-            out = dep.score_request(request)
-        except ScorelineError as exc:
-            self._log.row(request.get("request-id"), dep, request.get(dep.key_name), None, None,
-                          time.perf_counter() - started, exc.message)
-            raise
-        self._log.row(request.get("request-id"), dep, out[dep.key_name], out[dep.score_name],
-                      out[dep.decision_name], time.perf_counter() - started, None)
-        return out
-
-    def score_keys(self, model_id: str, keys: list[int], version: int | str | None = None,
-                   request_ids=None) -> list:
-        """Several key-only one-entity requests at once (the HTTP micro-batcher's common case):
-        per key the dict `score` would answer or the ScorelineError it would raise, each row
-        logged once. Only for deployments where `Deployment.can_score_keys()` holds."""
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is not None:  # the variants share the champion's request schema (contract)
+            dep = self._experiments.champion(model_id, routing)
+            rows = dep.request_schema.parse_request(request, strict=False)
+            return self.score_rows(model_id, rows).one()
         started = time.perf_counter()
+        clock.start()
         dep = self.deployment(model_id, version)
-        results = dep.score_keys(keys)
-        seconds = time.perf_counter() - started
-        log = self._log.row
-        ids = request_ids if request_ids is not None else [None] * len(keys)
-        for rid, key, out in zip(ids, keys, results):
-            if isinstance(out, ScorelineError):
-                log(rid, dep, key, None, None, seconds, out.message)
-            else:
-                log(rid, dep, key, out[dep.score_name], out[dep.decision_name], seconds, None)
-        return results
+        rows = dep.request_schema.parse_request(request, strict=False)
+        result = timed(dep).run_one(rows)
+        logged = time.perf_counter()
+        self._log_result(dep, result, rows.request_ids, logged - started)
+        if self.monitor is not None:
+            if result.errors:  # the one-row run raises at the refused input, before tracking
+                self.monitor.refuse(model_id, dep.version, result.errors.values(), reached_model=False)
+            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
+        return result.one()
+
+    def score_rows(self, model_id: str, rows: RowBatch, version: int | str | None = None) -> Result:
+        """Score raw request rows (a RowBatch: the JSON doors, micro-batched or not) -> the
+        typed Result; every row is logged once with its request id (and its experiment role)."""
+        started = time.perf_counter()
+        clock.start(always=rows.n > 1)
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is None:
+            dep = self.deployment(model_id, version)
+            result = timed(dep).score_rows(rows)
+            name, parts = None, [(dep, None, result, rows.request_ids)]
+        else:
+            result, parts = self._experiments.rows(model_id, routing, rows)
+            name = routing.name
+        logged = time.perf_counter()
+        for dep, role, part, ids in parts:
+            self._log_result(dep, part, ids, logged - started, name, role)
+            if part.n == 1 and part.errors and self.monitor is not None:
+                # the one-row run raises at the refused input, before the tracking stage
+                self.monitor.refuse(model_id, dep.version, part.errors.values(), reached_model=False)
+        if self.monitor is not None:
+            self.monitor.stages.record(model_id, parts[0][0].version, time.perf_counter() - logged)
+        return result
 
     def score_batch(self, model_id: str, batch, version: int | str | None = None,
                     request_ids=None) -> pa.RecordBatch:
         """Score an Arrow batch (RecordBatch or Table) -> the contract columns + `error`, logged."""
+        return self.score_arrow(model_id, batch, version, request_ids).to_batch()
+
+    def score_arrow(self, model_id: str, batch, version: int | str | None = None,
+                    request_ids=None) -> Result:
+        """Score an Arrow batch -> the typed Result, logged."""
         started = time.perf_counter()
-        dep = self.deployment(model_id, version)
-        out = dep.score(batch)
-        self._log.batch(dep, out, request_ids, time.perf_counter() - started)
-        return out
+        clock.start(always=True)
+        routing = self._experiments.table.get(model_id) if version is None else None
+        if routing is None:
+            dep = self.deployment(model_id, version)
+            result = timed(dep).run(batch)
+            name = roles = None
+        else:
+            dep, result, roles, request_ids = self._experiments.batch(model_id, routing, batch,
+                                                                      request_ids)
+            name = routing.name
+        logged = time.perf_counter()
+        self._log.batch(dep, result.to_batch(), request_ids, logged - started, name, roles)
+        if self.monitor is not None:
+            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
+        return result
+
+    def _log_result(self, dep: Deployment, result: Result, request_ids, seconds: float,
+                    experiment: str | None = None, role: str | None = None) -> None:
+        if self._log.log is None:  # no decision log
+            return
+        if result.n > _ROW_LOG_LIMIT:
+            self._log.batch(dep, result.to_batch(), request_ids, seconds, experiment, role)
+            return
+        keys, scores, labels, _ = result.pylists()
+        errors = result.errors
+        log = self._log.row
+        if result.n == 1 and not errors:  # a single request, the usual call: no loop
+            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds, None)
+            return
+        for i in range(result.n):
+            error = errors.get(i) if errors else None
+            if error is None:
+                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None, experiment, role)
+            else:
+                log(request_ids[i], dep, keys[i], None, None, seconds, error.message, experiment, role)
+
+    # --- experiments (registry/experiments.py; routing in engine/pipeline/routing.py) ----------
+
+    def experiment(self, model_id: str) -> dict | None:
+        """The experiment routing `model_id`'s requests now (None: the default version answers)."""
+        routing = self._experiments.table.get(model_id)
+        if routing is None:
+            return None
+        described = routing.describe()
+        if described["routes"][0]["version"] is None:  # following the default version
+            described["routes"][0]["version"] = self._resolve(model_id, None)
+        return described
+
+    def routes(self, model_id: str) -> bool:
+        """Whether requests for `model_id` without a version are routed by an experiment."""
+        return model_id in self._experiments.table
+
+    def set_experiment(self, model_id: str, experiment: dict, message: str = "") -> dict:
+        """Compile and warm the experiment's versions, record it in the registry, route by it;
+        requests in flight finish on the routing they started with."""
+        self._experiments.set(model_id, experiment, message or "set through the engine")
+        return self.experiment(model_id)
+
+    def set_canary(self, model_id: str, version: int | None = None, share: float | None = None,
+                   *, rollback: bool = False, message: str = "") -> dict | None:
+        """Raise the canary's share (starting one if needed) or roll it back a step."""
+        self._experiments.canary(model_id, version, share, rollback,
+                                 message or "canary through the engine")
+        return self.experiment(model_id)
+
+    def stop_experiment(self, model_id: str, message: str = "") -> None:
+        """End the model's experiment: its default version answers everything again."""
+        self._experiments.stop(model_id, message or "stopped through the engine")
+
+    def figures(self):
+        """The monitor's metric families (engine/monitor/figures.py), read at scrape time."""
+        from scoreline.engine.monitor import families
+
+        return () if self.monitor is None else families(self.monitor, self._experiments.table)
+
+    def drift(self, model_id: str | None = None) -> list[dict]:
+        """Data quality and drift per watched version (see `engine.monitor.drift_report`)."""
+        from scoreline.engine.monitor import drift_report
+
+        return [] if self.monitor is None else drift_report(self.monitor, model_id)
 
     # --- the registry -------------------------------------------------------------------------
 
@@ -217,7 +335,7 @@ class Engine:
                 item = {"version": v, "state": state,
                         "aliases": sorted(a for a, av in entry["aliases"].items() if av == v)}
                 if state == "failed":
-                    item["error"] = self._failed[(model_id, v)].message
+                    item["error"] = _failure(model_id, v, self._failed[(model_id, v)]).message
                 # hashes and the registering environment (registry/provenance.py); None before it was kept
                 item["provenance"] = self.repository.provenance(model_id, v)
                 versions.append(item)
@@ -231,7 +349,7 @@ class Engine:
                                        for i in m.inputs]}
             out.append({"model-id": model_id, "versions": versions,
                         "aliases": dict(entry["aliases"]), "default-version": default,
-                        "contract": contract})
+                        "contract": contract, "experiment": self.experiment(model_id)})
         return out
 
     def reload(self) -> None:
@@ -260,6 +378,7 @@ class Engine:
                         else:
                             entry["latest"] = previous
         self._live = live
+        self._experiments.load(compile_now=True)
 
     def promote(self, model_id: str, version: int | str, alias: str = DEFAULT_ALIAS,
                 message: str = "") -> int:
@@ -279,7 +398,10 @@ class Engine:
     def ready(self) -> bool:
         """Whether every live version is compiled and warmed."""
         return all((model_id, v) in self._deployments
-                   for model_id, entry in self._live.items() for v in _live_versions(entry))
+                   for model_id, entry in self._live.items() for v in _live_versions(entry)) \
+            and all((model_id, r.version) in self._deployments  # shadows compile off the path
+                    for model_id, routing in self._experiments.table.items()
+                    for r in routing.routes if r.version is not None)
 
     def close(self) -> None:
         """Stop watching the registry and flush (and, if it is ours, close) the decision log."""
@@ -289,6 +411,7 @@ class Engine:
         if self._watcher is not None:
             self._stop.set()
             self._watcher.join(timeout=5)
+        self._experiments.pool.close()
         self._log.close()
         for store in self._stores.values():
             close = getattr(store, "close", None)
@@ -296,14 +419,24 @@ class Engine:
                 close()
 
     def flush(self) -> None:
-        """Write every decision logged so far to the decision log."""
+        """Write every decision logged so far (the shadows' queued rows too) to the decision log."""
+        self._experiments.pool.drain()
         self._log.flush()
 
     # --- internals ----------------------------------------------------------------------------
 
+    def _artifact_sha256(self, model_id: str, version: int) -> str | None:
+        """A compiled version's artifact hash (the decision log's column; golden.py computes it)."""
+        dep = self._deployments.get((model_id, version))
+        return None if dep is None else dep.artifact_sha256
+
     def _scan(self) -> dict[str, dict]:
-        self._token = self.repository.state_token()
+        self._token = self._state()
         return {model_id: self._scan_one(model_id) for model_id in self.repository.model_ids()}
+
+    def _state(self) -> tuple:
+        """What the watcher compares: versions, aliases and experiments of every model."""
+        return self.repository.state_token(), experiment_stamp(self.repository)
 
     def _scan_one(self, model_id: str) -> dict:
         versions = self.repository.versions(model_id)
@@ -313,10 +446,18 @@ class Engine:
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                if self.repository.state_token() != self._token:
+                if self._state() != self._token:
                     self.reload()
             except Exception:  # a half-written registry: try again next time
                 continue
+
+
+def _failure(model_id: str, version: int, exc: ScorelineError) -> NotReadyError:
+    """What a client is told about a version that failed to load: its kind, never the detail
+    (which may name the server's files; the server log has it)."""
+    where = f" at {exc.path}" if exc.path and exc.path.startswith("$") else ""
+    return NotReadyError(f"model {model_id!r} version {version} failed to load ({exc.kind} "
+                         f"error{where}); the server log has the detail", path=exc.path if where else None)
 
 
 def _live_versions(entry: dict) -> set[int]:

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     a.add_argument("-m", "--message", default="", help="why this version (kept in the history)")
     a.add_argument("--golden", metavar="ROWS", help="golden rows: a JSON list of input objects or a Parquet "
                    "file, scored now and again at every load (default: rows generated from the manifest)")
+    a.add_argument("--profile-sample", metavar="PARQUET",
+                   help="rows (raw inputs or keys) for the version's reference profile, which drift "
+                        "is measured against (default: 5,000 entities drawn from its entity store)")
     a.set_defaults(func=_add)
 
     sub.add_parser("list", parents=[common], help="models, versions and aliases").set_defaults(func=_list)
@@ -78,15 +81,15 @@ def _repo(args):
 def _add(args) -> int:
     # The engine's check (load, compile, score a sample); imported here, so `--help` stays instant
     # and registry/ itself never imports the engine.
-    import functools
-
-    from scoreline.engine.pipeline.deployment import validate_version
+    # ...and the reference profile of its inputs and score (engine/monitor/reference.py), and
+    # the golden rows (engine/pipeline/golden.py)
+    from scoreline.engine.monitor import profiling_validator
     from scoreline.engine.pipeline.golden import read_rows
 
     repo = _repo(args)
     rows = read_rows(args.golden) if args.golden else None
     version = repo.add(args.model_id, args.manifest, args.artifact, args.message,
-                       validate=functools.partial(validate_version, golden_rows=rows))
+                       validate=profiling_validator(args.profile_sample, golden_rows=rows))
     if args.json:
         print_json({"model_id": args.model_id, "version": version,
                     "path": str(repo.version_dir(args.model_id, version))})

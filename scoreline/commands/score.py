@@ -76,7 +76,7 @@ def run(args) -> int:
         bar = None if args.quiet else _bar()
         model = args.model
         if args.device != "cpu":
-            from scoreline.engine.gpu.backend import for_bulk  # numba.cuda only when a GPU is asked for
+            from scoreline.engine.bulk.device import for_bulk  # numba.cuda only when a GPU is asked for
 
             model = for_bulk(args.model, args.device)
         result = score_file(model, inputs, args.output, threads=args.threads, progress=bar, **common)

@@ -31,7 +31,7 @@ def test_demo_command_builds_store_and_registry(tmp_path, capsys):
     assert "postcode" in repo.show("customer-segmentation")["versions"][1]["inputs"]
     assert "postcode" not in repo.show("customer-segmentation")["versions"][0]["inputs"]
     actions = [h["action"] for h in repo.history("customer-segmentation")]
-    assert actions == ["registered", "promoted", "registered", "promoted"]
+    assert actions == ["registered", "promoted", "registered", "promoted", "experiment-set"]
 
     with Engine(root / "registry", preload=True) as engine:
         keys = [FIRST_CUSTOMER_ID + i for i in range(0, 1500, 7)]

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 
 import scoreline
+from scoreline.engine.bulk.device import for_bulk
 from scoreline.engine.gpu import backend as gpu
 from scoreline.errors import InputError, NotReadyError
 
@@ -81,10 +82,10 @@ if not SIMULATOR:
     def test_bulk_without_a_gpu_keeps_the_model(tiny_model, tmp_path, monkeypatch):
         model, _ = tiny_model
         monkeypatch.setattr(gpu, "_warned", False)
-        assert gpu.for_bulk(model, "cpu") is model
-        assert gpu.for_bulk(model, "auto") is model  # silently: auto means "if there is one"
+        assert for_bulk(model, "cpu") is model
+        assert for_bulk(model, "auto") is model  # silently: auto means "if there is one"
         with pytest.warns(gpu.GpuUnavailableWarning, match="scoring on the CPU"):
-            assert gpu.for_bulk(model, "cuda") is model
+            assert for_bulk(model, "cuda") is model
 
     def test_missing_numba_cuda_is_reported_not_raised():
         # A fresh interpreter in which importing numba.cuda fails, as without the gpu extra.
@@ -295,14 +296,14 @@ def test_bulk_device_choice(tmp_path):
 
     model, booster, _ = _train("binary", seed=17, rounds=2)
     booster.save_model(tmp_path / "model.txt")
-    assert isinstance(gpu.for_bulk(str(tmp_path / "model.txt"), "cuda"), gpu.GpuLightGBM)
-    assert isinstance(gpu.for_bulk(model, "auto"), gpu.GpuLightGBM)
-    assert gpu.for_bulk(model, "cpu") is model
+    assert isinstance(for_bulk(str(tmp_path / "model.txt"), "cuda"), gpu.GpuLightGBM)
+    assert isinstance(for_bulk(model, "auto"), gpu.GpuLightGBM)
+    assert for_bulk(model, "cpu") is model
     with pytest.warns(gpu.GpuUnavailableWarning, match="registered deployments"):
-        assert gpu.for_bulk("customer-segmentation@3", "cuda") == "customer-segmentation@3"
+        assert for_bulk("customer-segmentation@3", "cuda") == "customer-segmentation@3"
     linear = scoreline.load_linear(LinearRegression().fit(np.eye(3), [1.0, 2.0, 3.0]))
     with pytest.warns(gpu.GpuUnavailableWarning, match="only LightGBM"):
-        assert gpu.for_bulk(linear, "cuda") is linear
+        assert for_bulk(linear, "cuda") is linear
 
 
 @needs_device

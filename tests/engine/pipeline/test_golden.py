@@ -77,7 +77,7 @@ def test_registration_records_exact_outputs_and_provenance(demo):
     assert dep.artifact_sha256 == provenance["artifact-sha256"] and dep.provenance == provenance
 
 
-def test_a_changed_threshold_refuses_the_load_naming_the_row_and_the_difference(registry):
+def test_a_changed_threshold_refuses_the_load_naming_the_row_and_the_difference(registry, caplog):
     _move_root_threshold(_folder(registry))
     with pytest.raises(RegistrationError) as err:
         _deployment(registry)
@@ -87,12 +87,14 @@ def test_a_changed_threshold_refuses_the_load_naming_the_row_and_the_difference(
     before, after = (float.fromhex(h) for h in re.findall(r"\((-?0x[0-9a-f.p+-]+)\)", message))
     assert "score was" in message and before != after
     assert "the artifact's bytes changed too" in message
-    with Engine(registry, preload=True) as engine:  # server start: the version is refused, not served
+    # server start: the version is refused, not served; the detail goes to the server's log
+    with caplog.at_level(logging.WARNING), Engine(registry, preload=True) as engine:
         assert not engine.ready
         state = {v["version"]: v for m in engine.models() if m["model-id"] == MODEL for v in m["versions"]}
-        assert state[1]["state"] == "failed" and "golden row" in state[1]["error"]
-        with pytest.raises(NotReadyError, match="golden row"):
+        assert state[1]["state"] == "failed"
+        with pytest.raises(NotReadyError):
             engine.score(MODEL, {"customer-id": FIRST_CUSTOMER_ID})
+    assert any("no longer scores as registered: golden row" in r.getMessage() for r in caplog.records)
 
 
 def test_another_environment_is_a_note_when_the_rows_agree(registry, monkeypatch, caplog):
@@ -106,7 +108,7 @@ def test_another_environment_is_a_note_when_the_rows_agree(registry, monkeypatch
     assert repo.provenance(MODEL, version)["environment"]["cpu"] == "other-cpu"
     with caplog.at_level(logging.WARNING, logger="scoreline.golden"):
         dep = _deployment(registry, version)
-    assert dep.score_values(None, {"date-of-birth": "1970-01-01", "state": "VIC", "account-balance": 10.0})
+    assert dep.score_request({"inputs": {"date-of-birth": "1970-01-01", "state": "VIC", "account-balance": 10.0}})
     notes = [r.getMessage() for r in caplog.records if r.name == "scoreline.golden"]
     assert len(notes) == 1 and "numba 0.1.0 -> " in notes[0] and "cpu other-cpu -> " in notes[0]
     assert "lightgbm" not in notes[0]  # it trains, it never scores
@@ -205,3 +207,21 @@ def test_models_and_the_v2_metadata_show_the_provenance(demo):
     assert parameters["manifest-sha256"] == recorded["manifest-sha256"]
     assert parameters["environment.numba"] == recorded["environment"]["numba"]
     assert all(isinstance(v, str) for v in parameters.values())  # the protocol's flat parameters
+
+
+def test_an_experiments_batch_logs_each_rows_own_artifact(registry, tmp_path):
+    segments = "customer-segmentation"
+    repo = Repository(registry)
+    hashes = {v: repo.provenance(segments, v)["artifact-sha256"] for v in (1, 2)}
+    assert hashes[1] != hashes[2]
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    keys = [FIRST_CUSTOMER_ID + i for i in range(200)]
+    with Engine(registry, log=url) as engine:
+        engine.set_experiment(segments, {"name": "split", "champion": 2,
+                                         "challengers": [{"version": 1, "share": 0.5}]})
+        engine.score_batch(segments, pa.record_batch({"customer-id": keys}))
+        engine.flush()
+    with DecisionLog(url) as log:
+        rows = [r for r in log.tail(1000).to_pylist() if r["experiment"] == "split"]
+    assert {r["model_version"] for r in rows} == {1, 2}
+    assert all(r["artifact_sha256"] == hashes[r["model_version"]] for r in rows)

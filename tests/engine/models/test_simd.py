@@ -1,0 +1,179 @@
+"""The branch-free SIMD tier (compile="simd") against LightGBM and the generic kernel, bit for bit.
+
+The decision rules are checked with one hand-written model holding a one-split tree per (missing
+type, default side, threshold), right leaf 2^-i and left 0, so the raw sum spells out every tree's
+side exactly; trained models cover binary, regression, multiclass, zero_as_missing and
+use_missing=False and a categorical feature, float32/float64 input in C and F order, and batch
+sizes around the 64-row block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scoreline.engine.models.lightgbm import read_lightgbm
+from scoreline.engine.models.simd import MAX_LEAVES, build_forest, unsupported_reason
+
+import scoreline
+
+lgb = pytest.importorskip("lightgbm")
+
+from tests.support.lightgbm_edges import CATEGORY_VALUES, K_ZERO, THRESHOLDS, VALUES
+
+BATCHES = (1, 7, 63, 64, 65, 10_000)
+
+
+def _tree(index: int, body: str) -> str:
+    return f"Tree={index}\n{body}is_linear=0\nshrinkage=1\n\n"
+
+
+def decisions_model() -> str:
+    """Feature 0 read by one tree per (missing type, default side, threshold), feature 1 by the
+    same with +-inf thresholds too (at +inf only missing values can go right), and a single-leaf tree."""
+    trees = []
+    for feature, sides in ((0, (False, True)), (1, (True, False))):
+        for missing in (0, 1, 2):
+            for default_left in sides:
+                for threshold in THRESHOLDS + [np.inf, -np.inf] if feature else THRESHOLDS:
+                    decision = (missing << 2) | (2 if default_left else 0)
+                    trees.append(f"num_leaves=2\nnum_cat=0\nsplit_feature={feature}\nthreshold={threshold!r}\n"
+                                 f"decision_type={decision}\nleft_child=-1\nright_child=-2\n"
+                                 f"leaf_value=0 {2.0 ** -(len(trees) % 50)!r}\n")
+    trees.append("num_leaves=1\nnum_cat=0\nsplit_feature=\nthreshold=\ndecision_type=\nleft_child=\n"
+                 "right_child=\nleaf_value=0.125\n")
+    body = "".join(_tree(i, t) for i, t in enumerate(trees))
+    return ("tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\nmax_feature_idx=1\n"
+            "objective=regression\nfeature_names=f0 f1\nfeature_infos=[-10:10] [-10:10]\n\n"
+            f"{body}end of trees\n\nparameters:\n[objective: regression]\nend of parameters\n\n"
+            "pandas_categorical:null\n")
+
+
+def test_every_numeric_decision_rule_matches_lightgbm_bit_for_bit():
+    text = decisions_model()
+    model = scoreline.load_lightgbm(text, compile="simd")
+    generic = scoreline.load_lightgbm(text, compile="generic")
+    assert model.tier == "simd"
+    booster = lgb.Booster(model_str=text)
+    grid = np.array(np.meshgrid(VALUES, VALUES)).reshape(2, -1).T
+    for X in (np.ascontiguousarray(grid), np.asfortranarray(grid)):
+        expected = booster.predict(X, raw_score=True, num_threads=1)
+        np.testing.assert_array_equal(model.predict(X, raw_score=True), expected)
+        np.testing.assert_array_equal(model.predict(X, raw_score=True), generic.predict(X, raw_score=True))
+    with np.errstate(over="ignore"):
+        X32 = grid.astype(np.float32)  # 1.7e308 becomes inf
+    np.testing.assert_array_equal(model.predict(X32), booster.predict(X32, num_threads=1))
+
+
+def _data(seed: int, n: int = 3000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    X[:, 2] = rng.integers(-3, 4, n)  # many exact zeros: the zero band matters
+    X[rng.random(X.shape) < 0.08] = np.nan
+    X[rng.random(n) < 0.02, 3] = np.inf
+    X[rng.random(n) < 0.02, 4] = K_ZERO / 2
+    return X
+
+
+def _label(objective: str, X: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    signal = np.nan_to_num(X[:, 0]) + 0.5 * np.nan_to_num(X[:, 2], posinf=3) - np.isnan(X[:, 1])
+    if objective == "binary":
+        return (signal + rng.normal(size=len(X)) > 0).astype(float)
+    if objective == "multiclass":
+        return np.digitize(signal, [-0.7, 0.7]).astype(float)
+    return signal + 0.1 * rng.normal(size=len(X))
+
+
+CASES = [
+    ("binary", {}),
+    ("binary", {"categorical": 40}),  # a categorical feature of 40 categories (sets within 0..63)
+    ("regression", {"num_leaves": 64, "min_data_in_leaf": 3}),
+    ("multiclass", {"num_class": 3}),
+    ("regression", {"zero_as_missing": True}),
+    ("binary", {"use_missing": False}),
+    ("regression", {"boosting": "rf", "bagging_fraction": 0.7, "bagging_freq": 1}),
+]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{o}-{'-'.join(p) or 'plain'}" for o, p in CASES])
+def trained(request):
+    objective, params = request.param
+    params = dict(params)
+    X = _data(5)
+    y = _label(objective, X, 5)
+    categories = params.pop("categorical", 0)
+    if categories:
+        X[:, 5] = np.where(np.isnan(X[:, 5]), np.nan, np.random.default_rng(5).integers(0, categories, len(X)))
+        y = y + (np.nan_to_num(X[:, 5]) % 3 == 1)
+    full = {"objective": objective, "num_leaves": 31, "min_data_in_leaf": 10, "verbose": -1, "seed": 5,
+            "num_threads": 1, "min_data_per_group": 5, "cat_smooth": 1, **params}
+    data = lgb.Dataset(X, y, categorical_feature=[5] if categories else "auto")
+    booster = lgb.train(full, data, num_boost_round=25)
+    if categories:  # category edge values: fractions, negatives, past the set, beyond int range
+        X = X.copy()
+        X[: len(CATEGORY_VALUES) * 40, 5] = np.tile(CATEGORY_VALUES, 40)
+    return booster, X
+
+
+def _edge_rows(booster, X: np.ndarray, n: int) -> np.ndarray:
+    """n rows: sample rows, with values put exactly on (and one ulp around) split thresholds."""
+    rng = np.random.default_rng(11)
+    rows = X[rng.integers(0, len(X), n)].copy()
+    dump = booster.dump_model()["tree_info"]
+    splits = []
+
+    def walk(node):
+        if "split_index" in node:
+            if node["decision_type"] == "<=":
+                splits.append((node["split_feature"], node["threshold"]))
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in dump:
+        walk(tree["tree_structure"])
+    for i in range(0, n, 3):
+        feature, threshold = splits[rng.integers(len(splits))]
+        rows[i, feature] = (threshold, np.nextafter(threshold, np.inf), np.nextafter(threshold, -np.inf))[i % 3]
+    return rows
+
+
+def test_trained_models_match_lightgbm_and_the_generic_kernel_bit_for_bit(trained):
+    booster, X = trained
+    text = booster.model_to_string()
+    model = scoreline.load_lightgbm(text, compile="simd")
+    generic = scoreline.load_lightgbm(text, compile="generic")
+    assert model.tier == "simd", model.tiers
+    rows = _edge_rows(booster, X, max(BATCHES))
+    for n in BATCHES:
+        part = rows[:n]
+        raw = booster.predict(part, raw_score=True, num_threads=1)
+        ours = model.predict(part, raw_score=True, num_threads=1)
+        np.testing.assert_array_equal(ours, raw, err_msg=f"{n} rows")
+        np.testing.assert_array_equal(model.predict(part), generic.predict(part), err_msg=f"{n} rows")
+        with np.errstate(over="ignore"):  # inf stays inf; 1e300-like values become inf
+            part32 = part.astype(np.float32)
+        for variant in (part32, np.asfortranarray(part), np.asfortranarray(part32)):
+            np.testing.assert_array_equal(model.predict_matrix(variant, raw_score=True),
+                                          generic.predict_matrix(variant, raw_score=True), err_msg=f"{n} rows")
+    # Threads: the parallel driver gives the same bits.
+    np.testing.assert_array_equal(model.predict(rows, num_threads=2), generic.predict(rows, num_threads=1))
+
+
+def test_trees_over_64_leaves_and_wide_category_sets_fall_back_to_the_generic_walk():
+    X = _data(8)
+    y = _label("regression", X, 8)
+    big = lgb.train({"objective": "regression", "num_leaves": MAX_LEAVES + 1, "min_data_in_leaf": 2, "verbose": -1},
+                    lgb.Dataset(X, y), num_boost_round=3)
+    Xc = X.copy()
+    Xc[:, 5] = np.random.default_rng(1).integers(0, 100, len(X))
+    wide = lgb.train({"objective": "regression", "num_leaves": 8, "verbose": -1, "min_data_per_group": 5,
+                      "cat_smooth": 1}, lgb.Dataset(Xc, y + (Xc[:, 5] > 70), categorical_feature=[5]),
+                     num_boost_round=3)
+    for booster, why, rows in ((big, "leaves", X), (wide, "past 63", Xc)):
+        text = booster.model_to_string()
+        assert why in unsupported_reason(read_lightgbm(text))
+        model = scoreline.load_lightgbm(text, compile="simd")
+        assert model.tier == "generic" and why in model.tiers["excluded"]["simd"]
+        np.testing.assert_array_equal(model.predict(rows, raw_score=True), booster.predict(rows, raw_score=True))
+        with pytest.raises(ValueError, match=why):
+            build_forest(read_lightgbm(text))
