@@ -4,6 +4,8 @@ Layout (like Triton's model repository)::
 
     <root>/<model-id>/<version>/manifest.json     one folder per registered version, never edited
     <root>/<model-id>/<version>/<artifact>        the file the manifest's model.artifact names
+    <root>/<model-id>/<version>/golden.json       what the engine's check recorded at registration:
+    <root>/<model-id>/<version>/provenance.json   golden rows, hashes, environment (provenance.py)
     <root>/<model-id>/aliases.json                {"production": 3, "staging": 4}
     <root>/<model-id>/history.jsonl               one JSON object per change, appended
 
@@ -26,7 +28,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from scoreline.errors import NotFoundError, RegistrationError, SchemaError, Scor
 
 from .files import fsync_path, write_synced
 from .manifest import Manifest, decode_manifest, encode_manifest
+from .provenance import read_provenance
 
 __all__ = ["Repository", "Validator", "DEFAULT_ALIAS", "check_model_id", "check_model_ref",
            "store_base", "MODEL_ID_PATTERN", "VERSION_REF_PATTERN"]
@@ -53,6 +56,7 @@ _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 _ALIAS = re.compile(ALIAS_PATTERN)
 _VERSION = re.compile(r"[1-9][0-9]*")      # the folder names this repository writes
 _DIGITS = re.compile(r"[0-9]+")
+_EXTRA_FILE = re.compile(r"[a-z][a-z0-9_-]*\.[a-z]{2,8}")  # golden.json, provenance.json
 _TMP_PREFIX = ".tmp-"
 _MANIFEST = "manifest.json"
 _ALIASES = "aliases.json"
@@ -140,7 +144,9 @@ class Repository:
         remote model, which has none).
         ``validate(version_dir, manifest)`` runs on the fully written folder before it becomes
         visible; any exception it raises refuses the version with RegistrationError (the
-        repository is left as it was, and the refusal is recorded in the history).
+        repository is left as it was, and the refusal is recorded in the history). When it
+        returns a mapping of file names to bytes (the engine's: golden rows and provenance),
+        those files are stored in the version folder with it.
         """
         check_model_id(model_id)
         manifest = _as_manifest(manifest)
@@ -172,7 +178,8 @@ class Repository:
                     shutil.copyfile(source, target)
                     fsync_path(target)
                 if validate is not None:
-                    self._validate(validate, model_id, tmp, manifest, message, "the new version")
+                    _write_extra_files(tmp, self._validate(validate, model_id, tmp, manifest, message,
+                                                           "the new version"), artifact_name)
                 with self._lock(model_id):
                     version = self._next_version(model_id)
                     os.rename(tmp, model_dir / str(version))
@@ -206,11 +213,12 @@ class Repository:
         return target
 
     def _validate(self, validate: Validator, model_id: str, folder: Path, manifest: Manifest,
-                  message: str, what: str) -> None:
-        """Run `validate` on a version's folder; a failure is recorded as refused and raised as
-        RegistrationError naming the reason (file names relative to the folder)."""
+                  message: str, what: str):
+        """Run `validate` on a version's folder and return what it returns (files to keep beside
+        the artifact, or None); a failure is recorded as refused and raised as RegistrationError
+        naming the reason (file names relative to the folder)."""
         try:
-            validate(folder, manifest)
+            return validate(folder, manifest)
         except Exception as exc:  # any failure refuses the version
             # a temporary folder's name means nothing to the user: show file names
             reason = _describe(exc).replace(str(folder) + os.sep, "").replace(str(folder), ".")
@@ -332,6 +340,7 @@ class Repository:
                 "registered": entry.get("time"),
                 "message": entry.get("message", ""),
                 "aliases": sorted(a for a, av in aliases.items() if av == v),
+                "provenance": self.provenance(model_id, v),
             })
         return {"model_id": model_id, "versions": versions, "aliases": aliases,
                 "history": self.history(model_id)}
@@ -375,6 +384,11 @@ class Repository:
     def version_dir(self, model_id: str, version: int | str | None = None) -> Path:
         """The folder of a version (resolved as in :meth:`resolve`)."""
         return self._model_dir(model_id) / str(self.resolve(model_id, version))
+
+    def provenance(self, model_id: str, version: int | str | None = None) -> dict | None:
+        """The version's provenance.json (artifact and manifest sha256, the environment that
+        registered it), or None for a version registered before provenance was kept."""
+        return read_provenance(self.version_dir(model_id, version))
 
     def load_manifest(self, model_id: str, version: int | str | None = None) -> Manifest:
         """The manifest of a version (resolved as in :meth:`resolve`)."""
@@ -488,6 +502,17 @@ def _artifact_name(manifest: Manifest) -> str:
             path="$.model.artifact",
         )
     return name
+
+
+def _write_extra_files(folder: Path, files, artifact_name: str) -> None:
+    """The files a validator returned, written into the version folder beside the artifact."""
+    if not isinstance(files, Mapping):
+        return
+    for name, data in files.items():
+        if not _EXTRA_FILE.fullmatch(name) or name in (_MANIFEST, artifact_name):
+            raise SchemaError(f"the validator returned a file named {name!r}: expected a plain file "
+                              f"name other than {_MANIFEST!r} and the artifact's", path="validate")
+        write_synced(folder / name, bytes(data))
 
 
 def _alias_stack(history: list[dict], alias: str) -> list[int]:

@@ -200,7 +200,9 @@ def _schemas(settings: ServerSettings, model_id: dict, version: dict) -> dict:
         "ModelMetadata": {"type": "object", "required": ["name", "platform", "inputs", "outputs"], "properties": {
             "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
             "platform": {"type": "string"}, "inputs": {"type": "array", "items": tensor_meta},
-            "outputs": {"type": "array", "items": tensor_meta}}},
+            "outputs": {"type": "array", "items": tensor_meta},
+            # provenance: artifact-sha256, manifest-sha256, environment.<name> (registry/provenance.py)
+            "parameters": {"type": "object", "additionalProperties": {"type": "string"}}}},
         "ModelReady": {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
                        "required": ["name", "ready"]},
         "InferRequest": {"type": "object", "required": ["inputs"], "properties": {

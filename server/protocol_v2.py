@@ -114,6 +114,18 @@ def _need(ok: bool, expected: str, got: object, path: str) -> None:
                           path=path)
 
 
+def _provenance(d) -> dict:
+    """The version's provenance as the protocol's flat parameters (registry/provenance.py): the
+    artifact's sha256 (hashed at load), and the manifest's and the registering environment's as
+    recorded, each environment entry as `environment.<name>`."""
+    recorded = d.provenance or {}
+    out = {"artifact-sha256": d.artifact_sha256}
+    if recorded.get("manifest-sha256"):
+        out["manifest-sha256"] = recorded["manifest-sha256"]
+    out.update({f"environment.{k}": v for k, v in recorded.get("environment", {}).items()})
+    return out
+
+
 def v2_routes(scorer: Scorer) -> list[Route]:
     settings = scorer.settings
 
@@ -145,7 +157,7 @@ def v2_routes(scorer: Scorer) -> list[Route]:
         outputs = [{"name": n, "datatype": _arrow_datatype(schema.field(n).type), "shape": [-1]} for n in entry.fields]
         await send_json(send, 200, {"name": d.model_id, "versions": versions or [str(d.version)],
                                     "platform": f"scoreline_{getattr(d.manifest.model, 'format', 'model')}",
-                                    "inputs": inputs, "outputs": outputs})
+                                    "inputs": inputs, "outputs": outputs, "parameters": _provenance(d)})
 
     async def model_ready(scope, receive, send) -> None:
         entry = await _entry(scope)  # raises not-found / not-ready

@@ -177,6 +177,9 @@ class DeploymentScorer:
             absolute = str((dep.store_base / store.path).resolve())
             entity = msgspec.structs.replace(manifest.entity, store=msgspec.structs.replace(store, path=absolute))
             manifest = msgspec.structs.replace(manifest, entity=entity)
+        from scoreline.engine.pipeline.golden import GOLDEN_FILE
+        from scoreline.registry.provenance import PROVENANCE_FILE
+
         remote = manifest.model.remote
         if remote is not None and remote.fallback.__struct_config__.tag == "version":
             raise InputError(f"model {dep.model_id!r} is remote with a fallback version, whose files "
@@ -185,8 +188,11 @@ class DeploymentScorer:
         # a remote model has no artifact: the manifest is the whole of it
         artifact = b"" if remote is not None else (dep.version_dir / manifest.model.artifact).read_bytes()
         body = encode_manifest(manifest)
-        token = hashlib.sha256(body + artifact + str(dep.version).encode()).hexdigest()[:24]
-        return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version}
+        # the golden rows and provenance travel too: each worker re-checks them (pipeline/golden.py)
+        checks = {name: (dep.version_dir / name).read_bytes() for name in (GOLDEN_FILE, PROVENANCE_FILE)
+                  if (dep.version_dir / name).is_file()}
+        token = hashlib.sha256(body + artifact + str(dep.version).encode() + b"".join(checks.values())).hexdigest()[:24]
+        return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version, "checks": checks}
 
     def __setstate__(self, state: dict) -> None:
         with _REBUILT_LOCK:
@@ -234,10 +240,11 @@ def _rebuild(state: dict):
     if manifest.model.format == "remote":
         return Deployment(manifest, folder, version=state["version"])
     artifact = folder / Path(manifest.model.artifact).name
-    if not artifact.exists():
-        partial = folder / f".{artifact.name}.{os.getpid()}"
-        partial.write_bytes(state["artifact"])
-        os.replace(partial, artifact)  # several worker processes may race to write it
+    for name, data in {artifact.name: state["artifact"], **state.get("checks", {})}.items():
+        if not (folder / name).exists():
+            partial = folder / f".{name}.{os.getpid()}"
+            partial.write_bytes(data)
+            os.replace(partial, folder / name)  # several worker processes may race to write it
     manifest = msgspec.structs.replace(manifest, model=msgspec.structs.replace(manifest.model, artifact=artifact.name))
     return Deployment(manifest, folder, version=state["version"])
 

@@ -16,14 +16,15 @@ from .profile import Profile, build_profile, save_profile, tracked_columns
 __all__ = ["reference_profile", "profiling_validator"]
 
 
-def profiling_validator(rows=None, *, sample: int = 5000):
-    """A `validate(version_dir, manifest)` for `Repository.add`: the registration check, then the
-    reference profile from `rows` (an Arrow table of raw inputs or keys; a Parquet path) or from
-    `sample` entities of the store."""
-    def validate(version_dir, manifest) -> None:
+def profiling_validator(rows=None, *, sample: int = 5000, golden_rows: list[dict] | None = None):
+    """A `validate(version_dir, manifest)` for `Repository.add`: the registration check (which
+    records the golden rows, `golden_rows` if given, and provenance), then the reference profile
+    from `rows` (an Arrow table of raw inputs or keys; a Parquet path) or from `sample` entities of
+    the store. Returns the check's files for the Repository to store."""
+    def validate(version_dir, manifest) -> dict[str, bytes]:
         from scoreline.engine.pipeline.deployment import Deployment, validate_version
 
-        validate_version(version_dir, manifest)
+        files = validate_version(version_dir, manifest, golden_rows=golden_rows)
         data = rows
         if isinstance(data, (str, Path)):
             import pyarrow.parquet as pq
@@ -35,8 +36,9 @@ def profiling_validator(rows=None, *, sample: int = 5000):
         except SchemaError:
             if data is not None:
                 raise  # the sample given is unusable: say so
-            return  # no rows given and a store that cannot be sampled: registered without one
+            return files  # no rows given and a store that cannot be sampled: registered without one
         save_profile(profile, version_dir)
+        return files
 
     return validate
 

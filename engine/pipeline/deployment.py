@@ -32,6 +32,7 @@ from scoreline.engine.data.days import EPOCH
 from scoreline.engine.data.fields import check_default
 from scoreline.engine.data.request import RequestSchema, RowBatch
 from scoreline.engine.data.samples import sample_inputs
+from scoreline.engine.pipeline import golden
 from scoreline.engine.pipeline.decide import Decider
 from scoreline.engine.pipeline.fill import Entities, Fill
 from scoreline.engine.pipeline.plan import Plan, compile_plan
@@ -142,6 +143,10 @@ class Deployment:
             started = time.perf_counter()
             self.check_sample()
             self.warm_seconds = time.perf_counter() - started
+        # Golden rows and provenance (engine/pipeline/golden.py): the artifact's sha256 (each
+        # decision-log row carries it); a warm load re-scores the rows recorded at registration
+        # and refuses the version on any difference.
+        self.artifact_sha256, self.provenance = golden.check(self, verify=warm)
 
     def __repr__(self) -> str:
         return f"<Deployment {self.model_id} v{self.version}>"
@@ -257,14 +262,17 @@ def open_store(spec, registry_root: Path):
     return _open(spec, registry_root)
 
 
-def validate_version(version_dir, manifest: M.Manifest) -> None:
+def validate_version(version_dir, manifest: M.Manifest, *, golden_rows: list[dict] | None = None) -> dict[str, bytes]:
     """The registration check: load the artifact, compile the plan, score a generated sample
-    through both paths. Raises RegistrationError with the reason (and the failing field's path)."""
+    through both paths. Raises RegistrationError with the reason (and the failing field's path).
+    Returns golden.json and provenance.json for the Repository to store with the version: the
+    outputs of `golden_rows` (inline inputs by name), else of generated edge rows (golden.py)."""
     try:
-        deployment = Deployment(manifest, version_dir, store=False)
+        dep = Deployment(manifest, version_dir, store=False)
         if manifest.model.format == "remote":
-            check_remote(deployment)
+            check_remote(dep)
         check_store(manifest, _registry_root(version_dir))  # the store serving will open
+        return golden.record(dep, golden_rows)
     except RegistrationError:
         raise
     except ScorelineError as exc:

@@ -29,9 +29,12 @@ class LogBuffer:
 
     `durable_pending`: whether a row of a deployment whose manifest asks for durable logging
     (`log.durable`) may not be committed yet (`on_committed` clears it once it is).
+    `artifacts(model_id, version)`: the artifact sha256 of a version other than the batch's own
+    deployment (an experiment's batch mixes its variants' rows); None when unknown.
     """
 
-    def __init__(self, log) -> None:
+    def __init__(self, log, *, artifacts=None) -> None:
+        self._artifacts = artifacts
         self.owned = isinstance(log, str)
         if self.owned:
             from scoreline.registry.decision_log import DecisionLog
@@ -54,7 +57,7 @@ class LogBuffer:
         self.log.append_row((time.time_ns() // 1000,
                              None if request_id is None else str(request_id), dep.model_id, dep.version,
                              None if key is None else str(key), score, decision, seconds * 1e6,
-                             error, experiment, role))
+                             error, experiment, role, dep.artifact_sha256))
         if dep.manifest.log.durable:
             with self._lock:
                 self._durable += 1
@@ -85,6 +88,7 @@ class LogBuffer:
                 else out.column("error"),
                 pa.nulls(n, pa.string()) if experiment is None else pa.repeat(pa.scalar(experiment), n),
                 _roles(roles, n),
+                self._artifact_column(dep, out.column("model-version")),
             ],
             schema=_schema(),
         ))
@@ -106,6 +110,17 @@ class LogBuffer:
 
         self.log.on_committed(committed)
         return True
+
+    def _artifact_column(self, dep, versions: pa.Array) -> pa.Array:
+        """Each row's artifact sha256, by the version that answered it."""
+        n = len(versions)
+        if versions.null_count == 0 and pc.all(pc.equal(versions, dep.version)).as_py():
+            return pa.repeat(pa.scalar(dep.artifact_sha256, pa.string()), n)
+        known = {dep.version: dep.artifact_sha256}
+        for v in pc.unique(versions).drop_null().to_pylist():
+            if v not in known:
+                known[v] = self._artifacts(dep.model_id, v) if self._artifacts is not None else None
+        return pa.array([known.get(v) for v in versions.to_pylist()], pa.string())
 
     def flush(self) -> None:
         """Wait until the log has written every decision logged so far."""

@@ -64,7 +64,7 @@ class Engine:
         self._failed_files: dict[tuple[str, int], tuple] = {}  # their files when they failed
         self._compiling: dict[tuple[str, int], threading.Lock] = {}
         self._stores: dict[bytes, object] = {}
-        self._log = LogBuffer(log)
+        self._log = LogBuffer(log, artifacts=self._artifact_sha256)
         self._closed = False
         self._token = None
         self.monitor = Monitor() if monitor else None
@@ -346,6 +346,8 @@ class Engine:
                         "aliases": sorted(a for a, av in entry["aliases"].items() if av == v)}
                 if state == "failed":
                     item["error"] = _failure(model_id, v, self._failed[(model_id, v)]).message
+                # hashes and the registering environment (registry/provenance.py); None before it was kept
+                item["provenance"] = self.repository.provenance(model_id, v)
                 versions.append(item)
             default = entry["aliases"].get(DEFAULT_ALIAS, entry["latest"])
             contract = None
@@ -451,6 +453,11 @@ class Engine:
         return self._log.durable_pending
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _artifact_sha256(self, model_id: str, version: int) -> str | None:
+        """A compiled version's artifact hash (the decision log's column; golden.py computes it)."""
+        dep = self._deployments.get((model_id, version))
+        return None if dep is None else dep.artifact_sha256
 
     def _scan(self) -> dict[str, dict]:
         self._token = self._state()

@@ -1,7 +1,8 @@
-"""`scoreline registry add|list|show|promote|rollback|history`: the model repository from the shell.
+"""`scoreline registry add|list|show|promote|rollback|history|verify`: the model repository from the shell.
 
 Output is a readable table, or JSON with --json. `add` validates the version end to end
-(artifact loads, plan compiles, a sample scores) before it becomes visible.
+(artifact loads, plan compiles, a sample scores) before it becomes visible, and records its golden
+rows and provenance; `verify` scores every version's golden rows again (exit 1 on a difference).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def register(subparsers) -> None:
     a.add_argument("--artifact", default=None,
                    help="model file (LightGBM text or scoreline-linear; none for a remote model)")
     a.add_argument("-m", "--message", default="", help="why this version (kept in the history)")
+    a.add_argument("--golden", metavar="ROWS", help="golden rows: a JSON list of input objects or a Parquet "
+                   "file, scored now and again at every load (default: rows generated from the manifest)")
     a.add_argument("--profile-sample", metavar="PARQUET",
                    help="rows (raw inputs or keys) for the version's reference profile, which drift "
                         "is measured against (default: 5,000 entities drawn from its entity store)")
@@ -59,6 +62,11 @@ def register(subparsers) -> None:
     h.add_argument("model_id", metavar="MODEL_ID")
     h.set_defaults(func=_history)
 
+    v = sub.add_parser("verify", parents=[common], help="score every version's golden rows again (exit 1 "
+                       "if any version no longer scores as registered)")
+    v.add_argument("model_id", metavar="MODEL_ID", nargs="?", help="one model (default: all)")
+    v.set_defaults(func=_verify)
+
 
 def registry_root(args) -> str:
     """The registry folder: --root, else $SCORELINE_REGISTRY, else ./registry."""
@@ -74,12 +82,15 @@ def _repo(args):
 def _add(args) -> int:
     # The engine's check (load, compile, score a sample); imported here, so `--help` stays instant
     # and registry/ itself never imports the engine.
-    # ...and the reference profile of its inputs and score (engine/monitor/reference.py)
+    # ...and the reference profile of its inputs and score (engine/monitor/reference.py), and
+    # the golden rows (engine/pipeline/golden.py)
     from scoreline.engine.monitor import profiling_validator
+    from scoreline.engine.pipeline.golden import read_rows
 
     repo = _repo(args)
+    rows = read_rows(args.golden) if args.golden else None
     version = repo.add(args.model_id, args.manifest, args.artifact, args.message,
-                       validate=profiling_validator(args.profile_sample))
+                       validate=profiling_validator(args.profile_sample, golden_rows=rows))
     if args.json:
         print_json({"model_id": args.model_id, "version": version,
                     "path": str(repo.version_dir(args.model_id, version))})
@@ -106,12 +117,59 @@ def _show(args) -> int:
         print_json(shown)
         return 0
     rows = [(str(v["version"]), ", ".join(v["aliases"]), v["format"], v["artifact"],
-             ", ".join(v["inputs"]), v["decision"], v["registered"] or "", v["message"])
+             ", ".join(v["inputs"]), v["decision"], v["registered"] or "", v["message"],
+             *_provenance(v["provenance"]))
             for v in shown["versions"]]
     print_table(f"{args.model_id}: aliases {_aliases(shown['aliases'])}",
                 ["version", "aliases", "format", "artifact", "inputs", "decision", "registered",
-                 "message"], rows)
+                 "message", "artifact sha256", "registered with"], rows)
     return 0
+
+
+def _provenance(record: dict | None) -> tuple[str, str]:
+    """(the artifact's sha256, the environment in short) for the table; --json shows it all."""
+    if record is None:
+        return "-", "- (registered before provenance was kept)"
+    env = record["environment"]
+    names = ("python", "numpy", "numba", "llvmlite", "pyarrow", "lightgbm", "scoreline", "cpu")
+    return record["artifact-sha256"], ", ".join(f"{n} {env[n]}" for n in names if n in env)
+
+
+def _verify(args) -> int:
+    from scoreline.engine.pipeline.deployment import Deployment
+    from scoreline.engine.pipeline.golden import environment_fingerprint
+    from scoreline.errors import ScorelineError
+    from scoreline.registry.provenance import environment_changes
+
+    repo = _repo(args)
+    results = []
+    for model_id in [args.model_id] if args.model_id else repo.model_ids():
+        for version in repo.versions(model_id):
+            result = {"model_id": model_id, "version": version}
+            try:
+                # the golden rows are inline inputs: the entity store is not needed (store=False)
+                dep = Deployment(repo.load_manifest(model_id, version), repo.version_dir(model_id, version),
+                                 version=version, store=False)
+            except ScorelineError as exc:
+                result.update(result="failed", detail=exc.message)
+            else:
+                record = dep.provenance
+                rows = (record or {}).get("golden-rows")
+                changes = environment_changes(record["environment"], environment_fingerprint()) if record else []
+                result.update(
+                    result="ok" if rows is not None else "unverified",
+                    detail=f"{rows} golden rows score as registered" if rows is not None
+                    else "registered before golden rows were kept",
+                    environment_changes=changes)
+            results.append(result)
+    if args.json:
+        print_json(results)
+    else:
+        print_table(f"golden rows in {registry_root(args)}", ["model", "version", "result", "detail"],
+                    [(r["model_id"], str(r["version"]), r["result"],
+                      "; ".join([r["detail"], *(f"environment: {c}" for c in r.get("environment_changes", []))]))
+                     for r in results])
+    return 1 if any(r["result"] == "failed" for r in results) else 0
 
 
 def _promote(args) -> int:

@@ -4,7 +4,6 @@ logging, models(), reload and promotion while other threads score (hot swap)."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 
 import pyarrow as pa
@@ -12,36 +11,22 @@ import pytest
 
 pytest.importorskip("lightgbm")
 
-from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo  # noqa: E402
+from scoreline.engine.demo import FIRST_CUSTOMER_ID  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 from scoreline.errors import InputError, NotFoundError, NotReadyError, SchemaError  # noqa: E402
 from scoreline.registry.decision_log import DecisionLog  # noqa: E402
 from scoreline.registry.repository import Repository  # noqa: E402
 
-CUSTOMERS = 2000
+from tests.engine.pipeline.conftest import DEMO_CUSTOMERS as CUSTOMERS  # noqa: E402
+
 KEY = FIRST_CUSTOMER_ID + 1234
 INLINE = {"date-of-birth": "1966-12-08", "state": "VIC", "account-balance": 1200, "postcode": 3000}
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root, customers=CUSTOMERS, train_rows=CUSTOMERS, log=lambda *_: None)
-    return root
 
 
 @pytest.fixture(scope="module")
 def engine(demo):
     with Engine(demo / "registry", preload=True) as e:
         yield e
-
-
-@pytest.fixture
-def registry(demo, tmp_path):
-    """A private copy of the demo registry (and its store) for tests that change it."""
-    shutil.copytree(demo / "registry", tmp_path / "registry")
-    shutil.copytree(demo / "store", tmp_path / "store")
-    return tmp_path / "registry"
 
 
 def _signatures() -> dict:
