@@ -148,7 +148,7 @@ def redis_lookups(repeats: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scoreline.engine.data.entities import open_store
+    from scoreline.engine.data.stores import open_store
     from scoreline.engine.data.redis_store import write_entities
     from scoreline.engine.data.storecache import CachedStore
     from scoreline.registry.manifest import ParquetStore, RedisStore

@@ -1,7 +1,7 @@
 """Data in: input adapters, value checks against the manifest, request schemas, entity stores and
 their views."""
 
-from scoreline.engine.data.entities import open_store
+from scoreline.engine.data.stores import open_store
 from scoreline.engine.data.inputs import to_matrix
 from scoreline.engine.data.request import RequestSchema, RowBatch
 

@@ -31,18 +31,18 @@ import numpy as np
 import pyarrow as pa
 from scoreline.engine.data.keyindex import KeyIndex, coerce_keys, python_keys, take_rows
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError
-from scoreline.registry.manifest import (
-    ArrowStore, CachedStore, JoinStore, ParquetStore, PostgresStore, RedisStore, SqliteStore,
-)
+from scoreline.registry.manifest import ArrowStore, ParquetStore, PostgresStore, SqliteStore
 
-__all__ = ["EntityStore", "open_store"]
+__all__ = ["EntityStore", "open_basic_store"]
 
 _log = logging.getLogger("scoreline.entities")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
-def open_store(spec, base_dir: str | os.PathLike, *, reload_interval: float = 2.0) -> EntityStore:
-    """The store a manifest's ``entity.store`` describes; relative paths resolve against base_dir.
+def open_basic_store(spec, base_dir: str | os.PathLike, *, reload_interval: float = 2.0) -> EntityStore:
+    """A file or SQL table store (Parquet, Arrow, SQLite, PostgreSQL) that ``spec`` describes;
+    relative paths resolve against base_dir. ``engine/data/stores.py``'s ``open_store`` is the
+    front door for every kind of store, composite ones (Redis, cached, joined) included.
 
     ``reload_interval``: for file stores, the least number of seconds between checks for changed
     files (checks run on lookup, on a background thread).
@@ -58,10 +58,6 @@ def open_store(spec, base_dir: str | os.PathLike, *, reload_interval: float = 2.
         return SqliteTableStore(_resolve(spec.path, base), spec.table, spec.key_column)
     if isinstance(spec, PostgresStore):
         return PostgresTableStore(spec.uri, spec.table, spec.key_column)
-    if isinstance(spec, (RedisStore, CachedStore, JoinStore)):
-        from scoreline.engine.data.storecache import open_composite
-
-        return open_composite(spec, base, open_store)
     raise SchemaError(f"unsupported entity store {type(spec).__name__}", path="$.entity.store")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from scoreline.errors import ScorelineError, SchemaError
 
-from .entities import open_store
+from .stores import open_store
 
 __all__ = ["check_store"]
 

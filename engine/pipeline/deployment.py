@@ -257,7 +257,7 @@ class Deployment:
 
 def open_store(spec, registry_root: Path):
     """Open the manifest's entity store; a relative file path starts at the registry root."""
-    from scoreline.engine.data.entities import open_store as _open
+    from scoreline.engine.data.stores import open_store as _open
 
     return _open(spec, registry_root)
 

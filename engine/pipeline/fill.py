@@ -64,7 +64,7 @@ class Entities:
         if self.store is None and self._spec is not None:
             with self._lock:
                 if self.store is None:
-                    from scoreline.engine.data.entities import open_store
+                    from scoreline.engine.data.stores import open_store
 
                     self._attach(open_store(self._spec, self._base))
         return self.store is not None

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scoreline.engine.data.entities import open_store
+from scoreline.engine.data.stores import open_store
 from scoreline.errors import InputError, NotFoundError, SchemaError
 from scoreline.registry.manifest import ArrowStore, ParquetStore, PostgresStore, SqliteStore
 

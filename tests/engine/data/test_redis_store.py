@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoreline.engine.data.entities import open_store
+from scoreline.engine.data.stores import open_store
 from scoreline.engine.data.redis_store import StaleError, write_entities
 from scoreline.engine.data.storecache import CachedStore, lookup_rows
 from scoreline.errors import NotReadyError

@@ -350,7 +350,7 @@ def test_registration_refuses_a_corrupt_artifact(tmp_path, models):
 def test_string_keys_and_a_changed_store_file(models, tmp_path):
     """String keys go through the store's own lookup; integer keys through the converted view,
     which follows the store when its file changes (converted in the background)."""
-    from scoreline.engine.data.entities import open_store
+    from scoreline.engine.data.stores import open_store
     from scoreline.registry.manifest import ParquetStore
 
     rows = random_rows(np.random.default_rng(10), 3)
