@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from scoreline.errors import RegistrationError, SchemaError
+from scoreline.registry.manifest import encode_manifest
 from scoreline.registry.provenance import (
     PROVENANCE_FILE, environment_changes, file_sha256, provenance_record, read_provenance,
 )
@@ -108,7 +110,7 @@ def check(dep, *, verify: bool = True) -> tuple[str, dict | None]:
     if dep.manifest.model.format == "remote":
         # No artifact: the manifest (address, tensors, fallback) is the whole of what is ours, and
         # the remote's answers are not ours to pin, so no golden rows are kept or re-scored.
-        return file_sha256(folder / "manifest.json"), None
+        return hashlib.sha256(encode_manifest(dep.manifest)).hexdigest(), None
     sha256 = file_sha256(folder / dep.manifest.model.artifact)
     provenance = read_provenance(folder)
     if not verify:

@@ -153,6 +153,11 @@ def _verify(args) -> int:
             except ScorelineError as exc:
                 result.update(result="failed", detail=exc.message)
             else:
+                if dep.manifest.model.format == "remote":
+                    # its answers come from the remote: nothing of ours to re-score (pipeline/golden.py)
+                    result.update(result="remote", detail="a remote model: no golden rows are kept")
+                    results.append(result)
+                    continue
                 record = dep.provenance
                 rows = (record or {}).get("golden-rows")
                 changes = environment_changes(record["environment"], environment_fingerprint()) if record else []

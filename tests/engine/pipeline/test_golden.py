@@ -87,9 +87,10 @@ def test_a_changed_threshold_refuses_the_load_naming_the_row_and_the_difference(
     before, after = (float.fromhex(h) for h in re.findall(r"\((-?0x[0-9a-f.p+-]+)\)", message))
     assert "score was" in message and before != after
     assert "the artifact's bytes changed too" in message
-    # server start: the version is refused, not served; the detail goes to the server's log
+    # server start: the version is refused, not served (the others serve: the engine is ready and
+    # names the failure); the detail goes to the server's log
     with caplog.at_level(logging.WARNING), Engine(registry, preload=True) as engine:
-        assert not engine.ready
+        assert [(f["model-id"], f["version"]) for f in engine.failures()] == [(MODEL, 1)]
         state = {v["version"]: v for m in engine.models() if m["model-id"] == MODEL for v in m["versions"]}
         assert state[1]["state"] == "failed"
         with pytest.raises(NotReadyError):
@@ -145,7 +146,8 @@ def test_registry_verify_and_add_with_a_golden_file(registry, tmp_path):
     ok = _cli("verify", "--root", str(registry), "--json")
     assert ok.returncode == 0, ok.stderr
     assert {(r["model_id"], r["version"], r["result"]) for r in json.loads(ok.stdout)} == {
-        (MODEL, 1, "ok"), ("customer-segmentation", 1, "ok"), ("customer-segmentation", 2, "ok")}
+        (MODEL, 1, "ok"), ("customer-segmentation", 1, "ok"), ("customer-segmentation", 2, "ok"),
+        ("credit-risk-remote", 1, "remote")}
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps([{"date-of-birth": "1980-05-05", "state": "QLD", "account-balance": 77.0}]))
     folder = _folder(registry)
