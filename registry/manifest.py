@@ -7,7 +7,7 @@ becomes a decision (decision) and how the answer is named (output). JSON keys ar
 
 from __future__ import annotations
 
-from typing import Literal, Union, get_args
+from typing import Literal, Union, cast, get_args
 
 import msgspec
 
@@ -203,7 +203,7 @@ def _check_remote(m: Manifest) -> None:
         if not spec.artifact:
             raise SchemaError(f"a {spec.format} model needs its artifact", path="$.model.artifact")
         return
-    r = spec.remote
+    r = cast(RemoteSpec, spec.remote)  # format "remote" implies a spec: checked above
     names = [t.name for t in r.inputs]
     if not names or len(set(names)) != len(names):
         raise SchemaError("model.remote.inputs must name each tensor once", path="$.model.remote.inputs")

@@ -30,7 +30,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -159,7 +159,7 @@ class Repository:
         artifact_name = None if remote else _artifact_name(manifest)
         if not remote and artifact_path is None:
             raise NotFoundError(f"a {manifest.model.format} model needs its artifact file", path="artifact")
-        source = None if remote else Path(artifact_path)
+        source = None if remote else Path(cast(str, artifact_path))  # not None: checked above
         if source is not None and not source.is_file():
             raise NotFoundError(f"artifact file {str(source)!r} does not exist", path="artifact")
 
@@ -173,7 +173,7 @@ class Repository:
             try:
                 write_synced(tmp / _MANIFEST, msgspec.json.format(encode_manifest(manifest), indent=2))
                 if source is not None:
-                    target = tmp / artifact_name
+                    target = tmp / cast(str, artifact_name)  # a source means a local model, which has one
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(source, target)
                     fsync_path(target)
@@ -225,9 +225,9 @@ class Repository:
             with self._lock(model_id):
                 self._append_history(model_id, "refused", None, None, None, message, reason=reason)
             # the error carries the path itself, so its message does not repeat it
-            detail = reason.replace(f" (at {exc.path})", "") if getattr(exc, "path", None) else reason
-            raise RegistrationError(f"model {model_id!r}: {what} was refused: {detail}",
-                                    path=getattr(exc, "path", None)) from exc
+            path = getattr(exc, "path", None)
+            detail = reason.replace(f" (at {path})", "") if path else reason
+            raise RegistrationError(f"model {model_id!r}: {what} was refused: {detail}", path=path) from exc
 
     def rollback(self, model_id: str, alias: str = DEFAULT_ALIAS, message: str = "") -> int:
         """Point ``alias`` back at the version it pointed at before its latest promotion.
@@ -504,7 +504,7 @@ def _artifact_name(manifest: Manifest) -> str:
     return name
 
 
-def _write_extra_files(folder: Path, files, artifact_name: str) -> None:
+def _write_extra_files(folder: Path, files, artifact_name: str | None) -> None:
     """The files a validator returned, written into the version folder beside the artifact."""
     if not isinstance(files, Mapping):
         return

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 # Imports happen inside main()'s try, so that a Ctrl-C while they run is answered like any other
 # (exit 130, "interrupted"), not with a traceback.
@@ -15,7 +19,7 @@ import sys
 COMMAND_MODULES = ("registry", "experiment", "log", "demo", "serve", "score", "bench")
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: F821 - imported below, annotations are strings
+def build_parser() -> argparse.ArgumentParser:
     import argparse
     import importlib
 

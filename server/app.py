@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 from starlette.applications import Starlette
@@ -115,7 +115,7 @@ def create_app(engine=None, *, load_engine: Callable[[], object] | None = None,
         if current is not None and current.ready:
             # Every live version was loaded; those that failed are named (they answer 503, the
             # others serve), so one broken version never holds the whole service back.
-            failures = getattr(current, "failures", list)()
+            failures: list = getattr(current, "failures", list)()
             await send_json(send, 200, {"ready": True, "failed": failures} if failures else {"ready": True})
             return
         reason = "compiling and warming the registry's deployments"
@@ -330,7 +330,8 @@ class DurableAnswers:
         return future
 
     def _barrier(self, loop) -> None:
-        group, self._waiting = self._waiting, None
+        # scheduled by the call that opened the group, so one is open
+        group, self._waiting = cast("list[asyncio.Future]", self._waiting), None
 
         def release() -> None:
             for future in group:

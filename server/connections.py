@@ -4,6 +4,7 @@ open many connections or send half a request (slowloris) cannot exhaust the serv
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import msgspec
@@ -39,9 +40,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     settings: ServerSettings | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._deadline = None
+        self._deadline: asyncio.TimerHandle | None = None
         limits = self._limits()
         counts = self._counts()
         self._host = self.client[0] if self.client else ""
@@ -91,7 +92,8 @@ class GuardedProtocol(HttpToolsProtocol):
         # per server (one per worker process): open connections by client address
         counts = getattr(self.server_state, "scoreline_clients", None)
         if counts is None:
-            counts = self.server_state.scoreline_clients = {}
+            # our own attribute on uvicorn's ServerState (one per server), which does not declare it
+            counts = self.server_state.scoreline_clients = {}  # type: ignore[attr-defined]
         return counts
 
     @classmethod

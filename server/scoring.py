@@ -20,6 +20,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from scoreline.engine.data.request import RowBatch
 from scoreline.engine.pipeline.remote_stage import call_deadline
@@ -98,7 +99,7 @@ class Scorer:
     def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.engine = None  # set by the app once the engine is built (it compiles and warms first)
+        self.engine: Any = None  # set by the app once the engine is built (it compiles and warms first)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="scoreline-score")
         # Remote models wait on the network: their own threads, so a slow or hung remote never
         # takes a scoring thread from local models (each deployment still has max_in_flight calls)

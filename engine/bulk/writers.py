@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -94,11 +95,11 @@ def _umask() -> int:
     return 0o022
 
 
-def clean_stale(folder: str | os.PathLike, before: float) -> list[Path]:
+def clean_stale(folder: str | os.PathLike[str], before: float) -> list[Path]:
     """Remove the temporary files that jobs killed outright (kill -9, a power cut) left in `folder`:
     those named by this module, last written before `before` (a `time.time()`), whose writing
     process is gone. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -145,7 +146,7 @@ class AtomicWriter:
         self.format = fmt
         self.rows = 0
         self._tmp: str | None = None
-        self._writer = None
+        self._writer: Any = None  # a pq.ParquetWriter or an ipc writer, opened on the first write
         clean_stale(self.path.parent, time.time())
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -177,7 +178,7 @@ class AtomicWriter:
 
     def publish(self) -> Path:
         """Move the closed temporary file to its final name; returns that name."""
-        os.replace(self._tmp, self.path)
+        os.replace(cast(str, self._tmp), self.path)  # named by close(), which comes first
         self._tmp = None
         return self.path
 

@@ -19,14 +19,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from scoreline.errors import InputError, NotReadyError, SchemaError, ScorelineError
-from scoreline.registry.manifest import RedisStore
+from scoreline.registry.manifest import Freshness, RedisStore
 
 from scoreline.engine.data.entities import EntityStore
 from scoreline.engine.data.keyindex import coerce_keys
@@ -49,8 +50,9 @@ def _parse_timestamp(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-_PARSERS = {"int": int, "float": float, "string": str, "bool": lambda t: _BOOLS[t.lower()],
-            "date": dt.date.fromisoformat, "timestamp": _parse_timestamp}
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int, "float": float, "string": str, "bool": lambda t: _BOOLS[t.lower()],
+    "date": dt.date.fromisoformat, "timestamp": _parse_timestamp}
 
 
 class RedisEntityStore(EntityStore):
@@ -179,7 +181,7 @@ class RedisEntityStore(EntityStore):
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
         parse = _PARSERS[kind]
-        out = []
+        out: list = []
         for i, v in enumerate(values):
             if v is None:
                 out.append(None)
@@ -196,7 +198,7 @@ class RedisEntityStore(EntityStore):
 
     def _check_fresh(self, stamps: list, found: np.ndarray, keys: list, errors: dict,
                      blank: np.ndarray) -> None:
-        rule = self._fresh
+        rule = cast(Freshness, self._fresh)  # called only when the spec has freshness
         oldest = time.time() - rule.max_age
         for i in np.flatnonzero(found).tolist():
             stamp = _epoch_seconds(stamps[i])
@@ -268,8 +270,9 @@ def write_entities(spec: RedisStore, table: pa.Table, *, event_time: float | Non
             for i, key in enumerate(keys):
                 mapping = {c: _text(col[i]) for c, col in zip(names, columns) if col[i] is not None}
                 if stamp is not None:
-                    mapping[spec.freshness.field] = stamp
-                pipe.hset(f"{spec.key_prefix}{key}", mapping=mapping)
+                    mapping[cast(Freshness, spec.freshness).field] = stamp  # stamp is set only with freshness
+                # redis-py types mapping as Mapping[FieldT, EncodableT]: invariant in the key, it refuses a dict[str, str]
+                pipe.hset(f"{spec.key_prefix}{key}", mapping=mapping)  # type: ignore[arg-type]
             pipe.execute()
             written += len(keys)
     finally:

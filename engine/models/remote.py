@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -171,7 +171,8 @@ class RemoteModel:
         failed = np.fromiter(errors, dtype=np.int64)
         fb = self.spec.fallback
         if isinstance(fb, M.VersionFallback) and self.fallback is not None:
-            part = np.asfortranarray(X[np.ix_(failed, self._fallback_columns)])
+            columns = cast(np.ndarray, self._fallback_columns)  # set whenever a fallback is
+            part = np.asfortranarray(X[np.ix_(failed, columns)])
             values[failed] = self.fallback.predict_matrix(part)
             source[failed] = "fallback-version"
         elif isinstance(fb, M.DecisionFallback):
@@ -375,7 +376,7 @@ def load_remote(spec: M.ModelSpec, version_dir, load_local) -> RemoteModel:
     `load_local(model_spec, version_dir)` from `<version_dir>/../<version>/manifest.json`."""
     from pathlib import Path
 
-    remote = spec.remote
+    remote = cast(M.RemoteSpec, spec.remote)  # format "remote", which the manifest gives a spec
     fallback = None
     version = None
     if isinstance(remote.fallback, M.VersionFallback):

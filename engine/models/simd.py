@@ -182,9 +182,9 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
         kinds, thresholds = _slot_kinds(tree, rules.effective_thresholds(tree.threshold))
         limits = np.zeros(kinds.size, dtype=np.int64)
         for node in np.flatnonzero(kinds == CATEGORY):
-            words = widest[int(tree.split_feature[node])]
-            kinds[node] = CATEGORY if words <= 1 else WIDE_CATEGORY
-            limits[node] = 64 * max(words, 1)
+            n_words = widest[int(tree.split_feature[node])]
+            kinds[node] = CATEGORY if n_words <= 1 else WIDE_CATEGORY
+            limits[node] = 64 * max(n_words, 1)
         slots = np.array([slot_of.setdefault((int(f), int(kind), int(limit)), len(slot_of))
                           for f, kind, limit in zip(tree.split_feature, kinds, limits)], dtype=np.int64)
         # Mask clearing leaves low..high-1 (the left subtree), applied when the row goes right;

@@ -20,6 +20,7 @@ import json
 import logging
 import platform
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 
@@ -54,8 +55,9 @@ def environment_fingerprint() -> dict[str, str]:
             env[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    env["cpu"] = config.CPU_NAME or llvm.get_host_cpu_name()
-    features = config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    # numba.core.config sets these at import (from NUMBA_CPU_NAME/NUMBA_CPU_FEATURES): invisible to mypy
+    env["cpu"] = config.CPU_NAME or llvm.get_host_cpu_name()  # type: ignore[attr-defined]
+    features = config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()  # type: ignore[attr-defined]
     env["cpu-features"] = ",".join(sorted(f[1:] for f in features.split(",") if f.startswith("+")))
     return env
 
@@ -118,7 +120,7 @@ def check(dep, *, verify: bool = True) -> tuple[str, dict | None]:
     where = f"model {dep.model_id!r} version {dep.version}"
     golden = _read_golden(folder / GOLDEN_FILE)
     changed = provenance is not None and provenance.get("artifact-sha256") not in (None, sha256)
-    also = (f" (the artifact's bytes changed too: sha256 {provenance['artifact-sha256'][:16]}... at "
+    also = (f" (the artifact's bytes changed too: sha256 {cast(dict, provenance)['artifact-sha256'][:16]}... at "
             f"registration, {sha256[:16]}... now)") if changed else ""
     if golden is not None:
         _compare(dep, golden, where, also)

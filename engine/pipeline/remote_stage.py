@@ -60,7 +60,7 @@ class RemotePredict(Stage):
     def run(self, state: State) -> None:
         outcome = self.model.predict_rows(state.X, deadline=_deadline.get())
         state.raw = outcome.values
-        note = [None] * state.n
+        note: list[str | None] = [None] * state.n
         for i, error in outcome.errors.items():
             if outcome.source[i] == "error":
                 state.errors.setdefault(i, error)
@@ -80,7 +80,7 @@ class RemoteDecide(Decide):
 
     def __init__(self, decider, fallback) -> None:
         super().__init__(decider)
-        self.fixed = None
+        self.fixed: int | None = None
         if isinstance(fallback, M.DecisionFallback):
             if decider.kind == "top-k" or fallback.decision not in decider.label_list:
                 raise SchemaError(f"the fallback decision {fallback.decision!r} is not one of the "

@@ -480,13 +480,14 @@ class Engine:
             folder = self.repository.version_dir(model_id, version)
             paths = sorted(folder.rglob("*"))
             spec = self.repository.load_manifest(model_id, version).entity.store
-            if spec is not None and getattr(spec, "path", None):
-                store = Path(spec.path).expanduser()
+            store_path = getattr(spec, "path", None)  # file stores have one; None without a store
+            if store_path:
+                store = Path(store_path).expanduser()
                 store = store if store.is_absolute() else self.repository.root / store
                 paths += sorted(store.parent.glob(store.name)) if any(c in store.name for c in "*?[") else [store]
         except Exception:  # a half-written version or manifest: its stamp is what could be read
             pass
-        stamps = []
+        stamps: list[tuple[str, int | None, int | None]] = []
         for path in paths:
             try:
                 st = path.stat()

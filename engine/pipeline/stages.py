@@ -12,6 +12,7 @@ ScorelineError); `run_one` may instead raise the row's error.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,15 +33,16 @@ class State:
         self.n = n
         self.source = source
         self.today = today
-        self.keys = None
-        self.work = None
-        self.X = None
-        self.raw = None
-        self.score = None
-        self.index = None
-        self.payload = None
-        self.labels = None
-        self.payloads = None
+        # arrays or lists (a one-row call keeps lists), each set by the stage that computes it
+        self.keys: Any = None
+        self.work: Any = None
+        self.X: Any = None
+        self.raw: Any = None
+        self.score: Any = None
+        self.index: Any = None
+        self.payload: Any = None
+        self.labels: Any = None
+        self.payloads: Any = None
         self.errors: dict = {}
         self.extras: dict = {}
 
