@@ -266,7 +266,7 @@ class Engine:
         errors = result.errors
         log = self._log.row
         if result.n == 1 and not errors:  # a single request, the usual call: no loop
-            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds, None)
+            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds, None, experiment, role)
             return
         for i in range(result.n):
             error = errors.get(i) if errors else None
