@@ -122,24 +122,29 @@ class Monitor:
     def watch(self, deployment) -> Tracker | None:
         """Instrument a freshly compiled deployment: its stored profile (or one drawn from its
         store, when it was registered without) becomes its Tracker's reference."""
-        tracker = None
         try:
-            profile = load_profile(deployment.version_dir)
-            if profile is None:
-                from .reference import reference_profile
-
-                profile = reference_profile(deployment)
-            tracker = Tracker(profile)
+            tracker = self.tracker_for(deployment)
         except Exception:  # no profile and no store to draw one from: timed, not tracked
             tracker = None
+
         def refuse(errors, *, reached_model: bool) -> None:
             self.refuse(deployment.model_id, deployment.version, errors,
                         reached_model=reached_model)
 
         instrument(deployment, tracker, refuse)
-        if tracker is not None:
-            with self._lock:
-                self.trackers[(deployment.model_id, deployment.version)] = tracker
+        return tracker
+
+    def tracker_for(self, deployment, **options) -> Tracker:
+        """A Tracker (`options`: its window settings) of `deployment` against its stored
+        profile, or one drawn from its store; registered under its model and version."""
+        profile = load_profile(deployment.version_dir)
+        if profile is None:
+            from .reference import reference_profile
+
+            profile = reference_profile(deployment)
+        tracker = Tracker(profile, **options)
+        with self._lock:
+            self.trackers[(deployment.model_id, deployment.version)] = tracker
         return tracker
 
     def refuse(self, model_id: str, version: int, errors, *, reached_model: bool) -> None:

@@ -3,7 +3,6 @@ out-of-range values and a store column going blank move the counters and PSI pas
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -16,25 +15,9 @@ from scoreline.engine.monitor import PSI_ALERT, PSI_WARN, load_profile, psi
 pytest.importorskip("lightgbm")
 
 from scoreline.engine.data.request import RowBatch  # noqa: E402
-from scoreline.engine.demo import build_demo  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 
 MODEL = "customer-segmentation"
-CUSTOMERS = 20_000
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root, customers=CUSTOMERS, train_rows=5000, log=lambda *_: None)
-    return root
-
-
-@pytest.fixture
-def root(demo, tmp_path):
-    shutil.copytree(demo / "registry", tmp_path / "registry")
-    shutil.copytree(demo / "store", tmp_path / "store")
-    return tmp_path
 
 
 def _store(root) -> pa.Table:
