@@ -59,6 +59,9 @@ class Track:
     def __init__(self, tracker: Tracker, refuse) -> None:
         self.tracker = tracker
         self.refuse = refuse  # Monitor.refuse bound to the deployment
+        self._rows = tracker.queued_rows  # the one-row queues, appended to here (no call)
+        self._scores = tracker.queued_scores
+        self._limit = tracker.buffer_rows
 
     def run(self, state) -> None:
         self.tracker.observe(state.work, state.score)
@@ -68,7 +71,13 @@ class Track:
             self.refuse(state.errors.values(), reached_model=True)
 
     def run_one(self, state) -> None:
-        self.tracker.observe_one(state.work, state.score[0])
+        # Tracker.observe_one inlined: this runs on every one-row call (a call less, ~0.1 us).
+        rows = self._rows
+        rows += state.work.tobytes()  # (~0.1 us; faster than its buffer through a memoryview)
+        scores = self._scores
+        scores.append(state.score[0])
+        if len(scores) >= self._limit:
+            self.tracker.flush()
 
 
 class _TimedView:
@@ -142,7 +151,7 @@ class Monitor:
             from .reference import reference_profile
 
             profile = reference_profile(deployment)
-        tracker = Tracker(profile, **options)
+        tracker = Tracker(profile, deployment.plan.width, **options)
         with self._lock:
             self.trackers[(deployment.model_id, deployment.version)] = tracker
         return tracker

@@ -114,3 +114,17 @@ def test_a_store_column_going_blank_is_seen_on_every_path(root):
     assert quality["account-balance"]["missing"] == 3000 + 50  # the batch's, the one-row calls'
     assert quality["state"]["missing"] == 0
     assert drift["account-balance"] > PSI_ALERT and drift["state"] < PSI_WARN
+
+
+def test_one_row_calls_are_counted_exactly_across_folds(root):
+    keys = _store(root).column("customer-id").to_pylist()[:3000]
+    calls = 9_000  # more than two folds of the one-row queue, and a remainder
+    with Engine(root / "registry") as engine:
+        for i in range(calls):
+            engine.score(MODEL, {"customer-id": keys[i % len(keys)]})
+        tracker = _tracker(engine)
+        quality, (window, _), drift = tracker.quality(), tracker.window(), tracker.drift()
+    assert {q["rows"] for q in quality.values()} == {calls}
+    assert all(q["missing"] == q["out_of_range"] == q["unseen"] == 0 for q in quality.values())
+    assert calls // 2 <= window <= calls  # the PSI bins a strided sample of each fold
+    assert max(drift.values()) < PSI_WARN
