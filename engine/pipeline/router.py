@@ -266,13 +266,19 @@ class Engine:
         keys, scores, labels, _ = result.pylists()
         errors = result.errors
         log = self._log.row
+        fallback = result.extras.get("fallback")  # a remote model's: what answered instead, why
         if result.n == 1 and not errors:  # a single request, the usual call: no loop
-            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds, None, experiment, role)
+            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds,
+                fallback[0] if fallback else None, experiment, role)
             return
         for i in range(result.n):
             error = errors.get(i) if errors else None
             if error is None:
-                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None, experiment, role)
+                score, note = scores[i], None
+                if fallback:  # a remote model: a decision fallback's row has no score (NaN)
+                    note = fallback[i]
+                    score = None if score != score else score
+                log(request_ids[i], dep, keys[i], score, labels[i], seconds, note, experiment, role)
             else:
                 log(request_ids[i], dep, keys[i], None, None, seconds, error.message, experiment, role)
 
