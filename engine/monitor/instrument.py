@@ -51,6 +51,9 @@ class Timed:
             clock.times[self.slot] += time.perf_counter() - t0
 
 
+_NAN = float("nan")
+
+
 class Track:
     """The last stage: the rows' inputs (from the work matrix), scores and refusals to `tracker`."""
 
@@ -75,7 +78,8 @@ class Track:
         rows = self._rows
         rows += state.work.tobytes()  # (~0.1 us; faster than its buffer through a memoryview)
         scores = self._scores
-        scores.append(state.score[0])
+        score = state.score[0]
+        scores.append(_NAN if score is None else score)  # None: a remote model's fallback row
         if len(scores) >= self._limit:
             self.tracker.flush()
 

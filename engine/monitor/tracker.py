@@ -95,7 +95,7 @@ class Tracker:
         rows = self.queued_rows
         rows += work.tobytes()  # C order whatever its layout
         scores = self.queued_scores
-        scores.append(score)
+        scores.append(np.nan if score is None else score)
         if len(scores) >= self.buffer_rows:
             self.flush()
 
