@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,6 +56,7 @@ class BulkResult:
     rows_scored: int
     rows_rejected: int
     seconds: float
+    drift: list | None = None  # data quality and drift of a registered deployment's run
 
     @property
     def rows_per_second(self) -> float:
@@ -92,6 +93,7 @@ def score_batches(
     threads: int = 1,
     registry: str | os.PathLike | None = None,
     version: int | str | None = None,
+    tracking: list | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Score a stream of RecordBatches, yielding one output batch per input batch, in order.
 
@@ -109,6 +111,9 @@ def score_batches(
         Bare models only: raw margins instead of transformed scores.
     threads:
         Batches scored at once, one thread each (the kernels release the GIL).
+    tracking:
+        A list that receives the run's ``RunTracking`` (engine/monitor/runs.py) when the model
+        is a deployment with a reference profile: its ``report()`` once the stream is consumed.
 
     Yields
     ------
@@ -126,6 +131,8 @@ def score_batches(
     scorer = as_scorer(model, raw_score=raw_score, registry=registry, version=version)
     keep = tuple(keep)
     threads = max(1, int(threads))
+    if tracking is not None:
+        tracking.extend(_track(scorer))
 
     def tables() -> Iterator[pa.RecordBatch]:
         for item in batches:
@@ -161,6 +168,7 @@ def score_file(
     format: str | None = None,
     raw_score: bool = False,
     progress: Progress | None = None,
+    track: bool = True,
 ) -> BulkResult:
     """Score Parquet / Arrow IPC / CSV file(s) into one Parquet or Arrow IPC file.
 
@@ -192,11 +200,14 @@ def score_file(
         Bare models only: raw margins instead of transformed scores.
     progress:
         A :class:`Progress` to report to (the CLI passes its progress bar).
+    track:
+        For a deployment with a reference profile: count missing / out-of-range / unseen
+        values per input and the PSI of inputs and score over the run (``BulkResult.drift``).
 
     Returns
     -------
     BulkResult
-        Counts, time and the paths written.
+        Counts, time and the paths written (and the run's data quality and drift).
 
     Raises
     ------
@@ -212,6 +223,7 @@ def score_file(
                    format=format, raw_score=raw_score)
     threads = max(1, int(threads or len(os.sched_getaffinity(0))))
     srcs = job.sources
+    tracking = _track(job.scorer) if track else []
 
     def score(item: tuple[int, int, pa.RecordBatch]):
         index, offset, batch = item
@@ -230,7 +242,14 @@ def score_file(
             sink.commit()
     finally:
         items.close()
-    return sink.result(time.perf_counter() - started)
+    result = sink.result(time.perf_counter() - started)
+    return replace(result, drift=tracking[0].report()) if tracking else result
+
+
+def _track(scorer) -> list:
+    """[the scorer's RunTracking] for a deployment with a reference profile, else []."""
+    tracking = scorer.track() if isinstance(scorer, DeploymentScorer) else None
+    return [] if tracking is None else [tracking]
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,7 @@ class DeploymentScorer:
 
     def __init__(self, deployment) -> None:
         self.deployment = deployment
+        self.tracking = None  # a RunTracking (engine/monitor/runs.py) fed by every batch, if set
         self.key_name = deployment.key_name
         self.output_schema = pa.schema([f for f in deployment.output_schema if f.name != "error"])
         manifest = deployment.manifest
@@ -222,7 +223,24 @@ class DeploymentScorer:
         return _parse_numbers(batch, {n: t for n, t in self._numeric.items() if n in text})
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        return self.deployment.score(batch)
+        if self.tracking is None:
+            return self.deployment.score(batch)
+        states: list = []
+        out = self.deployment.run(batch, tap=states.append).to_batch()
+        self.tracking.observe(states[0])
+        return out
+
+    def track(self):
+        """Track this scorer's data quality and drift from now on (the version's reference
+        profile, or one drawn from its store); returns the RunTracking, or None without a
+        profile. Local jobs only: a worker's unpickled scorer is not tracked."""
+        from scoreline.engine.monitor.runs import RunTracking
+
+        try:
+            self.tracking = RunTracking(self.deployment)
+        except Exception:  # no profile and no store to draw one from: scored, not tracked
+            self.tracking = None
+        return self.tracking
 
 
 # Deployments rebuilt from pickles in this process, by content: a Ray or Spark worker unpickles the

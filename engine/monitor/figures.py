@@ -78,7 +78,7 @@ def families(monitor, experiments: dict | None = None):
     stages = sorted(monitor.stages.snapshot().items())
     yield ("scoreline_stage_duration_seconds", "histogram",
            "Time per scoring call in each stage (lookup, transforms, model, decision, log); every "
-           "batch call and 1 in 16 one-row calls per thread are timed.",
+           "batch call and 1 in 64 one-row calls are timed.",
            ("model", "version", "stage"), stages, LATENCY_BUCKETS)
     yield ("scoreline_shadow_errors_total", "counter",
            "Rows a shadow failed to score (never seen by a client), by model and version.", _MV,

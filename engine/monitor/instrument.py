@@ -55,6 +55,9 @@ class Timed:
             clock.times[self.slot] += time.perf_counter() - t0
 
 
+_NAN = float("nan")
+
+
 class Track:
     """The last stage: the rows' inputs (from the work matrix), scores and refusals to `tracker`."""
 
@@ -63,6 +66,9 @@ class Track:
     def __init__(self, tracker: Tracker, refuse) -> None:
         self.tracker = tracker
         self.refuse = refuse  # Monitor.refuse bound to the deployment
+        self._rows = tracker.queued_rows  # the one-row queues, appended to here (no call)
+        self._scores = tracker.queued_scores
+        self._limit = tracker.buffer_rows
 
     def run(self, state) -> None:
         self.tracker.observe(state.work, state.score)
@@ -72,7 +78,14 @@ class Track:
             self.refuse(state.errors.values(), reached_model=True)
 
     def run_one(self, state) -> None:
-        self.tracker.observe_one(state.work, state.score[0])
+        # Tracker.observe_one inlined: this runs on every one-row call (a call less, ~0.1 us).
+        rows = self._rows
+        rows += state.work.tobytes()  # (~0.1 us; faster than its buffer through a memoryview)
+        scores = self._scores
+        score = state.score[0]
+        scores.append(_NAN if score is None else score)  # None: a remote model's fallback row
+        if len(scores) >= self._limit:
+            self.tracker.flush()
 
 
 class _TimedView:
@@ -126,24 +139,29 @@ class Monitor:
     def watch(self, deployment) -> Tracker | None:
         """Instrument a freshly compiled deployment: its stored profile (or one drawn from its
         store, when it was registered without) becomes its Tracker's reference."""
-        tracker = None
         try:
-            profile = load_profile(deployment.version_dir)
-            if profile is None:
-                from .reference import reference_profile
-
-                profile = reference_profile(deployment)
-            tracker = Tracker(profile)
+            tracker = self.tracker_for(deployment)
         except Exception:  # no profile and no store to draw one from: timed, not tracked
             tracker = None
+
         def refuse(errors, *, reached_model: bool) -> None:
             self.refuse(deployment.model_id, deployment.version, errors,
                         reached_model=reached_model)
 
         instrument(deployment, tracker, refuse)
-        if tracker is not None:
-            with self._lock:
-                self.trackers[(deployment.model_id, deployment.version)] = tracker
+        return tracker
+
+    def tracker_for(self, deployment, **options) -> Tracker:
+        """A Tracker (`options`: its window settings) of `deployment` against its stored
+        profile, or one drawn from its store; registered under its model and version."""
+        profile = load_profile(deployment.version_dir)
+        if profile is None:
+            from .reference import reference_profile
+
+            profile = reference_profile(deployment)
+        tracker = Tracker(profile, deployment.plan.width, **options)
+        with self._lock:
+            self.trackers[(deployment.model_id, deployment.version)] = tracker
         return tracker
 
     def refuse(self, model_id: str, version: int, errors, *, reached_model: bool) -> None:

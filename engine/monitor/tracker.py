@@ -5,12 +5,15 @@ calls are buffered and folded in as a batch.
 
 Costs are bounded: counts cover every row, the histograms a strided sample of at most
 `sample_rows` rows of a batch (PSI over a window of thousands of rows does not need every row of
-a 10k batch, and a fixed sample keeps a bulk run's overhead flat).
+a 10k batch, and a fixed sample keeps a bulk run's overhead flat). One-row calls are queued
+`buffer_rows` (4,096) at a time, so their PSI also bins a strided sample (every other row by
+default); their counters stay exact. The queue is folded on the calling thread: the fold's CPU is
+counted in the call's cost, not hidden on another thread.
 """
 
 from __future__ import annotations
 
-import collections
+import array
 import threading
 
 import numpy as np
@@ -35,14 +38,22 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 class Tracker:
     """Counters and windowed histograms for one deployment (thread-safe).
 
-    Parameters: `profile` (the reference), `window` (rows the PSI looks back over, in `chunks`
-    steps), `sample_rows` (rows of a batch binned), `buffer_rows` (one-row calls held before
-    they are folded in).
+    Parameters: `profile` (the reference), `width` (columns of the deployment's work matrix),
+    `window` (rows the PSI looks back over, in `chunks` steps), `sample_rows` (rows of a batch
+    binned), `buffer_rows` (one-row calls held before they are folded in).
+
+    One-row calls are queued without a Python object per row: the work row's bytes are appended
+    to a bytearray and the score to an array.array (each append one atomic C call under the
+    GIL, so no lock on the request path); the fold takes the complete rows with two copies and
+    no per-row loop (measured: 4,096 rows queued as (array, score) tuples took ~1.3 ms to fold,
+    ~0.3 us a call). A row and a score queued by two threads at once may be paired across
+    threads: harmless, as no figure joins an input with the score.
     """
 
-    def __init__(self, profile: Profile, *, window: int = 10_000, chunks: int = 10,
-                 sample_rows: int = 2048, buffer_rows: int = 1024) -> None:
+    def __init__(self, profile: Profile, width: int, *, window: int = 10_000, chunks: int = 10,
+                 sample_rows: int = 2048, buffer_rows: int = 4096) -> None:
         self.profile = profile
+        self.width = int(width)
         inputs = [c for c in profile.columns if c.slot >= 0]
         self.names = [c.name for c in inputs]
         self.slots = np.array([c.slot for c in inputs], dtype=np.int64)
@@ -64,8 +75,9 @@ class Tracker:
         self._ring_rows = np.zeros(chunks, dtype=np.int64)
         self._chunk = 0
         self._sample = sample_rows
-        self._pending: collections.deque = collections.deque()
-        self._buffer_rows = buffer_rows
+        self.queued_rows = bytearray()  # one-row calls not folded in: work rows (float64 bytes)
+        self.queued_scores = array.array("d")  # ... and their scores
+        self.buffer_rows = buffer_rows
         self._lock = threading.Lock()
 
     # --- updates ------------------------------------------------------------------------------
@@ -78,24 +90,28 @@ class Tracker:
             self._observe(values, score)
 
     def observe_one(self, work: np.ndarray, score: float) -> None:
-        """Queue one row (a one-row call's own work matrix, not copied: the pipeline makes a
-        new one per call) and its score; folded in as a batch every `buffer_rows` rows (a deque
-        append needs no lock: ~0.1 us on the request path)."""
-        pending = self._pending
-        pending.append((work, score))
-        if len(pending) >= self._buffer_rows:
+        """Queue one row (a one-row call's (1, width) float64 work matrix) and its score; folded
+        in as a batch every `buffer_rows` rows (see the class docstring)."""
+        rows = self.queued_rows
+        rows += work.tobytes()  # C order whatever its layout
+        scores = self.queued_scores
+        scores.append(np.nan if score is None else score)
+        if len(scores) >= self.buffer_rows:
             self.flush()
 
     def flush(self) -> None:
         """Fold in the queued one-row calls now (before reading figures)."""
-        pending = self._pending
-        with self._lock:  # one folder at a time: the pops below never meet an empty queue
-            n = len(pending)
+        rows, scores = self.queued_rows, self.queued_scores
+        size = 8 * self.width
+        with self._lock:  # one folder at a time
+            n = min(len(rows) // size, len(scores))  # complete rows (another may be half queued)
             if not n:
                 return
-            items = [pending.popleft() for _ in range(n)]
-            values = np.concatenate([w for w, _ in items])[:, self.slots]
-            self._observe(values, np.array([s for _, s in items], dtype=np.float64))
+            values = np.frombuffer(rows[:n * size], dtype=np.float64).reshape(n, self.width)
+            score = np.frombuffer(scores[:n], dtype=np.float64)
+            del rows[:n * size]  # what was appended meanwhile stays queued
+            del scores[:n]
+            self._observe(values[:, self.slots], score)
 
     def _observe(self, values: np.ndarray, score: np.ndarray) -> None:
         n = values.shape[0]

@@ -181,9 +181,10 @@ class Deployment:
 
     # --- scoring --------------------------------------------------------------------------------
 
-    def run(self, source, *, now=None) -> Result:
+    def run(self, source, *, now=None, tap=None) -> Result:
         """Run the pipeline over `source`, an Arrow RecordBatch/Table or a RowBatch of raw
-        values -> the Result, one row per input row, same order."""
+        values -> the Result, one row per input row, same order. `tap(state)`, when given, is
+        called once the fill is done (shadows share this call's lookup: routing.py)."""
         if isinstance(source, pa.Table):
             source = source.combine_chunks().to_batches()[0] if source.num_rows else \
                 pa.RecordBatch.from_pylist([], schema=source.schema)
@@ -191,6 +192,8 @@ class Deployment:
         state = State(n, source, scoring_day(now))
         stages = self.stages
         stages[0].run(state)
+        if tap is not None:
+            tap(state)
         if n == 0:
             return Result(self.contract, 0, state.keys, np.empty(0), index=np.empty(0, np.int64))
         for stage in stages[1:]:
@@ -198,11 +201,16 @@ class Deployment:
         return Result(self.contract, n, state.keys, state.score, index=state.index,
                       payload=state.payload, errors=state.errors, extras=state.extras)
 
-    def run_one(self, rows: RowBatch, *, now=None) -> Result:
-        """The one-row run of the same stages (see the module docstring)."""
+    def run_one(self, rows: RowBatch, *, now=None, tap=None) -> Result:
+        """The one-row run of the same stages (see the module docstring; `tap` as in `run`,
+        not called when the fill raises the row's error)."""
         state = State(1, rows, _today() if now is None else scoring_day(now))
         try:
-            for stage in self.stages:
+            stages = self.stages
+            stages[0].run_one(state)
+            if tap is not None:
+                tap(state)
+            for stage in stages[1:]:
                 stage.run_one(state)
         except ScorelineError as exc:
             state.errors[0] = exc
@@ -211,9 +219,10 @@ class Deployment:
         return Result(self.contract, 1, rows.keys, state.score, labels=state.labels,
                       payloads=state.payloads, errors=state.errors, extras=state.extras)
 
-    def score_rows(self, rows: RowBatch, *, now=None) -> Result:
+    def score_rows(self, rows: RowBatch, *, now=None, tap=None) -> Result:
         """Raw request rows (the JSON doors) -> the Result; one row takes `run_one`."""
-        return self.run_one(rows, now=now) if rows.n == 1 else self.run(rows, now=now)
+        return self.run_one(rows, now=now, tap=tap) if rows.n == 1 else \
+            self.run(rows, now=now, tap=tap)
 
     def score(self, batch: pa.RecordBatch, *, now=None) -> pa.RecordBatch:
         """Score an Arrow batch (see docs/contracts.md): the contract columns and `error`."""

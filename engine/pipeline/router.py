@@ -208,7 +208,8 @@ class Engine:
         if self.monitor is not None:
             if result.errors:  # the one-row run raises at the refused input, before tracking
                 self.monitor.refuse(model_id, dep.version, result.errors.values(), reached_model=False)
-            self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
+            if clock.sampled:  # (checked here: an unsampled one-row call makes no call at all)
+                self.monitor.stages.record(model_id, dep.version, time.perf_counter() - logged)
         return result.one()
 
     def score_rows(self, model_id: str, rows: RowBatch, version: int | str | None = None) -> Result:
@@ -230,7 +231,7 @@ class Engine:
             if part.n == 1 and part.errors and self.monitor is not None:
                 # the one-row run raises at the refused input, before the tracking stage
                 self.monitor.refuse(model_id, dep.version, part.errors.values(), reached_model=False)
-        if self.monitor is not None:
+        if self.monitor is not None and clock.sampled:
             self.monitor.stages.record(model_id, parts[0][0].version, time.perf_counter() - logged)
         return result
 

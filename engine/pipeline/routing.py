@@ -1,6 +1,7 @@
 """An experiment compiled for the router: which variant answers each row (the registry's split over
-the entity key), and the shadows, scored off the answer's path on a small bounded pool whose
-failures are counted and logged, never raised.
+the entity key), and the shadows, scored from the answering variant's own pipeline call (its
+lookup, and its features where the plans agree: engine/pipeline/shadows.py) on a small bounded
+pool off the answer's path, whose failures are counted and logged, never raised.
 
 A row without a key (inline inputs only) is answered by the champion: the split needs the key to
 be sticky.
@@ -8,10 +9,8 @@ be sticky.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import os
-import threading
 import time
 
 import msgspec
@@ -25,6 +24,7 @@ from scoreline.registry.experiments import Experiment, load_experiment, split, s
 
 from scoreline.engine.data.request import RowBatch
 from scoreline.engine.monitor import timed
+from scoreline.engine.pipeline.shadows import Piece, ShadowPool, Tap, score_shadow, sharing
 
 __all__ = ["Routing", "ShadowPool", "Experiments", "Combined"]
 
@@ -65,89 +65,6 @@ class Routing:
                 "shadows": list(self.shadows)}
 
 
-class ShadowPool:
-    """Runs shadow scoring off the request path on one thread. Jobs wait at most `interval`
-    seconds so that many requests' rows go in one call (`merge`: jobs with the same merge key
-    have their RowBatch, the last argument, concatenated): one batch run per shadow instead of
-    one run per request (measured: per-request shadow runs on their own thread made a lone
-    request wait for the GIL, p50 0.7 -> 3 ms at concurrency 1). Past `max_rows` waiting rows a
-    job is dropped and counted (a slow shadow must not pile up memory or delay answers)."""
-
-    def __init__(self, *, interval: float = 0.02, max_rows: int = 65_536) -> None:
-        self._queue: collections.deque = collections.deque()
-        self._interval = interval
-        self._max = max_rows
-        self._waiting = 0  # rows queued (read without a lock: a bound, not a count to the row)
-        self._wake = threading.Event()
-        self._busy = False
-        self._stop = False
-        self.dropped = 0
-        self.failed = 0
-        self._thread = threading.Thread(target=self._run, name="scoreline-shadow", daemon=True)
-        self._thread.start()
-
-    def submit(self, job, *args, rows: int = 1, merge=None) -> bool:
-        if self._waiting >= self._max:
-            self.dropped += rows
-            return False
-        self._waiting += rows
-        self._queue.append((job, args, rows, merge))
-        if not self._wake.is_set():
-            self._wake.set()
-        return True
-
-    def _run(self) -> None:
-        while not self._stop:
-            self._wake.wait()
-            if self._stop:
-                break
-            time.sleep(self._interval)  # let more requests' rows gather
-            self._wake.clear()
-            self._busy = True
-            try:
-                self._drain_once()
-            finally:
-                self._busy = False
-
-    def _drain_once(self) -> None:
-        queue = self._queue
-        items = [queue.popleft() for _ in range(len(queue))]
-        merged: dict = {}
-        order = []
-        for job, args, rows, merge in items:
-            if merge is None:
-                order.append((job, args, rows))
-            elif merge in merged:
-                merged[merge][1].append(args[-1])
-                merged[merge][2] += rows
-            else:
-                entry = merged[merge] = [job, [args[-1]], rows, args[:-1]]
-                order.append(entry)
-        for item in order:
-            if isinstance(item, list):
-                job, batches, rows, head = item
-                args = (*head, RowBatch.concat(batches))
-            else:
-                job, args, rows = item
-            try:
-                job(*args)
-            except Exception:  # a failing shadow never reaches a request; it is counted here
-                self.failed += 1
-            self._waiting -= rows
-
-    def drain(self, timeout: float = 10.0) -> None:
-        """Wait until every submitted job has run (tests, flush, close)."""
-        deadline = time.monotonic() + timeout
-        while (self._queue or self._busy or self._wake.is_set()) and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    def close(self) -> None:
-        self.drain()
-        self._stop = True
-        self._wake.set()
-        self._thread.join(5)
-
-
 class Experiments:
     """The engine's experiments: the routing table (model id -> Routing, replaced whole after its
     versions compiled), routing of rows to variants, and the shadows' scoring and logging.
@@ -159,6 +76,7 @@ class Experiments:
         self.engine = engine
         self.table: dict[str, Routing] = {}
         self.pool = ShadowPool()
+        self._shares: dict = {}  # (id(variant), id(shadow)) -> (variant, shadow, sharing)
         self._ids = itertools.count(1)
         self._prefix = f"x{os.getpid():x}-{time.time_ns() & 0xFFFFFFFF:x}-"
 
@@ -230,19 +148,17 @@ class Experiments:
 
     def rows(self, model_id: str, routing: Routing, rows: RowBatch):
         """Score request rows by their variants -> (the Result, or a `Combined` of several, in
-        row order; the logging parts [(deployment, role, result, request ids)]). Shadows are
-        queued for the pool with the same rows and request ids."""
+        row order; the logging parts [(deployment, role, result, request ids)]). Each variant's
+        call is shared with the shadows (queued for the pool with the same request ids)."""
         get = self.engine._get
         ids = rows.request_ids
         if routing.shadows:
             ids = [self._pair_id(r) for r in ids]
             rows = RowBatch(rows.keys, rows.inputs, ids)
-            self.pool.submit(self._shadow_rows, model_id, routing, rows, rows=rows.n,
-                             merge=(model_id, id(routing)))
         index = [routing.pick(k) for k in rows.keys]
         champion = self.champion(model_id, routing)
         if not any(index):
-            result = timed(champion).score_rows(rows)
+            result = self._run(model_id, routing, champion, rows, ids)
             return result, [(champion, "champion", result, ids)]
         parts, logged = [], []
         for r, route in enumerate(routing.routes):
@@ -254,10 +170,28 @@ class Experiments:
                            None if rows.inputs is None else
                            {name: [col[i] for i in at] for name, col in rows.inputs.items()},
                            [ids[i] for i in at])
-            result = timed(dep).score_rows(sub)
+            result = self._run(model_id, routing, dep, sub, sub.request_ids)
             parts.append((result, at))
             logged.append((dep, route.role, result, sub.request_ids))
         return Combined(rows.n, parts), logged
+
+    def _run(self, model_id: str, routing: Routing, dep, source, ids):
+        """`dep`'s Result for `source` (RowBatch or Arrow batch); with shadows, the call is
+        tapped and handed to the pool (RowBatch pieces coalesce across requests)."""
+        if not routing.shadows:
+            return timed(dep).score_rows(source) if isinstance(source, RowBatch) \
+                else timed(dep).run(source)
+        tap = Tap()
+        if isinstance(source, RowBatch):
+            result = timed(dep).score_rows(source, tap=tap)
+            merge = (model_id, id(routing), id(dep), tap.state and tap.state.today)
+        else:
+            result = timed(dep).run(source, tap=tap)
+            merge = None
+        if result.n:
+            self.pool.submit(self._shadow, model_id, routing, Piece(dep, source, ids, tap),
+                             rows=result.n, merge=merge)
+        return result
 
     def batch(self, model_id: str, routing: Routing, batch, request_ids):
         """(champion deployment, Result or Combined in input order, role per row, request ids)."""
@@ -266,41 +200,51 @@ class Experiments:
                 pa.RecordBatch.from_pylist([], schema=batch.schema)
         if routing.shadows:
             request_ids = self._pair_ids(request_ids, batch.num_rows)
-            self.pool.submit(self._shadow, model_id, routing, lambda d: d.run(batch), request_ids,
-                             rows=batch.num_rows)
         champion = self.champion(model_id, routing)
         if champion.key_name not in batch.schema.names:
-            return champion, timed(champion).run(batch), "champion", request_ids
+            return (champion, self._run(model_id, routing, champion, batch, request_ids),
+                    "champion", request_ids)
         index = routing.pick_many(batch.column(champion.key_name))
         roles = np.array([r.role for r in routing.routes], dtype=object)[index]
         if not index.any():
-            return champion, timed(champion).run(batch), roles, request_ids
+            return (champion, self._run(model_id, routing, champion, batch, request_ids), roles,
+                    request_ids)
         parts = []
         for r, route in enumerate(routing.routes):
             mask = index == r
             if mask.any():
                 dep = champion if r == 0 else self.engine._get(model_id, route.version)
-                parts.append((timed(dep).run(batch.filter(pa.array(mask))),
-                              np.flatnonzero(mask).tolist()))
+                at = np.flatnonzero(mask)
+                ids = None if request_ids is None else _take(request_ids, at)
+                parts.append((self._run(model_id, routing, dep, batch.filter(pa.array(mask)), ids),
+                              at.tolist()))
         return champion, Combined(batch.num_rows, parts), roles, request_ids
 
     # --- shadows (on the pool's thread) -------------------------------------------------------
 
-    def _shadow_rows(self, model_id, routing, rows: RowBatch) -> None:
-        self._shadow(model_id, routing, lambda d: d.score_rows(rows), rows.request_ids)
-
-    def _shadow(self, model_id, routing, run, request_ids) -> None:
-        """Score each shadow version with `run(dep)` (a Result) and log its rows as `shadow`."""
+    def _shadow(self, model_id, routing, piece: Piece) -> None:
+        """Score each shadow version on the piece's call and log its rows as `shadow`."""
+        ids = piece.ids
+        if piece.n <= 64 and isinstance(ids, (pa.Array, pa.ChunkedArray)):
+            ids = ids.to_pylist()
         for version in routing.shadows:
             started = time.perf_counter()
             try:
                 dep = self.engine._get(model_id, version)
-                result = run(dep)
+                result = score_shadow(dep, piece, self._sharing(piece.variant, dep))
             except Exception:  # counted, never raised: the answers are already on their way
-                self._failed(model_id, version, len(request_ids))
+                self._failed(model_id, version, piece.n)
                 continue
-            self.engine._log_result(dep, result, request_ids, time.perf_counter() - started,
+            self.engine._log_result(dep, result, ids, time.perf_counter() - started,
                                     routing.name, "shadow")
+
+    def _sharing(self, variant, shadow):
+        """`sharing(variant, shadow)`, worked out once per pair of compiled deployments."""
+        key = (id(variant), id(shadow))
+        found = self._shares.get(key)
+        if found is None or found[0] is not variant or found[1] is not shadow:
+            found = self._shares[key] = (variant, shadow, sharing(variant, shadow))
+        return found[2]
 
     def _failed(self, model_id: str, version: int, rows: int) -> None:
         monitor = self.engine.monitor
@@ -317,6 +261,13 @@ class Experiments:
         base = f"{self._prefix}{next(self._ids)}:"
         return pc.binary_join_element_wise(pa.scalar(base),
                                            pa.array(np.arange(n)).cast(pa.string()), "")
+
+
+def _take(ids, at: np.ndarray):
+    """Request ids of rows `at` (an Arrow array or a sequence)."""
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        return ids.take(pa.array(at))
+    return [ids[i] for i in at.tolist()]
 
 
 class Combined:

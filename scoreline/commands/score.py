@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=os.environ.get("SCORELINE_DEVICE", "cpu"),
                    help="--engine local, LightGBM model files: score on the GPU (cuda: warns and uses the CPU "
                    "without one; auto: the GPU when one is usable). Default: $SCORELINE_DEVICE or cpu")
+    p.add_argument("--drift-json", metavar="PATH", help="--engine local, a registered model: write the run's data "
+                   "quality counters and PSI drift per input and of the score (vs the version's reference) as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
 
@@ -62,6 +64,7 @@ def run(args) -> int:
         result = _score(args)
         if not args.quiet:
             print(result.summary())
+        _drift(result, args)
     return 0
 
 
@@ -96,6 +99,20 @@ def _score(args):
 
         model = for_bulk(args.model, args.device)
     return score_file(model, inputs, args.output, threads=args.threads, progress=bar, **common)
+
+
+def _drift(result, args) -> None:
+    """The run's data quality and drift: a short table (unless --quiet) and --drift-json."""
+    report = getattr(result, "drift", None)
+    if args.drift_json:
+        import json
+
+        with open(args.drift_json, "w", encoding="utf-8") as f:
+            json.dump(report or [], f, indent=1)
+    if report and not args.quiet:
+        from scoreline.engine.monitor.runs import summary
+
+        print(summary(report))
 
 
 def _require(module: str, extra: str) -> None:

@@ -3,7 +3,6 @@ out-of-range values and a store column going blank move the counters and PSI pas
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -16,26 +15,10 @@ from scoreline.engine.monitor import PSI_ALERT, PSI_WARN, load_profile, psi
 pytest.importorskip("lightgbm")
 
 from scoreline.engine.data.request import RowBatch  # noqa: E402
-from scoreline.engine.demo import build_demo  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 from scoreline.errors import ScorelineError  # noqa: E402
 
 MODEL = "customer-segmentation"
-CUSTOMERS = 20_000
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root, customers=CUSTOMERS, train_rows=5000, log=lambda *_: None)
-    return root
-
-
-@pytest.fixture
-def root(demo, tmp_path):
-    shutil.copytree(demo / "registry", tmp_path / "registry")
-    shutil.copytree(demo / "store", tmp_path / "store")
-    return tmp_path
 
 
 def _store(root) -> pa.Table:
@@ -132,3 +115,17 @@ def test_a_store_column_going_blank_is_seen_on_every_path(root):
     assert quality["account-balance"]["missing"] == 3000 + 50  # the batch's, the one-row calls'
     assert quality["state"]["missing"] == 0
     assert drift["account-balance"] > PSI_ALERT and drift["state"] < PSI_WARN
+
+
+def test_one_row_calls_are_counted_exactly_across_folds(root):
+    keys = _store(root).column("customer-id").to_pylist()[:3000]
+    calls = 9_000  # more than two folds of the one-row queue, and a remainder
+    with Engine(root / "registry") as engine:
+        for i in range(calls):
+            engine.score(MODEL, {"customer-id": keys[i % len(keys)]})
+        tracker = _tracker(engine)
+        quality, (window, _), drift = tracker.quality(), tracker.window(), tracker.drift()
+    assert {q["rows"] for q in quality.values()} == {calls}
+    assert all(q["missing"] == q["out_of_range"] == q["unseen"] == 0 for q in quality.values())
+    assert calls // 2 <= window <= calls  # the PSI bins a strided sample of each fold
+    assert max(drift.values()) < PSI_WARN

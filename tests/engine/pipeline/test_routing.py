@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("lightgbm")
 
 from scoreline.engine.data.request import RowBatch  # noqa: E402
+from scoreline.errors import NotFoundError  # noqa: E402
 from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 from scoreline.registry.decision_log import DecisionLog  # noqa: E402
@@ -103,14 +104,66 @@ def test_a_failing_shadow_never_fails_a_request(registry):
         def broken(*args, **kwargs):
             raise RuntimeError("the shadow's disk is gone")
 
-        shadow.score_rows = shadow.run = broken
+        # its model (the shared path runs it) and its own run (a call it cannot share) both fail
+        shadow.model.predict_matrix = shadow.score_rows = shadow.run = broken
         for k in KEYS[:20]:
             assert engine.score(MODEL, {"customer-id": k})["model-version"] == 2
+        with pytest.raises(NotFoundError):  # unknown key: the fill raised, the shadow's own run
+            engine.score(MODEL, {"customer-id": -5})
         assert all(a["model-version"] == 2 for a in _rows(engine, KEYS[:20]))
         out = engine.score_batch(MODEL, pa.record_batch({"customer-id": KEYS[:20]}))
         assert out.column("error").null_count == 20
         engine.flush()
-        assert engine.monitor.shadow_errors[(MODEL, 1)] == 60  # rows: 20 one by one, 20, 20
+        assert engine.monitor.shadow_errors[(MODEL, 1)] == 61  # rows: 20 + 1 one by one, 20, 20
+
+
+def _add_copy_of_v2(registry) -> int:
+    """A version with v2's artifact and manifest: its feature plan agrees with v2's."""
+    repo = Repository(registry)
+    v2 = repo.version_dir(MODEL, 2)
+    return repo.add(MODEL, v2 / "manifest.json", v2 / "model.txt", "v2 again")
+
+
+@pytest.mark.parametrize("shadow", ["other-transforms", "same-plan"])
+def test_a_shadow_shares_the_call_and_scores_what_it_scores_alone(registry, tmp_path, shadow):
+    version = 1 if shadow == "other-transforms" else _add_copy_of_v2(registry)
+    log = DecisionLog(f"sqlite:///{tmp_path / 'log.db'}")
+    inline = {"date-of-birth": "1980-02-29", "state": "VIC", "account-balance": 12.5,
+              "postcode": 3000}
+    with Engine(registry, log=log) as engine:
+        engine.set_experiment(MODEL, {"name": "s", "champion": 2, "shadows": [version]})
+        dep = engine.deployment(MODEL, version)
+        own_fills = []
+        fill = dep.stages[0]
+        fill.run = lambda state, run=fill.run: own_fills.append(state.n) or run(state)
+        fill.run_one = lambda state, run=fill.run_one: own_fills.append(1) or run(state)
+        for k in KEYS[:30]:
+            engine.score(MODEL, {"customer-id": k, "request-id": f"one-{k}"})
+        engine.score(MODEL, {"inputs": inline, "request-id": "inline"})
+        engine.score_rows(MODEL, RowBatch(KEYS[30:60], None, [f"rows-{k}" for k in KEYS[30:60]]))
+        bad = dict(inline, state="XX")
+        engine.score_rows(MODEL, RowBatch([None, None], {n: [inline[n], bad[n]] for n in inline},
+                                          ["ok", "bad"]))
+        engine.score_batch(MODEL, pa.record_batch({"customer-id": KEYS[60:160]}),
+                           request_ids=[f"batch-{k}" for k in KEYS[60:160]])
+        engine.flush()
+        assert own_fills == []  # every row came from the champion's fill
+        expected = {f"one-{k}": engine.score(MODEL, {"customer-id": k}, version=version)["score"]
+                    for k in KEYS[:30]}
+        expected.update({f"rows-{k}": engine.score(MODEL, {"customer-id": k}, version=version)["score"]
+                         for k in KEYS[30:60]})
+        expected.update({f"batch-{k}": engine.score(MODEL, {"customer-id": k}, version=version)["score"]
+                         for k in KEYS[60:160]})
+        expected["inline"] = expected["ok"] = engine.score(MODEL, {"inputs": inline},
+                                                           version=version)["score"]
+        engine.flush()
+    logged = {r["request_id"]: r for r in log.tail(2000).to_pylist() if r["role"] == "shadow"}
+    log.close()
+    assert {r["model_version"] for r in logged.values()} == {version}
+    assert set(logged) == set(expected) | {"bad"}
+    for request_id, score in expected.items():
+        assert logged[request_id]["score"] == pytest.approx(score, rel=1e-12, abs=0), request_id
+    assert logged["bad"]["score"] is None and "state" in logged["bad"]["error"]
 
 
 def test_experiment_changes_under_load_drop_no_request(registry):
