@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,8 @@ class Tap:
     __slots__ = ("state", "errors")
 
     def __init__(self) -> None:
-        self.state = None
-        self.errors = None
+        self.state: Any = None  # the call's State, once its fill ran
+        self.errors: dict | None = None
 
     def __call__(self, state) -> None:
         self.state = state
@@ -45,13 +46,19 @@ class Piece:
 
     __slots__ = ("variant", "source", "keys", "ids", "today", "work", "X", "errors", "n")
 
+    keys: Any
+    today: Any
+    work: Any
+    X: Any
+    errors: Any
+
     def __init__(self, variant, source, ids, tap: Tap | None) -> None:
         self.variant = variant
         self.source = source
         self.ids = ids
         self.n = len(ids)
         state = None if tap is None else tap.state
-        if state is None or state.X is None:  # the fill raised (one row): no state to share
+        if tap is None or state is None or state.X is None:  # the fill raised (one row): no state to share
             self.keys = self.today = self.work = self.X = self.errors = None
             return
         self.keys, self.today, self.work, self.X = state.keys, state.today, state.work, state.X
@@ -186,7 +193,7 @@ class ShadowPool:
         queue = self._queue
         items = [queue.popleft() for _ in range(len(queue))]
         merged: dict = {}
-        order = []
+        order: list = []  # (job, args, rows) alone, or a merged [job, args list, rows, head] entry
         for job, args, rows, merge in items:
             if merge is None:
                 order.append((job, args, rows))
