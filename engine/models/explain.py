@@ -9,6 +9,8 @@ the same for a linear model: coefficient x (value - mean), the bias being the sc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from scoreline.engine.models.packing import PackedEnsemble
@@ -18,12 +20,19 @@ from scoreline.kernels.trees import CHILD_MASK
 
 __all__ = ["TreeContributions", "linear_contributions"]
 
-# Leaves whose paths have at most this many distinct features get a table of their weights for
-# every agreement mask (2^d x d values), so a row costs d additions per leaf instead of
-# LightGBM's O(d^2) unwinding; longer paths compute their weights per row.
-MAX_TABLE_FEATURES = 10
+# Leaves whose paths have at most this many distinct features get a table of Shapley sums for
+# every agreement mask (2^d values, kernels/shap.py fill_tables), so a row costs O(d) per leaf
+# instead of LightGBM's O(d^2) unwinding; longer paths compute their weights per row.
+MAX_TABLE_FEATURES = 12
 # Tables stop growing at this size per model (longer paths then compute per row).
 TABLE_BUDGET_BYTES = 64 << 20
+
+
+# _SHAPLEY_WEIGHTS[d, k] = k! (d-1-k)! / d!: the Shapley weight of a coalition of k of a leaf
+# path's other d - 1 features, each rounded once from the exact fraction.
+_SHAPLEY_WEIGHTS = np.array([[math.factorial(k) * math.factorial(d - 1 - k) / math.factorial(d) if k < d else 0.0
+                              for k in range(shap.MAX_PATH_FEATURES + 1)]
+                             for d in range(shap.MAX_PATH_FEATURES + 1)])
 
 
 class TreeContributions:
@@ -82,7 +91,7 @@ class TreeContributions:
     def _tables(self, leaves, path_len, max_features, budget_bytes) -> tuple[np.ndarray, np.ndarray]:
         leaf_table = np.full(path_len.shape[0], -1, dtype=np.int64)
         d = path_len[leaves]
-        sizes = np.where((d > 0) & (d <= max_features), (np.int64(1) << np.minimum(d, 62)) * d, 0)
+        sizes = np.where((d > 0) & (d <= max_features), np.int64(1) << np.minimum(d, 62), 0)
         # Within the budget, table the shortest paths first: they are the cheapest per entry.
         order = np.argsort(sizes, kind="stable")
         fits = np.cumsum(sizes[order]) * 8 <= budget_bytes
@@ -90,13 +99,13 @@ class TreeContributions:
         starts = np.concatenate(([0], np.cumsum(sizes[chosen])[:-1])).astype(np.int64)
         leaf_table[leaves[chosen]] = starts
         table = np.zeros(int(sizes[chosen].sum()), dtype=np.float64)
-        shap.fill_tables(leaves[chosen], self._packed.leaf_value, self._elem_bit, self._leaf_path,
-                         self._path_zero, leaf_table, table)
+        shap.fill_tables(leaves[chosen], self._elem_bit, self._leaf_path, self._path_zero, _SHAPLEY_WEIGHTS,
+                         leaf_table, table)
         return leaf_table, table
 
     @property
     def table_bytes(self) -> int:
-        """Memory the per-leaf weight tables take."""
+        """Memory the per-leaf Shapley-sum tables take."""
         return self._table.nbytes
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
