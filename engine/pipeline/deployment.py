@@ -106,7 +106,7 @@ class Deployment:
         for i, spec in enumerate(manifest.inputs):
             check_default(spec, f"$.inputs[{i}].default")
         self.plan: Plan = compile_plan(manifest, self.model.feature_names, self.model.categories)
-        self.decider = Decider(manifest, self.model.num_class, self.model.objective)
+        self.decider = Decider(manifest, self.model.num_class, self.model.objective, self.plan)
         self.key_name = manifest.entity.key
         self.key_type = _KEY_TYPES[manifest.entity.key_type]
         self.input_names = tuple(i.name for i in manifest.inputs)
@@ -298,7 +298,7 @@ class Deployment:
         X = self.plan.run(work, today)
         raw = self.model.predict_matrix(X)
         score = self.decider.scores(raw)
-        index, payload = self.decider.decide(raw, score)
+        index, payload = self.decider.decide(raw, score, work)
         bad = ~np.isfinite(score)
         any_bad = bool(bad.any())
         if any_bad:
@@ -390,7 +390,7 @@ class Deployment:
         raw = self.model.predict_matrix(self.plan.run(work, _today() if now is None else scoring_day(now)))
         decide_one = self.decider.decide_one
         for j, i in enumerate(good):
-            score, label, payload = decide_one(raw[j : j + 1])
+            score, label, payload = decide_one(raw[j : j + 1], work[j : j + 1])
             if not math.isfinite(score):
                 results[i] = InputError(f"the model gave a non-finite score ({score}) for this row",
                                         path="score")
@@ -418,7 +418,7 @@ class Deployment:
 
     def _finish_one(self, key, work: np.ndarray, now) -> dict:
         X = self.plan.run(work, _today() if now is None else scoring_day(now))
-        score, label, payload = self.decider.decide_one(self.model.predict_matrix(X))
+        score, label, payload = self.decider.decide_one(self.model.predict_matrix(X), work)
         if not math.isfinite(score):
             raise InputError(f"the model gave a non-finite score ({score}) for this row",
                              path="score")
