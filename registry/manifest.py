@@ -292,11 +292,14 @@ class Explain(msgspec.Struct, **_STRICT):
     """Reason codes from feature contributions (engine/pipeline/explain.py).
 
     k: how many reasons an answer carries when the request does not say (0: none);
+    rank: which contributions make reasons ("abs": the largest either way, "up": those raising
+    the score, e.g. a decline's reasons when the score is a risk, "down": those lowering it);
     reasons: raw input name -> its codes; means: a linear model's training feature means (by
     model feature name), the reference its contributions are measured from.
     """
 
     k: int = 0
+    rank: Literal["abs", "up", "down"] = "abs"
     reasons: dict[str, InputReasons] = {}
     means: dict[str, float] | None = None
 
