@@ -201,36 +201,6 @@ def _general_side(X, row, node, thresholds, words, cat_bits):
 
 
 @jit
-def _split_rows(X, start, rows, node, child, kind, clear, here, left, right, thresholds, words, cat_bits):
-    """The block's masks below split ``node``: the child a row does not take loses the node's
-    feature bit. The decision is the scoring kernels' step for the tree's kind (kernels/trees.py
-    TREE_*), chosen once per node: deciding inside a helper that branched on the kind per row
-    measured 6x slower (the step was no longer inlined into the row loop)."""
-    base = np.uint64(child)
-    at = np.uint64(node)
-    if kind == TREE_GENERAL:
-        for i in range(rows):
-            side = _general_side(X, start + i, node, thresholds, words, cat_bits)
-            left[i] = here[i] & (clear if side else _ALL)
-            right[i] = here[i] & (_ALL if side else clear)
-    elif kind == TREE_WIDE:
-        for i in range(rows):
-            side = _step_wide(X, start + i, at, thresholds, words, cat_bits) - base
-            left[i] = here[i] & (clear if side else _ALL)
-            right[i] = here[i] & (_ALL if side else clear)
-    elif kind == TREE_CATEGORICAL:
-        for i in range(rows):
-            side = _step_categorical(X, start + i, at, thresholds, words) - base
-            left[i] = here[i] & (clear if side else _ALL)
-            right[i] = here[i] & (_ALL if side else clear)
-    else:  # TREE_NUMERIC, TREE_PLAIN
-        for i in range(rows):
-            side = _step(X, start + i, at, thresholds, words) - base
-            left[i] = here[i] & (clear if side else _ALL)
-            right[i] = here[i] & (_ALL if side else clear)
-
-
-@jit
 def contributions(X, thresholds, words, cat_bits, trees, tree_stop, tree_bias, leaf_value, elem_bit, leaf_path,
                   path_feature, path_zero, leaf_table, table, out):
     """out[row, k * (F + 1) + f] = feature f's SHAP value for output k; column k * (F + 1) + F
@@ -238,7 +208,14 @@ def contributions(X, thresholds, words, cat_bits, trees, tree_stop, tree_bias, l
 
     Blocks of BLOCK_ROWS rows go through one tree at a time, node by node (every node: each
     leaf needs its mask), so the node's record and the tree's tables stay in cache across the
-    block, and the decision step is chosen once per node, not per row.
+    block. masks[record - root, row] is the block's agreement mask at each record: the child a
+    row does not take loses the node's feature bit.
+
+    The decision is the scoring kernels' step for the tree's kind (kernels/trees.py TREE_*),
+    chosen once per node: deciding in a helper that branched on the kind per row measured 6x
+    slower. The loops are written out here rather than in helpers taking the arrays: a call
+    that is not inlined reference-counts every array it is passed, which measured 20x the
+    work itself for one row.
     """
     n = X.shape[0]
     stride = X.shape[1] + 1
@@ -260,35 +237,55 @@ def contributions(X, thresholds, words, cat_bits, trees, tree_stop, tree_bias, l
                 masks[0, i] = _ALL
             for r in range(root, tree_stop[t]):
                 child = np.int64(words[2 * r + 1] & CHILD_MASK)
-                if child == r:
-                    _leaf_rows(start, rows, masks[r - root], offset, leaf_value[r], elem_bit[r], leaf_path[r],
-                               path_feature, path_zero, leaf_table[r], table, path, weights, out)
+                here = r - root
+                if child != r:
+                    clear = ~(np.int64(1) << elem_bit[r])
+                    left = child - root
+                    at = np.uint64(r)
+                    base = np.uint64(child)
+                    if kind == TREE_GENERAL:
+                        for i in range(rows):
+                            side = _general_side(X, start + i, r, thresholds, words, cat_bits)
+                            masks[left, i] = masks[here, i] & (clear if side else _ALL)
+                            masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
+                    elif kind == TREE_WIDE:
+                        for i in range(rows):
+                            side = _step_wide(X, start + i, at, thresholds, words, cat_bits) - base
+                            masks[left, i] = masks[here, i] & (clear if side else _ALL)
+                            masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
+                    elif kind == TREE_CATEGORICAL:
+                        for i in range(rows):
+                            side = _step_categorical(X, start + i, at, thresholds, words) - base
+                            masks[left, i] = masks[here, i] & (clear if side else _ALL)
+                            masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
+                    else:  # TREE_NUMERIC, TREE_PLAIN
+                        for i in range(rows):
+                            side = _step(X, start + i, at, thresholds, words) - base
+                            masks[left, i] = masks[here, i] & (clear if side else _ALL)
+                            masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
                     continue
-                _split_rows(X, start, rows, r, child, kind, ~(np.int64(1) << elem_bit[r]), masks[r - root],
-                            masks[child - root], masks[child + 1 - root], thresholds, words, cat_bits)
-
-
-@jit
-def _leaf_rows(start, rows, masks, offset, value, d, p, path_feature, path_zero, base, table, path, weights, out):
-    """Add one leaf's contributions for rows start .. start + rows - 1, given their masks."""
-    if d == 0:
-        return
-    if base < 0:
-        for i in range(rows):
-            _leaf_weights(path_zero, p, d, masks[i], path, weights)
-            for e in range(d):
-                out[start + i, offset + path_feature[p + e]] += weights[e] * value
-        return
-    low = (np.int64(1) << d) - 1
-    for i in range(rows):
-        # Branch-free: whether the row follows a feature varies from row to row.
-        mask = masks[i] & low
-        cold_product = 1.0
-        for e in range(d):
-            cold_product *= path_zero[p + e] if ((mask >> e) & 1) == 0 else 1.0
-        cold = -value * cold_product * table[base + mask]
-        hot_scale = value * cold_product
-        for e in range(d):
-            bit = (mask >> e) & 1
-            hot = hot_scale * (1.0 - path_zero[p + e]) * table[base + (mask ^ (bit << e))]
-            out[start + i, offset + path_feature[p + e]] += hot if bit else cold
+                d = elem_bit[r]
+                if d == 0:
+                    continue
+                p = leaf_path[r]
+                value = leaf_value[r]
+                at_table = leaf_table[r]
+                if at_table < 0:
+                    for i in range(rows):
+                        _leaf_weights(path_zero, p, d, masks[here, i], path, weights)
+                        for e in range(d):
+                            out[start + i, offset + path_feature[p + e]] += weights[e] * value
+                    continue
+                low = (np.int64(1) << d) - 1
+                for i in range(rows):
+                    # Branch-free: whether the row follows a feature varies from row to row.
+                    mask = masks[here, i] & low
+                    cold_product = 1.0
+                    for e in range(d):
+                        cold_product *= path_zero[p + e] if ((mask >> e) & 1) == 0 else 1.0
+                    cold = -value * cold_product * table[at_table + mask]
+                    hot_scale = value * cold_product
+                    for e in range(d):
+                        bit = (mask >> e) & 1
+                        hot = hot_scale * (1.0 - path_zero[p + e]) * table[at_table + (mask ^ (bit << e))]
+                        out[start + i, offset + path_feature[p + e]] += hot if bit else cold
