@@ -39,6 +39,7 @@ class Bench:
         from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo
         from scoreline.engine.pipeline.deployment import scoring_day
         from scoreline.engine.pipeline.router import Engine
+        from scoreline.engine.pipeline.stages import Predict
 
         build_demo(root, customers=customers, train_rows=min(customers, 100_000),
                    log=lambda *a: None)
@@ -58,15 +59,15 @@ class Bench:
             [self.keys, *[table.column(c).combine_chunks() for c in table.column_names]],
             names=["customer-id", *table.column_names])
         self.columns = list(table.column_names)
-        # A micro-batch as server/rows.py builds it from JSON: int64, float64, utf8, date32.
+        # A micro-batch of typed Arrow columns (the Arrow door): int64, float64, utf8, date32.
         small = self.inline_batch.slice(0, SMALL_ROWS)
         self.small_keys = pa.RecordBatch.from_arrays([small.column(0)], names=["customer-id"])
         self.small_inline = pa.RecordBatch.from_arrays(
             [_plain(small.column(i)) for i in range(small.num_columns)], names=small.schema.names)
         # The work matrices and feature matrices each stage starts from.
+        self.today = scoring_day()  # what the engine scores with
         self.work1 = self.dep.plan.new_work(1)
         self.work = self.dep.plan.new_work(BATCH_ROWS)
-        self.today = scoring_day()  # what the engine scores with
         self._fill(self.work1, self.inline_batch.slice(0, 1))
         self._fill(self.work, self.inline_batch)
         self.X1 = np.asfortranarray(self.dep.plan.run(self.work1.copy(), self.today))
@@ -78,14 +79,20 @@ class Bench:
         # Overhead measured directly, not as a difference of two noisy timings.
         self.stubbed = Engine(root / "registry", preload=True)
         stubbed = self.stubbed.deployment(MODEL)
-        stubbed.model = _StubModel(stubbed.model, {1: self.raw1, SMALL_ROWS: self.raw_small,
-                                                   BATCH_ROWS: self.raw})
+        stub = _StubModel(stubbed.model, {1: self.raw1, SMALL_ROWS: self.raw_small,
+                                          BATCH_ROWS: self.raw})
+        for stage in stubbed.stages:  # the pipeline's model stage predicts with the stub
+            if isinstance(stage, Predict):
+                stage.model = stub
 
     def _fill(self, work, batch) -> None:
-        # The batch path's own input step (checks + codes), so stages start from real work.
-        errors: dict = {}
-        self.dep._fill(work, np.arange(batch.num_rows), batch, errors)
-        assert not errors
+        # The pipeline's own fill stage (checks + codes), so the later stages start from real work.
+        from scoreline.engine.pipeline.stages import State
+
+        state = State(batch.num_rows, batch, self.today)
+        self.dep.stages[0].run(state)
+        assert not state.errors
+        work[:] = state.work
 
     # --- single request stages ----------------------------------------------------------------
     def model1(self):

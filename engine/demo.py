@@ -198,7 +198,7 @@ def _entity() -> dict:
 
 def _customer_inputs(postcode: bool) -> list[dict]:
     inputs = [
-        {"name": "date-of-birth", "type": "date"},
+        {"name": "date-of-birth", "type": "date", "earliest": "1900-01-01", "latest": "today"},
         {"name": "state", "type": "string", "allowed": list(STATES)},
         {"name": "account-balance", "type": "float"},
     ]

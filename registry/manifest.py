@@ -32,6 +32,10 @@ class Input(msgspec.Struct, **_STRICT):
     minimum: float | None = None
     maximum: float | None = None
     allow_nan: bool = False
+    # date and timestamp inputs: the first and last day allowed, "YYYY-MM-DD"; `latest` may be
+    # "today" (the day the value is checked, UTC), so a date of birth cannot lie in the future
+    earliest: str | None = None
+    latest: str | None = None
 
 
 # --- entity stores ----------------------------------------------------------------------------

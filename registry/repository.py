@@ -35,15 +35,20 @@ from scoreline.errors import NotFoundError, RegistrationError, SchemaError, Scor
 
 from .manifest import Manifest, decode_manifest, encode_manifest
 
-__all__ = ["Repository", "Validator", "DEFAULT_ALIAS", "check_model_id"]
+__all__ = ["Repository", "Validator", "DEFAULT_ALIAS", "check_model_id", "check_model_ref",
+           "store_base", "MODEL_ID_PATTERN", "VERSION_REF_PATTERN"]
 
 DEFAULT_ALIAS = "production"
 Validator = Callable[[Path, Manifest], Any]
 
 # Lowercase, starts with a letter or digit, so ids can never be "." / ".." or a hidden folder,
 # and without "/" a model id can never name anything outside the root.
-_MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
-_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+MODEL_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,127}"
+ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9._-]{0,63}"
+# What a request may name as a version: an alias or a version number (at most 18 digits).
+VERSION_REF_PATTERN = ALIAS_PATTERN + r"|[0-9]{1,18}"
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
 _VERSION = re.compile(r"[1-9][0-9]*")      # the folder names this repository writes
 _DIGITS = re.compile(r"[0-9]+")
 _TMP_PREFIX = ".tmp-"
@@ -63,6 +68,30 @@ def check_model_id(model_id: str) -> str:
     return model_id
 
 
+def check_model_ref(model_id: object, version: object, *,
+                    path: str = "$") -> tuple[str, int | str | None]:
+    """A requested model id and version (a number >= 1, its digits, or an alias) as the engine
+    takes them; anything else is a SchemaError at `<path>.model-id` or `<path>.model-version`."""
+    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id) or ".." in model_id:
+        raise SchemaError(
+            f"expected a model id (1-128 lowercase letters, digits, '.', '_', '-', starting with a "
+            f"letter or digit) at `{path}.model-id`, got {_show(model_id)}", path=f"{path}.model-id")
+    if version is None or (type(version) is int and 1 <= version < 2**63):
+        return model_id, version
+    if isinstance(version, str):
+        if _ALIAS.fullmatch(version):
+            return model_id, version
+        if _DIGITS.fullmatch(version) and len(version) <= 18 and int(version) >= 1:
+            return model_id, int(version)
+    raise SchemaError(f"expected a version number (>= 1) or an alias at `{path}.model-version`, "
+                      f"got {_show(version)}", path=f"{path}.model-version")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_alias(alias: str) -> str:
     if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or alias.isdigit():
         raise SchemaError(
@@ -71,6 +100,12 @@ def _check_alias(alias: str) -> str:
             path="alias",
         )
     return alias
+
+
+def store_base(version_dir: str | os.PathLike) -> Path:
+    """The folder a version's relative entity-store paths start at: the registry root, for a
+    version folder of this repository (also for its temporary folder while `add` validates)."""
+    return Path(version_dir).parent.parent
 
 
 class Repository:
@@ -190,7 +225,7 @@ class Repository:
             target = stack[-2]
             if not (self.root / model_id / str(target)).is_dir():
                 raise NotFoundError(f"model {model_id!r}: version {target}, which {alias!r} "
-                                    "pointed at before, no longer exists", path="version")
+                                    "pointed at before, no longer exists", path="$.model-version")
             aliases[alias] = target
             self._write_aliases(model_id, aliases)
             self._append_history(model_id, "rolled-back", target, alias, current, message)
@@ -296,24 +331,24 @@ class Repository:
                 return self._existing(model_id, aliases[DEFAULT_ALIAS], versions,
                                       f"alias {DEFAULT_ALIAS!r} -> ")
             if not versions:
-                raise NotFoundError(f"model {model_id!r} has no registered versions", path="version")
+                raise NotFoundError(f"model {model_id!r} has no registered versions", path="$.model-version")
             return versions[-1]
         if isinstance(version_or_alias, bool):
             raise SchemaError(f"expected a version number or an alias, got {version_or_alias!r}",
-                              path="version")
+                              path="$.model-version")
         if isinstance(version_or_alias, int) or (
             isinstance(version_or_alias, str) and _DIGITS.fullmatch(version_or_alias)
         ):
             return self._existing(model_id, int(version_or_alias), versions, "")
         if not isinstance(version_or_alias, str):
             raise SchemaError(f"expected a version number or an alias, got {version_or_alias!r}",
-                              path="version")
+                              path="$.model-version")
         aliases = self.aliases(model_id)
         if version_or_alias not in aliases:
             raise NotFoundError(
                 f"model {model_id!r} has no version or alias {version_or_alias!r} "
                 f"(versions: {_names(versions)}; aliases: {_names(aliases)})",
-                path="version",
+                path="$.model-version",
             )
         return self._existing(model_id, aliases[version_or_alias], versions,
                               f"alias {version_or_alias!r} -> ")
@@ -354,7 +389,7 @@ class Repository:
         path = self.root / model_id
         if not path.is_dir():
             raise NotFoundError(
-                f"unknown model {model_id!r} (models in {str(self.root)!r}: {_names(self.model_ids())})",
+                f"unknown model {model_id!r} (models: {_names(self.model_ids())})",
                 path="$.model-id",
             )
         return path
@@ -363,7 +398,7 @@ class Repository:
         if version not in versions:
             raise NotFoundError(
                 f"model {model_id!r} has no version {via}{version} (versions: {_names(versions)})",
-                path="version",
+                path="$.model-version",
             )
         return version
 

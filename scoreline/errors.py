@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 __all__ = [
     "ScorelineError",
     "ModelFormatError",
@@ -28,6 +30,17 @@ class ScorelineError(Exception):
         super().__init__(message)
         self.message = message
         self.path = path
+
+    def under(self, prefix: str) -> ScorelineError:
+        """A copy of this error with its JSON path re-rooted at `prefix`: `$.inputs.state` under
+        `$.rows[3]` is `$.rows[3].inputs.state` (a path that is not a JSON path is kept)."""
+        other = copy.copy(self)
+        path = self.path
+        if path is None or path == "$":
+            other.path = prefix
+        elif path.startswith("$"):
+            other.path = prefix + path[1:]
+        return other
 
     def to_dict(self) -> dict:
         """The JSON body the server and CLI show: ``{"error": kind, "message": ..., "path": ...}``."""

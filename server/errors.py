@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 
 from scoreline.errors import InputError, SchemaError, ScorelineError
 
@@ -12,15 +11,12 @@ __all__ = [
     "MalformedBody",
     "PayloadTooLarge",
     "UnsupportedMediaType",
-    "RowError",
-    "row_error",
     "status_for",
     "error_body",
     "error_headers",
 ]
 
 log = logging.getLogger("scoreline.server")
-_PATH = re.compile(r"`(\$[^`]*)`")
 
 # docs/contracts.md: schema/input -> 422 (400 for undecodable JSON), not-found -> 404,
 # not-ready -> 503, overloaded -> 503 + Retry-After, unauthorized -> 401, registration -> 409.
@@ -56,28 +52,6 @@ class UnsupportedMediaType(InputError):
     """A body whose Content-Type the endpoint does not read."""
 
     kind = "media-type"
-
-
-class RowError(ScorelineError):
-    """A row the engine could not score (its `error` column); kind follows the engine's message."""
-
-    def __init__(self, message: str, *, kind: str = "input", path: str | None = None) -> None:
-        super().__init__(message, path=path)
-        self.kind = kind
-
-
-def row_error(text: str, *, prefix: str = "$", key: str | None = None) -> RowError:
-    """The error for one row from the engine's per-row `error` text.
-
-    The engine writes "... not found ..." for an unknown entity (-> not-found, at `<prefix>.<key>`)
-    and names a bad input's path in backticks (`$.inputs.state`), which is re-rooted at `prefix`
-    (`$.rows[3]` in a batch).
-    """
-    if "not found" in text:
-        return RowError(text, kind="not-found", path=f"{prefix}.{key}" if key else prefix)
-    match = _PATH.search(text)
-    path = prefix + match.group(1)[1:] if match else prefix
-    return RowError(text, kind="input", path=path)
 
 
 def status_for(exc: BaseException) -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import scoreline
 
-from .rows import ALIAS_PATTERN, MODEL_ID_PATTERN
+from scoreline.registry.repository import MODEL_ID_PATTERN, VERSION_REF_PATTERN
 from .settings import ServerSettings
 
 __all__ = ["openapi_document"]
 
 _NAME = {"type": "string", "pattern": f"^{MODEL_ID_PATTERN}$"}
-_ALIAS = {"type": "string", "pattern": f"^(?:{ALIAS_PATTERN})$"}
+_ALIAS = {"type": "string", "pattern": f"^(?:{VERSION_REF_PATTERN})$"}
 _VALUE = {"type": ["string", "number", "integer", "boolean", "null"]}
 
 

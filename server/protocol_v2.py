@@ -3,8 +3,9 @@
 Input tensors map by name to the entity key or the manifest's raw inputs; each is one value per
 row (shape [n] or [n, 1]). Output tensors are the contract fields (key, model-id, model-version,
 score, decision, further outputs), shape [n]; a row scored from inline inputs has no key, sent as
-0 in an INT tensor and "" in a BYTES one. The protocol has no per-row errors: a row that cannot
-be scored fails the request with `{"error": "... (at row i)"}`. Datatypes: BOOL, INT8..INT64,
+null in JSON data (as v1 answers) and as 0 or "" in binary data. The protocol has no per-row
+errors: a row that cannot be scored fails the request with `{"error": "... (at row i, <path>)"}`.
+JSON tensor data is checked against its datatype's range (an INT8 holds -128..127). Datatypes: BOOL, INT8..INT64,
 UINT8..UINT64, FP32, FP64, BYTES (UTF-8); FP16 and BF16 are refused.
 """
 
@@ -25,7 +26,7 @@ from scoreline.errors import NotFoundError, SchemaError
 
 from .asgi import JSON, Endpoint, encode_json, header, read_body, send_bytes, send_json
 from .errors import MalformedBody, PayloadTooLarge
-from .scoring import Scorer
+from .scoring import Request, Scorer
 
 __all__ = ["v2_routes", "DATATYPES"]
 
@@ -58,7 +59,57 @@ class _InferRequest(msgspec.Struct, frozen=True):
     outputs: list[_Output] | None = None
 
 
-_decode_request = msgspec.json.Decoder(_InferRequest).decode
+_decode_json = msgspec.json.Decoder().decode
+_ABSENT = object()
+
+
+def _request(body: object) -> _InferRequest:
+    """A decoded JSON body as an inference request; a field of the wrong shape is a SchemaError
+    at its own path (checked here, field by field, so the path is ours and not read out of a
+    decoder's message). Unknown fields are ignored, as the protocol allows extensions."""
+    _need(type(body) is dict, "an object", body, "$")
+    inputs = body.get("inputs", _ABSENT)
+    _need(inputs is not _ABSENT, "the field `inputs`", None, "$.inputs")
+    _need(type(inputs) is list, "an array of tensors", inputs, "$.inputs")
+    tensors = [_tensor_of(t, f"$.inputs[{i}]") for i, t in enumerate(inputs)]
+    rid = body.get("id")
+    _need(rid is None or type(rid) is str, "a string", rid, "$.id")
+    parameters = _parameters(body, "$")
+    outputs = body.get("outputs")
+    if outputs is not None:
+        _need(type(outputs) is list, "an array of outputs", outputs, "$.outputs")
+        wanted = []
+        for i, output in enumerate(outputs):
+            where = f"$.outputs[{i}]"
+            _need(type(output) is dict, "an object", output, where)
+            _need(type(output.get("name")) is str, "a string", output.get("name"), f"{where}.name")
+            wanted.append(_Output(output["name"], _parameters(output, where)))
+        outputs = wanted
+    return _InferRequest(tensors, rid, parameters, outputs)
+
+
+def _tensor_of(t: object, where: str) -> _Tensor:
+    _need(type(t) is dict, "a tensor object", t, where)
+    name, shape, datatype = t.get("name"), t.get("shape"), t.get("datatype")
+    _need(type(name) is str, "a string", name, f"{where}.name")
+    _need(type(shape) is list and all(type(d) is int for d in shape), "an array of integers",
+          shape, f"{where}.shape")
+    _need(type(datatype) is str, "a string", datatype, f"{where}.datatype")
+    return _Tensor(name, shape, datatype, _parameters(t, where), t.get("data"))
+
+
+def _parameters(obj: dict, where: str) -> dict:
+    parameters = obj.get("parameters", {})
+    _need(type(parameters) is dict, "an object", parameters, f"{where}.parameters")
+    return parameters
+
+
+def _need(ok: bool, expected: str, got: object, path: str) -> None:
+    if not ok:
+        shown = "nothing" if got is None else repr(got)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise SchemaError(f"invalid inference request: expected {expected} at `{path}`, got {shown}",
+                          path=path)
 
 
 def v2_routes(scorer: Scorer) -> list[Route]:
@@ -85,7 +136,7 @@ def v2_routes(scorer: Scorer) -> list[Route]:
         d = entry.deployment
         listing = await asyncio.get_running_loop().run_in_executor(None, scorer.require_engine().models)
         versions = [str(v) for m in listing if m.get("model-id") == d.model_id for v in _version_numbers(m)]
-        shape = entry.shape
+        shape = entry.schema
         inputs = [{"name": shape.key, "datatype": "INT64" if shape.key_type == "int" else "BYTES", "shape": [-1]}]
         inputs += [{"name": n, "datatype": _INPUT_DATATYPE[shape.input_types[n]], "shape": [-1]} for n in shape.input_names]
         schema = d.output_schema
@@ -120,11 +171,11 @@ def v2_routes(scorer: Scorer) -> list[Route]:
             raise SchemaError("expected at least one row in the input tensors", path="$.inputs[0].shape")
         base = request.id or scorer.new_request_id()
         ids = [base] if n == 1 else [f"{base}:{j}" for j in range(n)]
-        rows = entry.shape.parse_columns(columns, n, ids, paths)
-        scored = await scorer.score_rows(entry, rows)
-        scorer.raise_row_errors(scored, "row {row}")
+        rows = entry.schema.parse_columns(columns, n, ids, paths)
+        scored = await scorer.score_rows(entry, Request(rows))
+        scorer.raise_row_errors(scored, "row {row}: $")
         wanted = _wanted_outputs(request, entry.fields)
-        answer = scored.arrow()
+        answer = scored.result.to_batch().slice(scored.offset, scored.n)
         header_json, chunks = _outputs(answer, wanted)
         response = {"model_name": entry.deployment.model_id, "model_version": str(entry.deployment.version),
                     "outputs": header_json}
@@ -169,13 +220,10 @@ def _split(scope, body: bytes) -> tuple[_InferRequest, memoryview]:
                                 f"does not fit a {len(body)}-byte body")
         head, tail = body[: int(declared)], memoryview(body)[int(declared):]
     try:
-        return _decode_request(head), tail
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else "$"
-        raise SchemaError(f"invalid inference request: {text}", path=path) from None
+        body = _decode_json(head)
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"the inference request is not valid JSON: {exc}") from None
+    return _request(body), tail
 
 
 def _tensor_values(tensor: _Tensor, where: str, binary: memoryview, offset: int, max_rows: int):
@@ -235,6 +283,11 @@ def _from_json(data: Any, datatype: str, where: str) -> list:
     if bad is not None:
         expected = {"BYTES": "strings", "BOOL": "true or false"}.get(
             datatype, "integers" if datatype.startswith(("INT", "UINT")) else "numbers")
+        if datatype.startswith(("INT", "UINT")) and type(flat[bad]) is int:
+            low, high = _INT_RANGES[datatype]
+            expected = f"integers from {low} to {high}"
+        elif datatype == "FP32" and type(flat[bad]) in (int, float):
+            expected = "numbers within FP32's range"
         raise SchemaError(f"expected {expected} for a {datatype} tensor, got {flat[bad]!r}", path=f"{where}.data[{bad}]")
     return flat
 
@@ -245,8 +298,16 @@ def _fits(x, datatype: str) -> bool:
     if datatype == "BOOL":
         return type(x) is bool
     if datatype.startswith(("INT", "UINT")):
-        return type(x) is int
+        low, high = _INT_RANGES[datatype]
+        return type(x) is int and low <= x <= high
+    if datatype == "FP32":
+        return type(x) in (int, float) and not abs(x) > _FP32_MAX  # NaN and inf pass, as in FP32
     return type(x) in (int, float)
+
+
+_INT_RANGES = {name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+               for name, dtype in DATATYPES.items() if name.startswith(("INT", "UINT"))}
+_FP32_MAX = float(np.finfo(np.float32).max)
 
 
 def _utf8(raw: bytes, where: str) -> str:
@@ -284,14 +345,12 @@ def _outputs(batch: pa.RecordBatch, wanted: list[tuple[str, bool]]) -> tuple[lis
                 raw = b"".join(struct.pack("<I", len(v)) + v for v in encoded)
             else:
                 tensor["data"] = values
+        elif not binary:
+            tensor["data"] = column.to_pylist()  # null: no entity (a row scored from inline inputs)
         else:
-            if column.null_count:  # the key of an inline-inputs row: no entity, so 0 (or false)
+            if column.null_count:  # binary data has no null: 0 (or false)
                 column = pc.fill_null(column, pa.scalar(0 if datatype != "BOOL" else False, column.type))
-            array = column.to_numpy(zero_copy_only=False).astype(DATATYPES[datatype], copy=False)
-            if binary:
-                raw = array.tobytes()
-            else:
-                tensor["data"] = array.tolist()
+            raw = column.to_numpy(zero_copy_only=False).astype(DATATYPES[datatype], copy=False).tobytes()
         if binary:
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

@@ -14,10 +14,11 @@ from starlette.routing import Route
 
 from scoreline.errors import InputError, SchemaError
 
-from .asgi import JSON, Endpoint, encode_json, header, read_body, send_bytes, send_json
-from .errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType, row_error
-from .rows import ARROW_TYPES
-from .scoring import Scorer
+from .asgi import JSON, Endpoint, header, read_body, send_bytes, send_json
+from scoreline.engine.data.request import ARROW_TYPES
+
+from .errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from .scoring import Request, Scorer
 
 __all__ = ["v1_routes", "ARROW_STREAM"]
 
@@ -43,17 +44,11 @@ def v1_routes(scorer: Scorer) -> tuple[list[Route], Callable]:
         """The answer to one `/v1/score` call as JSON bytes; raises the error to answer instead."""
         body = decode_object(await read_body(scope, receive, settings.max_body_bytes))
         entry = await scorer.entry(body.get("model-id"), body.get("model-version"))
-        rows = entry.shape.parse_request(body, scorer.new_request_id())
-        scored = await scorer.score_rows(entry, rows)
-        if scored.body is not None:  # the one-row path's answer, encoded in the executor
+        rows = entry.schema.parse_request(body, scorer.new_request_id())
+        scored = await scorer.score_rows(entry, Request(rows, single=True, echo_id="request-id" in body))
+        if scored.body is not None:  # the answer, encoded in the executor
             return scored.body
-        error = scored.error(0)
-        if error is not None:
-            raise row_error(error, key=entry.shape.key)
-        answer = scored.row(0, entry.fields)
-        if "request-id" in body:
-            answer["request-id"] = rows.request_ids[0]
-        return encode_json(answer)
+        raise scored.error(0)
 
     async def score_one_endpoint(scope, receive, send) -> None:
         await send_bytes(send, 200, await score_one(scope, receive), JSON)
@@ -69,14 +64,14 @@ def v1_routes(scorer: Scorer) -> tuple[list[Route], Callable]:
             raise PayloadTooLarge(f"{len(raw_rows)} rows exceed the limit of {settings.max_rows} per request", path="$.rows")
         if raw_rows == []:
             raise SchemaError("expected at least one row at `$.rows`", path="$.rows")
-        rows = entry.shape.parse_rows(raw_rows, "$.rows", scorer.new_request_id)
-        scored = await scorer.score_rows(entry, rows)
+        rows = entry.schema.parse_rows(raw_rows, "$.rows", scorer.new_request_id)
+        scored = await scorer.score_rows(entry, Request(rows))
         results = []
         for i in range(scored.n):
-            result = scored.row(i, entry.fields)
+            result = scored.row(i)
             result["request-id"] = rows.request_ids[i]
-            text = scored.error(i)
-            result["error"] = None if text is None else row_error(text, prefix=f"$.rows[{i}]", key=entry.shape.key).to_dict()
+            error = scored.error(i)
+            result["error"] = None if error is None else error.under(f"$.rows[{i}]").to_dict()
             results.append(result)
         d = entry.deployment
         await send_json(send, 200, {"model-id": d.model_id, "model-version": d.version, "results": results})
@@ -93,12 +88,12 @@ def v1_routes(scorer: Scorer) -> tuple[list[Route], Callable]:
         table = _read_stream(body)
         if table.num_rows > settings.max_arrow_rows:
             raise PayloadTooLarge(f"{table.num_rows} rows exceed the limit of {settings.max_arrow_rows} per request")
-        table, request_ids = _conform(table, entry.shape)
+        table, request_ids = _conform(table, entry.schema)
         outputs, offset = [], 0
         for batch in table.combine_chunks().to_batches() or [_empty(table.schema)]:
             ids = None if request_ids is None else request_ids[offset : offset + batch.num_rows]
             offset += batch.num_rows
-            outputs.append(await scorer.score_arrow(entry, batch, ids))
+            outputs.append((await scorer.score_arrow(entry, batch, ids)).to_batch())
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, outputs[0].schema) as writer:
             for out in outputs:

@@ -18,14 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scoreline.engine.data.days import EPOCH, EPOCH_DT, FIRST_DAY, day_bounds, plain_dates
 from scoreline.errors import InputError, SchemaError
 from scoreline.registry.manifest import Input
 
-__all__ = ["check_column", "check_value", "check_default", "index_in", "input_path", "EPOCH"]
+__all__ = ["check_column", "check_value", "check_default", "index_in", "input_path"]
 
-EPOCH = dt.date(1970, 1, 1)
-_EPOCH_DT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_FIRST_DAY = (dt.date(1, 1, 1) - EPOCH).days
 _ARTICLE = {"int": "an int", "float": "a float", "string": "a string", "bool": "a bool",
             "date": "a date", "timestamp": "a timestamp"}
 
@@ -45,6 +43,8 @@ def _expected(spec: Input, got) -> InputError:
 def _show(value) -> str:
     if value is None:
         return "null"
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return repr(value.isoformat())  # an Arrow date32 shows as the JSON string would
     if isinstance(value, float) and value.is_integer():
         return repr(int(value)) if abs(value) < 1e15 else repr(value)
     return repr(value)
@@ -66,6 +66,13 @@ def _out_of_range(spec: Input, got) -> InputError:
     hi = "inf" if spec.maximum is None else _show(spec.maximum)
     return InputError(f"expected {_ARTICLE[spec.type]} between {lo} and {hi} at "
                       f"`{input_path(spec)}`, got {_show(got)}", path=input_path(spec))
+
+
+def _out_of_days(spec: Input, got) -> InputError:
+    lo = spec.earliest or "any day"
+    hi = spec.latest or "any day"
+    return InputError(f"expected {_ARTICLE[spec.type]} from {lo} to {hi} at `{input_path(spec)}`, "
+                      f"got {_show(got)}", path=input_path(spec))
 
 
 def _non_finite(spec: Input, got) -> InputError:
@@ -110,10 +117,13 @@ def check_value(spec: Input, value):
             return number
         if kind == "int" and not number.is_integer():
             raise _expected(spec, value)
-    elif kind == "date":
-        number = _date_days(spec, value)
     else:
-        number = _timestamp_days(spec, value)
+        number = _date_days(spec, value) if kind == "date" else _timestamp_days(spec, value)
+        if spec.earliest is not None or spec.latest is not None:
+            lo, hi = day_bounds(spec)
+            if not lo <= number <= hi:
+                raise _out_of_days(spec, value)
+        return number
     if spec.allowed is not None and value not in spec.allowed:
         raise _not_allowed(spec, value)
     if kind in ("int", "float") and (
@@ -151,7 +161,7 @@ def _timestamp_days(spec: Input, value) -> float:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
-        return float((value - _EPOCH_DT) // dt.timedelta(days=1))
+        return float((value - EPOCH_DT) // dt.timedelta(days=1))
     if isinstance(value, dt.date):
         return float((value - EPOCH).days)
     raise _expected(spec, value)
@@ -172,15 +182,17 @@ def check_default(spec: Input, path: str) -> None:
 
 
 def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
-                 want_keys: bool = True):
+                 want_keys: bool = True, missing: dict[int, InputError] | None = None):
     """An Arrow column -> (float64 numbers or None, string keys as an Arrow array or None).
 
     Numbers: float64 (n,), NaN where missing or bad. Keys (string, int and bool inputs): the value
     as a string for vocabulary/lookup codes, null where missing or bad. Bad rows are added to
     `errors` (row -> InputError) unless the row already has an error. `want_keys=False` skips
-    the keys of int inputs (a cast to strings per call) when no code reads them.
+    the keys of int inputs (a cast to strings per call) when no code reads them. `missing`: where
+    a missing required value's error goes instead (a caller that reports a row's bad values
+    before its missing ones, as the pipeline's fill does, merges them last).
     """
-    numbers, keys = _check_column(spec, arr, errors, want_keys)
+    numbers, keys = _check_column(spec, arr, errors, want_keys, missing)
     if spec.default is None or not arr.null_count:
         return numbers, keys
     # A null takes the default, converted once by the one-value path (which also checked it).
@@ -195,7 +207,8 @@ def check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], *,
     return numbers, keys
 
 
-def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool):
+def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], want_keys: bool,
+                  missing: dict[int, InputError] | None):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
@@ -205,18 +218,18 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], wan
     null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
     bad = np.zeros(n, dtype=bool)
 
-    def report(mask: np.ndarray, make) -> None:
+    def report(mask: np.ndarray, make, into: dict = errors) -> None:
         if not mask.any():  # the usual case, and cheaper than flatnonzero
             return
         rows = np.flatnonzero(mask & ~bad)
         if len(rows):
             values = arr.take(pa.array(rows)).to_pylist()
             for row, value in zip(rows.tolist(), values):
-                errors.setdefault(row, make(value))
+                into.setdefault(row, make(value))
             bad[rows] = True
 
     if null is not None and spec.required and spec.default is None:
-        report(null, lambda _v: _missing(spec))
+        report(null, lambda _v: _missing(spec), errors if missing is None else missing)
 
     keys = None
     if pa.types.is_null(arr.type):
@@ -271,6 +284,11 @@ def _check_column(spec: Input, arr: pa.Array, errors: dict[int, InputError], wan
         keys = arr.cast(pa.string())
     else:
         numbers = _days(spec, arr, null, report)
+        if spec.earliest is not None or spec.latest is not None:
+            lo, hi = day_bounds(spec)
+            with np.errstate(invalid="ignore"):
+                outside = (numbers < lo) | (numbers > hi)
+            report(outside & _present(null, n), lambda v: _out_of_days(spec, v))
     numbers[bad] = np.nan
     return numbers, (None if keys is None else _blank(keys, bad))
 
@@ -283,7 +301,7 @@ def _days(spec: Input, arr: pa.Array, null, report) -> np.ndarray:
         if not pa.types.is_string(t):
             arr = arr.cast(pa.string())
         if spec.type == "date":
-            days = _plain_dates(arr)
+            days = plain_dates(arr)
             if days is not None:
                 return days
             parsed = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
@@ -293,7 +311,7 @@ def _days(spec: Input, arr: pa.Array, null, report) -> np.ndarray:
             out = days.to_numpy(zero_copy_only=False).astype(np.float64)
             # ... and year 0, which Python's calendar (the one-row path) does not have.
             with np.errstate(invalid="ignore"):
-                same = same.to_numpy(zero_copy_only=False) & (out >= _FIRST_DAY)
+                same = same.to_numpy(zero_copy_only=False) & (out >= FIRST_DAY)
             report(~same & _present(null, n), lambda v: _expected(spec, v))
             return out
         # ISO 8601 timestamps come in too many shapes for one format: parse like the one-row path.
@@ -368,46 +386,6 @@ def _floats(arr: pa.Array) -> np.ndarray:
             return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).copy()
         return values.astype(np.float64)
     return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).copy()
-
-
-# Days in each month, for the plain YYYY-MM-DD check (February gets its leap day below).
-_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
-_DIGIT_AT = np.array([0, 1, 2, 3, 5, 6, 8, 9])
-
-
-def _plain_dates(arr: pa.Array) -> np.ndarray | None:
-    """Days since the epoch for a utf8 column of only valid YYYY-MM-DD dates in years 1000-9999
-    (no nulls), read straight from the Arrow buffers with numpy; None when any value needs the
-    full check (strptime + round trip) and its message. Six numpy steps instead of six Arrow
-    compute calls: a 64-row column ~15 us against ~60 us."""
-    n = len(arr)
-    if n == 0 or arr.null_count:
-        return None
-    _, offsets_buffer, data_buffer = arr.buffers()
-    offsets = np.frombuffer(offsets_buffer, np.int32, count=n + 1, offset=arr.offset * 4)
-    start = int(offsets[0])
-    if int(offsets[-1]) - start != 10 * n or (np.diff(offsets) != 10).any():
-        return None
-    text = np.frombuffer(data_buffer, np.uint8, count=10 * n, offset=start).reshape(n, 10)
-    digits = text[:, _DIGIT_AT].astype(np.int64) - 48
-    if (digits < 0).any() or (digits > 9).any() or (text[:, 4] != 45).any() \
-            or (text[:, 7] != 45).any():
-        return None
-    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
-    month = digits[:, 4] * 10 + digits[:, 5]
-    day = digits[:, 6] * 10 + digits[:, 7]
-    if (year < 1000).any() or (month < 1).any() or (month > 12).any() or (day < 1).any():
-        return None
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    if (day > _MONTH_DAYS[month] + (leap & (month == 2))).any():
-        return None
-    # Days from the civil date (H. Hinnant's days_from_civil; years here are positive).
-    y = year - (month <= 2)
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return (era * 146097 + doe - 719468).astype(np.float64)
 
 
 def _present(null, n: int) -> np.ndarray:

@@ -7,16 +7,16 @@ re-checks the same stored values on every request. Converting the store once at 
 `compile at load` rule applied to data: ~100 ms and 8 bytes per row and input for 1M customers)
 makes a one-key lookup ~3 us and a batch lookup one gather per work column.
 
-It reads FileStore's current snapshot (`_state`: its table and key index), which engine/data/entities.py
-does not yet offer publicly; a store without one (a database) keeps using `lookup`. A new
-snapshot (the files changed) is converted on a background thread while the old one keeps
-serving, so no request waits for it.
+It reads the store's public `snapshot()` (its table and key index); a store without one (a
+database) keeps using `lookup`. A new snapshot (the files changed) is converted on a background
+thread while the old one keeps serving, so no request waits for it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,9 @@ import pyarrow as pa
 from scoreline.errors import ScorelineError
 
 from scoreline.engine.data.fields import check_column
-from scoreline.engine.pipeline.plan import Plan
+
+if TYPE_CHECKING:  # data/ is below pipeline/: the plan is only handed in
+    from scoreline.engine.pipeline.plan import Plan
 
 __all__ = ["StoreView"]
 
@@ -45,34 +47,40 @@ class StoreView:
 
     @staticmethod
     def supports(store) -> bool:
-        state = getattr(store, "_state", None)
-        index = getattr(state, "index", None)
-        return (getattr(state, "table", None) is not None and getattr(index, "is_int", False)
-                and callable(getattr(index, "find", None)))
+        """Whether `store` holds integer-keyed data in memory (`EntityStore.snapshot`)."""
+        state = store.snapshot()
+        return state is not None and state.index.is_int
 
     def __init__(self, store, plan: Plan, store_columns: dict[str, str], codes) -> None:
         self.store = store
         self.plan = plan
         self.store_columns = store_columns
         self._codes = codes  # deployment._codes: keys -> category codes
-        self.slots = np.array(
+        # The work column of each converted value, in the plan's order; the converted rows keep
+        # their values sorted by work column, so that where the columns are consecutive (the
+        # usual plan) one stored row is copied by a slice assignment (`span`), cheaper than a
+        # fancy one for a single request.
+        planned = np.array(
             [s for i in plan.inputs for s in ([i.slot] if i.slot >= 0 else []) +
              [c.slot for c in i.codes]], dtype=np.int64)
+        self._order = np.argsort(planned, kind="stable")
+        self.slots = planned[self._order]
+        consecutive = len(self.slots) and (np.diff(self.slots) == 1).all()
+        self.span = slice(int(self.slots[0]), int(self.slots[-1]) + 1) if consecutive else self.slots
         self._lock = threading.Lock()
         self._building = False
         self._interval = float(getattr(store, "reload_interval", 2.0) or 2.0)
         self._poke_at = time.monotonic() + self._interval
-        self.current = self._convert(store._state)
+        self.current = self._convert(store.snapshot())
 
     def snapshot(self) -> _Converted:
         """The converted snapshot to serve from now (starting a conversion if the store moved on)."""
         now = time.monotonic()
-        if now >= self._poke_at:
+        if now >= self._poke_at:  # the store's own check, at most every reload interval
             self._poke_at = now + self._interval
-            # An empty lookup is the store's public way to check its files for changes.
-            self.store.lookup(np.empty(0, np.int64), [])
+            self.store.refresh()
         current = self.current
-        state = self.store._state
+        state = self.store.snapshot()
         if state is not current.state and not self._building:
             with self._lock:
                 if not self._building:
@@ -106,4 +114,4 @@ class StoreView:
         bad = np.zeros(n, dtype=bool)
         if errors:
             bad[list(errors)] = True
-        return _Converted(state, values, bad, errors)
+        return _Converted(state, values[:, self._order], bad, errors)

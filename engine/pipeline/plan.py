@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scoreline.errors import SchemaError
+from scoreline.engine.data.days import day_bounds
 from scoreline.kernels import transforms as K
 from scoreline.registry import manifest as M
 
@@ -207,6 +208,11 @@ def _check_input(spec: M.Input, path: str) -> None:
     if (spec.minimum is not None or spec.maximum is not None) and spec.type not in ("int", "float"):
         raise SchemaError(f"input {spec.name!r}: minimum and maximum apply to int and float "
                           f"inputs, not to {spec.type}", path=f"{path}.minimum")
+    if (spec.earliest is not None or spec.latest is not None) and spec.type not in _DATE_TYPES:
+        raise SchemaError(f"input {spec.name!r}: earliest and latest apply to date and timestamp "
+                          f"inputs, not to {spec.type}", path=f"{path}.earliest")
+    if spec.type in _DATE_TYPES:
+        day_bounds(spec, path)  # refuses a bound that is not a day (or "today" as the latest)
     if spec.minimum is not None and spec.maximum is not None and spec.minimum > spec.maximum:
         raise SchemaError(f"input {spec.name!r}: minimum {spec.minimum} is above maximum "
                           f"{spec.maximum}", path=f"{path}.minimum")

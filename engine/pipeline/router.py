@@ -10,6 +10,7 @@ ask for. Every scored row (and every refused one) is logged through the Decision
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -20,10 +21,16 @@ import pyarrow as pa
 from scoreline.errors import NotFoundError, NotReadyError, SchemaError, ScorelineError
 from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
+from scoreline.engine.data.request import RowBatch
 from scoreline.engine.pipeline.deployment import Deployment, open_store
 from scoreline.engine.pipeline.logbuffer import LogBuffer
+from scoreline.engine.pipeline.result import Result
 
 __all__ = ["Engine"]
+
+log = logging.getLogger("scoreline.engine")
+# Up to this many rows a result is logged row by row (plain tuples, no Arrow); past it as a batch.
+_ROW_LOG_LIMIT = 64
 
 
 class Engine:
@@ -104,8 +111,7 @@ class Engine:
         self._check_version(model_id, version)
         failed = self._failed.get(key)
         if failed is not None:
-            raise NotReadyError(f"model {model_id!r} version {version} failed to load: "
-                                f"{failed.message}", path=failed.path)
+            raise _failure(model_id, version, failed)
         with self._lock:
             compiling = self._compiling.setdefault(key, threading.Lock())
         with compiling:  # one compilation per version; other callers wait for it
@@ -115,19 +121,26 @@ class Engine:
             if key in self._failed:
                 return self._get(model_id, version)
             try:
-                dep = self._compile(model_id, version)
+                manifest = self.repository.load_manifest(model_id, version)
+                version_dir = self.repository.version_dir(model_id, version)
             except NotFoundError:
                 with self._lock:
                     self._compiling.pop(key, None)  # not a version: nothing to remember
                 raise
+            try:
+                # Anything that fails from here on (a store that is missing included) is this
+                # version failing to load.
+                dep = self._compile(manifest, version_dir, version)
             except ScorelineError as exc:
                 self._failed[key] = exc
-                raise NotReadyError(f"model {model_id!r} version {version} failed to load: "
-                                    f"{exc.message}", path=exc.path) from exc
+                log.warning("model %r version %s failed to load: %s (at %s)", model_id, version,
+                            exc.message, exc.path)
+                raise _failure(model_id, version, exc) from exc
             except Exception as exc:
+                log.exception("model %r version %s failed to load", model_id, version)
                 error = NotReadyError(f"{type(exc).__name__}: {exc}")
                 self._failed[key] = error
-                raise error from exc
+                raise _failure(model_id, version, error) from exc
             self._deployments[key] = dep
             return dep
 
@@ -140,9 +153,7 @@ class Engine:
             return
         self.repository.resolve(model_id, version)  # raises; or a version added since the scan
 
-    def _compile(self, model_id: str, version: int) -> Deployment:
-        manifest = self.repository.load_manifest(model_id, version)
-        version_dir = self.repository.version_dir(model_id, version)
+    def _compile(self, manifest, version_dir, version: int) -> Deployment:
         store = False
         spec = manifest.entity.store
         if spec is not None:
@@ -153,7 +164,8 @@ class Engine:
                 store = open_store(spec, self.repository.root)
                 with self._lock:
                     store = self._stores.setdefault(store_key, store)
-        return Deployment(manifest, version_dir, version=version, store=store)
+        return Deployment(manifest, version_dir, version=version, store=store,
+                          store_base=self.repository.root)
 
     # --- scoring ------------------------------------------------------------------------------
 
@@ -161,46 +173,56 @@ class Engine:
         """Score one entity: `{"<key>": 5973628}` or `{"inputs": {...}}` (optionally with
         "request-id") -> the contract dict. Raises NotFoundError (unknown model, version or
         entity), InputError (a bad value, with its path), SchemaError (a malformed request)."""
-        started = time.perf_counter()
         if type(request) is not dict:
             raise SchemaError(f"expected a request object, got {type(request).__name__}", path="$")
-        dep = self.deployment(model_id, version)
-        try:
-            out = dep.score_request(request)
-        except ScorelineError as exc:
-            self._log.row(request.get("request-id"), dep, request.get(dep.key_name), None, None,
-                          time.perf_counter() - started, exc.message)
-            raise
-        self._log.row(request.get("request-id"), dep, out[dep.key_name], out[dep.score_name],
-                      out[dep.decision_name], time.perf_counter() - started, None)
-        return out
-
-    def score_keys(self, model_id: str, keys: list[int], version: int | str | None = None,
-                   request_ids=None) -> list:
-        """Several key-only one-entity requests at once (the HTTP micro-batcher's common case):
-        per key the dict `score` would answer or the ScorelineError it would raise, each row
-        logged once. Only for deployments where `Deployment.can_score_keys()` holds."""
         started = time.perf_counter()
         dep = self.deployment(model_id, version)
-        results = dep.score_keys(keys)
-        seconds = time.perf_counter() - started
-        log = self._log.row
-        ids = request_ids if request_ids is not None else [None] * len(keys)
-        for rid, key, out in zip(ids, keys, results):
-            if isinstance(out, ScorelineError):
-                log(rid, dep, key, None, None, seconds, out.message)
-            else:
-                log(rid, dep, key, out[dep.score_name], out[dep.decision_name], seconds, None)
-        return results
+        rows = dep.request_schema.parse_request(request, strict=False)
+        result = dep.run_one(rows)
+        self._log_result(dep, result, rows.request_ids, time.perf_counter() - started)
+        return result.one()
+
+    def score_rows(self, model_id: str, rows: RowBatch, version: int | str | None = None) -> Result:
+        """Score raw request rows (a RowBatch: the JSON doors, micro-batched or not) -> the
+        typed Result; every row is logged once with its request id."""
+        started = time.perf_counter()
+        dep = self.deployment(model_id, version)
+        result = dep.score_rows(rows)
+        self._log_result(dep, result, rows.request_ids, time.perf_counter() - started)
+        return result
 
     def score_batch(self, model_id: str, batch, version: int | str | None = None,
                     request_ids=None) -> pa.RecordBatch:
         """Score an Arrow batch (RecordBatch or Table) -> the contract columns + `error`, logged."""
+        return self.score_arrow(model_id, batch, version, request_ids).to_batch()
+
+    def score_arrow(self, model_id: str, batch, version: int | str | None = None,
+                    request_ids=None) -> Result:
+        """Score an Arrow batch -> the typed Result, logged."""
         started = time.perf_counter()
         dep = self.deployment(model_id, version)
-        out = dep.score(batch)
-        self._log.batch(dep, out, request_ids, time.perf_counter() - started)
-        return out
+        result = dep.run(batch)
+        self._log.batch(dep, result.to_batch(), request_ids, time.perf_counter() - started)
+        return result
+
+    def _log_result(self, dep: Deployment, result: Result, request_ids, seconds: float) -> None:
+        if self._log.log is None:  # no decision log
+            return
+        if result.n > _ROW_LOG_LIMIT:
+            self._log.batch(dep, result.to_batch(), request_ids, seconds)
+            return
+        keys, scores, labels, _ = result.pylists()
+        errors = result.errors
+        log = self._log.row
+        if result.n == 1 and not errors:  # a single request, the usual call: no loop
+            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds, None)
+            return
+        for i in range(result.n):
+            error = errors.get(i) if errors else None
+            if error is None:
+                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None)
+            else:
+                log(request_ids[i], dep, keys[i], None, None, seconds, error.message)
 
     # --- the registry -------------------------------------------------------------------------
 
@@ -217,7 +239,7 @@ class Engine:
                 item = {"version": v, "state": state,
                         "aliases": sorted(a for a, av in entry["aliases"].items() if av == v)}
                 if state == "failed":
-                    item["error"] = self._failed[(model_id, v)].message
+                    item["error"] = _failure(model_id, v, self._failed[(model_id, v)]).message
                 versions.append(item)
             default = entry["aliases"].get(DEFAULT_ALIAS, entry["latest"])
             contract = None
@@ -315,6 +337,14 @@ class Engine:
                     self.reload()
             except Exception:  # a half-written registry: try again next time
                 continue
+
+
+def _failure(model_id: str, version: int, exc: ScorelineError) -> NotReadyError:
+    """What a client is told about a version that failed to load: its kind, never the detail
+    (which may name the server's files; the server log has it)."""
+    where = f" at {exc.path}" if exc.path and exc.path.startswith("$") else ""
+    return NotReadyError(f"model {model_id!r} version {version} failed to load ({exc.kind} "
+                         f"error{where}); the server log has the detail", path=exc.path if where else None)
 
 
 def _live_versions(entry: dict) -> set[int]:

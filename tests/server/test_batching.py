@@ -18,8 +18,9 @@ from tests.support.server import KEY, MODEL_ID, build_registry, live_server, mak
 
 
 class GatedEngine:
-    """The real engine, with its first scoring call (one-row `score` or `score_batch`) held until
-    the test opens the gate, and the rows of every call recorded. Everything else is delegated."""
+    """The real engine, with its first scoring call (`score_rows`, which every JSON request
+    takes) held until the test opens the gate, and the rows of every call recorded. Everything
+    else is delegated."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -33,17 +34,9 @@ class GatedEngine:
             self.first_started.set()
             self.gate.wait(30)
 
-    def score(self, model_id, request, version=None):
-        self._hold(1)
-        return self.engine.score(model_id, request, version=version)
-
-    def score_keys(self, model_id, keys, version=None, request_ids=None):
-        self._hold(len(keys))
-        return self.engine.score_keys(model_id, keys, version=version, request_ids=request_ids)
-
-    def score_batch(self, model_id, batch, version=None, request_ids=None):
-        self._hold(batch.num_rows)
-        return self.engine.score_batch(model_id, batch, version=version, request_ids=request_ids)
+    def score_rows(self, model_id, rows, version=None):
+        self._hold(rows.n)
+        return self.engine.score_rows(model_id, rows, version=version)
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -115,9 +108,9 @@ def test_coalesced_requests_match_unbatched_and_a_bad_one_fails_alone(registry):
         engine.close()
 
 
-def test_coalesced_key_only_requests_take_the_keys_path_and_match_unbatched_answers(registry):
+def test_coalesced_key_only_requests_served_from_memory_match_unbatched_answers(registry):
     engine = make_engine(registry["root"])
-    assert engine.deployment(MODEL_ID).can_score_keys()  # else this test would not reach the path
+    assert engine.deployment(MODEL_ID).serves_from_memory()  # else this test would not reach the path
     gated = GatedEngine(engine)
     settings = ServerSettings(max_batch=64, max_wait_us=10_000_000, max_in_flight=1)
     keys = [1100 + i for i in range(20)]

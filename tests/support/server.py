@@ -36,7 +36,7 @@ def customers(n: int = N_CUSTOMERS, seed: int = 7) -> pa.Table:
 
 def _manifest(with_postcode: bool) -> bytes:
     inputs = [
-        '{"name": "date-of-birth", "type": "date"}',
+        '{"name": "date-of-birth", "type": "date", "earliest": "1900-01-01", "latest": "today"}',
         '{"name": "state", "type": "string", "allowed": ["NSW", "VIC", "QLD", "WA", "SA", "TAS"]}',
         '{"name": "account-balance", "type": "float", "minimum": 0}',
     ]

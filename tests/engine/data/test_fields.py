@@ -12,8 +12,11 @@ import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest
+
+from scoreline.engine.data.days import day_bounds
 from scoreline.engine.data.fields import check_column, check_value, index_in
-from scoreline.errors import InputError
+from scoreline.errors import InputError, SchemaError
 from scoreline.registry.manifest import Input
 
 SPECS = [
@@ -27,6 +30,8 @@ SPECS = [
     Input(name="d", type="date"),
     Input(name="t", type="timestamp"),
     Input(name="id", type="int", default=3),
+    Input(name="db", type="date", earliest="1900-01-01", latest="today"),
+    Input(name="tb", type="timestamp", earliest="2000-01-01", latest="2030-12-31"),
 ]
 
 values = st.one_of(
@@ -130,3 +135,28 @@ def test_index_in_equals_arrows(keys, key_list, repeat):
     arr = pa.array(keys * (1 + repeat // 20 if keys else 1), pa.string())
     expected = pc.index_in(arr, value_set=pa.array(key_list, pa.string())).fill_null(-1)
     assert index_in(arr, tuple(key_list)).tolist() == expected.to_pylist()
+
+
+def test_one_date_rule_iso_days_only_on_both_paths():
+    spec = SPECS[10]  # a date of birth: 1900-01-01 to today
+    tomorrow = (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1)).isoformat()
+    for text in ("19661208", "1966-W49-4", "1966-12-8", "1966-342", "1966-12-08T00:00", tomorrow,
+                 "1899-12-31"):
+        assert one(spec, text)[0] == "error", text
+        assert one(spec, text) == column(spec, text), text
+    assert one(spec, "1966-12-08") == column(spec, "1966-12-08") == (
+        "ok", float((dt.date(1966, 12, 8) - dt.date(1970, 1, 1)).days))
+    assert one(spec, tomorrow)[1] == (
+        f"expected a date from 1900-01-01 to today at `$.inputs.db`, got {tomorrow!r}")
+    # an Arrow date32 outside the bounds reads the same as the JSON string
+    assert column(spec, dt.date(1800, 1, 1)) == one(spec, "1800-01-01")
+
+
+def test_day_bounds_refuse_what_is_not_a_day():
+    with pytest.raises(SchemaError) as err:
+        day_bounds(Input(name="d", type="date", earliest="19000101"), "$.inputs[0]")
+    assert err.value.path == "$.inputs[0].earliest"
+    with pytest.raises(SchemaError):
+        day_bounds(Input(name="d", type="date", latest="tomorrow"), "$.inputs[0]")
+    with pytest.raises(SchemaError, match="is after latest"):
+        day_bounds(Input(name="d", type="date", earliest="2020-01-02", latest="2020-01-01"))

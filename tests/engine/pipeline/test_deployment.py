@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 lgb = pytest.importorskip("lightgbm")
 
 from scoreline.engine.pipeline.deployment import Deployment, validate_version  # noqa: E402
+from scoreline.engine.pipeline.stages import Stage  # noqa: E402
 from scoreline.errors import (  # noqa: E402
     InputError, NotFoundError, RegistrationError, SchemaError, ScorelineError,
 )
@@ -481,3 +482,32 @@ def test_the_store_opens_on_first_lookup(models, tmp_path):
     assert out.column("error").null_count == 4
     with pytest.raises(ScorelineError):
         dep.score_request({"customer-id": 5}, now=TODAY)
+
+
+class _Margin(Stage):
+    """An added stage: the distance of each score to 0.5, as an extra output column."""
+
+    fields = (pa.field("margin", pa.float64()),)
+
+    def run(self, state):
+        state.extras["margin"] = [abs(float(s) - 0.5) for s in state.score]
+
+
+def test_an_added_stage_and_its_field_reach_every_encoding(models):
+    dep = deploy(models, "binary", BANDS)
+    dep.add_stage(_Margin())
+    assert dep.fields[-1] == "margin" and dep.output_schema.names[-2:] == ["margin", "error"]
+    rows = random_rows(np.random.default_rng(11), 3)
+    rows[1]["balance"] = -5000.0  # below the minimum: a bad row, no score, no margin
+    result = dep.run(batch_of(rows), now=TODAY)
+    out = result.to_batch()
+    scores = out.column("score").to_pylist()
+    assert out.column("margin").to_pylist()[0] == pytest.approx(abs(scores[0] - 0.5))
+    assert result.answer(2)["margin"] == pytest.approx(abs(scores[2] - 0.5))
+    assert result.error(1).kind == "input" and result.error(1).path == "$.inputs.balance"
+    assert result.error_columns()[1] == [None, "$.inputs.balance", None]
+    one = dep.score_request({"inputs": rows[0]}, now=TODAY)
+    assert one["margin"] == pytest.approx(abs(one["score"] - 0.5))
+    assert list(one)[-1] == "margin"
+    # a row with an error has no outputs, extras included
+    assert out.column("margin")[1].as_py() is None and result.answer(1)["margin"] is None
