@@ -127,6 +127,10 @@ class Deployment:
             Predict(self.model),
             Decide(self.decider),
         ]
+        if manifest.explain is not None:  # reason codes (engine/pipeline/explain.py)
+            from scoreline.engine.pipeline.explain import ExplainStage
+
+            self.stages.append(ExplainStage(manifest, self.model, self.plan, self.decider))
         self._contract()
         self.compile_seconds = time.perf_counter() - started
         self.warm_seconds = 0.0
@@ -167,14 +171,16 @@ class Deployment:
 
     # --- scoring --------------------------------------------------------------------------------
 
-    def run(self, source, *, now=None) -> Result:
+    def run(self, source, *, now=None, explain: int | None = None) -> Result:
         """Run the pipeline over `source`, an Arrow RecordBatch/Table or a RowBatch of raw
-        values -> the Result, one row per input row, same order."""
+        values -> the Result, one row per input row, same order. `explain`: reasons per row
+        (a manifest with an `explain` section; a RowBatch's own `explain` wins)."""
         if isinstance(source, pa.Table):
             source = source.combine_chunks().to_batches()[0] if source.num_rows else \
                 pa.RecordBatch.from_pylist([], schema=source.schema)
         n = source.n if isinstance(source, RowBatch) else source.num_rows
         state = State(n, source, scoring_day(now))
+        state.explain = explain
         stages = self.stages
         stages[0].run(state)
         if n == 0:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from scoreline.errors import SchemaError
+from scoreline.engine.pipeline.stages import Stage, State
+from scoreline.errors import ModelFormatError, SchemaError
 from scoreline.registry import manifest as M
 
-__all__ = ["Explainer", "REASON_TYPE"]
+__all__ = ["Explainer", "ExplainStage", "REASON_TYPE"]
+
 
 # One reason: its code and text from the manifest, the raw input and its contribution.
 REASON_TYPE = pa.list_(pa.struct([("code", pa.string()), ("text", pa.string()), ("input", pa.string()),
@@ -115,3 +117,62 @@ class Explainer:
 def _pair(reason: M.Reason | None, name: str) -> tuple[str, str]:
     """(code, text); an input without a code for this direction is named by itself."""
     return (name, "") if reason is None else (reason.code, reason.text)
+
+
+class ExplainStage(Stage):
+    """The pipeline stage that adds `reasons` (REASON_TYPE) to rows that ask for them: a
+    request's `"explain": k` (RowBatch.explain, per row), else the call's `explain` (bulk
+    `--explain k`), else the manifest's `explain.k`. Rows with k = 0 or an error get null.
+
+    Built only for manifests with an `explain` section; a model that cannot give contributions
+    (linear trees, a file without data counts, a linear model without means) is refused here,
+    at registration, with the manifest path.
+    """
+
+    fields = (pa.field("reasons", REASON_TYPE),)
+
+    def __init__(self, manifest: M.Manifest, model, plan, decider) -> None:
+        self.explainer = Explainer(manifest, model, plan, decider)
+        self._rules = decider.rules
+        try:  # prepare the paths and tables and load the kernels now, never on a request
+            for order in "CF":
+                X = np.zeros((2, model.num_features), order=order)
+                self.explainer.contributions(X, model.predict_matrix(X))
+            one = np.zeros((1, model.num_features))
+            self.explainer.contributions(one, model.predict_matrix(one))
+        except (ModelFormatError, ValueError) as exc:
+            message = getattr(exc, "message", str(exc))
+            raise SchemaError(f"explain: this model cannot give contributions: {message}", path="$.explain") from None
+
+    def _wanted(self, state: State) -> list[int]:
+        asked = getattr(state.source, "explain", None)
+        fallback = state.explain if state.explain is not None else self.explainer.default_k
+        if asked is None:
+            return [fallback] * state.n
+        return [fallback if k is None else k for k in asked]
+
+    def run(self, state: State) -> None:
+        wanted = self._wanted(state)
+        rows = [i for i, k in enumerate(wanted) if k > 0 and i not in state.errors]
+        if not rows:
+            return
+        index = np.array(rows, dtype=np.int64)
+        X = state.X[index]
+        raw = state.raw[index]
+        fired = None
+        if self._rules is not None:
+            fired = self._rules.decide(np.asarray(state.score, dtype=np.float64)[index], state.work[index])[1]
+        reasons = self.explainer.reasons(X, raw, max(wanted[i] for i in rows), fired)
+        out = [None] * state.n
+        for j, i in enumerate(rows):
+            out[i] = _trim(reasons[j], wanted[i])
+        state.extras["reasons"] = out
+
+    def run_one(self, state: State) -> None:
+        self.run(state)
+
+
+def _trim(reasons: list[dict], k: int) -> list[dict]:
+    """A row's rule reasons and at most k input reasons (the row was explained to the largest k)."""
+    rules = [r for r in reasons if r["input"] is None]
+    return rules + [r for r in reasons if r["input"] is not None][:k]
