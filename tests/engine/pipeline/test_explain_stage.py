@@ -3,16 +3,19 @@ state), ranked by direction, named by the manifest's codes, after the reasons of
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import pickle
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 lgb = pytest.importorskip("lightgbm")
 
 from scoreline.engine.pipeline.deployment import Deployment  # noqa: E402
 from scoreline.engine.pipeline.explain import Explainer  # noqa: E402
-from scoreline.errors import SchemaError  # noqa: E402
+from scoreline.errors import InputError, SchemaError  # noqa: E402
 from scoreline.registry.manifest import decode_manifest  # noqa: E402
 
 STATES = ["NSW", "VIC", "QLD"]
@@ -38,6 +41,10 @@ def model_dir(tmp_path_factory):
 
 
 def deployment(model_dir, explain: dict, decision: dict | None = None) -> Deployment:
+    return Deployment(decode_manifest(deployment_body(explain, decision)), model_dir, version=1, store=False)
+
+
+def deployment_body(explain: dict | None = None, decision: dict | None = None) -> bytes:
     body = {
         "model-id": "e", "entity": {"key": "customer-id"},
         "inputs": [{"name": "date-of-birth", "type": "date"}, {"name": "account-balance", "type": "float"},
@@ -48,9 +55,9 @@ def deployment(model_dir, explain: dict, decision: dict | None = None) -> Deploy
                   "features": {"age": "age-years", "balance": "account-balance",
                                **{f"state_{s}": f"st={s}" for s in STATES}}},
         "decision": decision or {"kind": "bands", "bands": [{"label": "decline", "min": 0.5}], "default": "accept"},
-        "explain": explain,
+        "explain": explain or {},
     }
-    return Deployment(decode_manifest(json.dumps(body).encode()), model_dir, version=1, store=False)
+    return json.dumps(body).encode()
 
 
 def rows(n=50):
@@ -118,3 +125,82 @@ def test_reason_codes_for_unknown_inputs_are_refused(model_dir):
     with pytest.raises(SchemaError) as info:
         deployment(model_dir, {"k": -1})
     assert info.value.path == "$.explain.k"
+
+
+# --- the stage in the pipeline (every door reads its `reasons` extra) -----------------------------
+
+INLINE = {"date-of-birth": "1990-05-01", "account-balance": -250.0, "state": "VIC"}
+
+
+def test_a_request_asks_for_reasons_and_gets_them_in_the_answer(model_dir):
+    dep = deployment(model_dir, {"rank": "up", "reasons": REASONS})
+    assert "reasons" in dep.fields
+    plain = dep.score_request({"inputs": INLINE})
+    assert plain["reasons"] is None  # the manifest's default k is 0
+    asked = dep.score_request({"inputs": INLINE, "explain": 2})
+    assert plain["score"] == asked["score"] and 1 <= len(asked["reasons"]) <= 2
+    assert all(r["contribution"] > 0 for r in asked["reasons"])
+    assert {"code": "R07", "text": "account balance too low", "input": "account-balance"}.items() <= \
+        asked["reasons"][0].items()
+    with pytest.raises(SchemaError) as info:
+        dep.score_request({"inputs": INLINE, "explain": 21})
+    assert info.value.path == "$.explain"
+
+
+def test_batches_explain_each_row_to_its_own_k(model_dir):
+    from scoreline.engine.data.request import RowBatch
+
+    dep = deployment(model_dir, {"k": 1, "reasons": REASONS})
+    rows = dep.request_schema.parse_rows([{"inputs": INLINE, "explain": 3}, {"inputs": INLINE},
+                                          {"inputs": INLINE, "explain": 0},
+                                          {"inputs": {**INLINE, "state": "XX"}, "explain": 3}], "$.rows", lambda: "id")
+    result = dep.score_rows(rows)
+    reasons = [result.answer(i)["reasons"] for i in range(4)]
+    assert len(reasons[0]) == 3 and len(reasons[1]) == 1 and reasons[2] is None
+    assert reasons[3] is None and result.error(3) is not None  # a row with an error has no reasons
+    assert reasons[1] == reasons[0][:1]
+    one = dep.score_rows(RowBatch([None], {k: [v] for k, v in INLINE.items()}, ["x"], [3]))
+    assert one.answer(0)["reasons"] == reasons[0]  # the one-row run gives the same
+    batch = dep.score(pa.RecordBatch.from_pylist([{"date-of-birth": dt.date(1990, 5, 1), "account-balance": -250.0,
+                                                   "state": "VIC"}]))
+    assert batch.column("reasons").to_pylist() == [reasons[1]]  # the manifest's k = 1
+
+
+def test_models_without_explain_refuse_the_request(model_dir):
+    body = json.loads(deployment_body())
+    body.pop("explain")
+    dep = Deployment(decode_manifest(json.dumps(body).encode()), model_dir, version=1, store=False)
+    assert "reasons" not in dep.fields
+    with pytest.raises(SchemaError, match="no `explain` section") as info:
+        dep.score_request({"inputs": INLINE, "explain": 1})
+    assert info.value.path == "$.explain"
+
+
+def test_bulk_explain_gives_flat_reason_columns(model_dir):
+    from scoreline.engine.bulk.scorers import as_scorer
+
+    dep = deployment(model_dir, {"rank": "up", "reasons": REASONS})
+    scorer = as_scorer(dep, explain=2)
+    names = [f.name for f in scorer.output_schema]
+    assert "reasons" not in names and names[-6:] == ["reason-1-code", "reason-1-input", "reason-1-contribution",
+                                                    "reason-2-code", "reason-2-input", "reason-2-contribution"]
+    batch = pa.RecordBatch.from_pylist([{"date-of-birth": dt.date(1990, 5, 1), "account-balance": -250.0,
+                                         "state": "VIC"}] * 3)
+    out = scorer.score(batch).to_pylist()
+    expected = dep.score_request({"inputs": INLINE, "explain": 2})["reasons"]
+    assert out[0]["reason-1-code"] == expected[0]["code"]
+    assert out[0]["reason-1-contribution"] == expected[0]["contribution"]
+    assert pickle.loads(pickle.dumps(scorer)).score(batch).to_pylist() == out
+    with pytest.raises(InputError, match="--explain"):
+        as_scorer(dep, explain=25)
+
+
+def test_a_model_that_cannot_explain_is_refused_at_registration(model_dir, tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 5))
+    booster = lgb.train({"objective": "regression", "linear_tree": True, "verbose": -1},
+                        lgb.Dataset(X, X[:, 0] * 2 + X[:, 1], feature_name=FEATURES), 3)
+    booster.save_model(str(tmp_path / "model.txt"))
+    with pytest.raises(SchemaError, match="linear trees") as info:
+        deployment(tmp_path, {"k": 1})
+    assert info.value.path == "$.explain"
