@@ -33,7 +33,7 @@ from scoreline.kernels.trees import (
     _step_wide,
 )
 
-__all__ = ["MAX_PATH_FEATURES", "count_paths", "trace_paths", "fill_tables", "contributions"]
+__all__ = ["MAX_PATH_FEATURES", "count_paths", "trace_paths", "fill_tables", "expand_tables", "contributions"]
 
 # A path's agreement mask is an int64: paths with more distinct features are refused at load.
 MAX_PATH_FEATURES = 62
@@ -187,6 +187,42 @@ def fill_tables(leaf_records, elem_bit, leaf_path, path_zero, shapley_weight, le
             table[base + mask] = total
 
 
+@jit(inline="always")
+def _weights_from_sums(path_zero, p, d, mask, value, table, base, out, at):
+    """out[at + e] = the contribution of path feature e of a leaf of `value` for `mask`, from
+    its Shapley sums at table[base:]: value (1 - z_e) Z S(mask without e) for a feature the
+    row follows, -value Z S(mask) for the others (Z: the product of their zero-fractions).
+    Branch-free: whether the row follows a feature varies from row to row. Inlined where it
+    is called: a call reference-counts the arrays it is passed (see ``contributions``)."""
+    cold_product = 1.0
+    for e in range(d):
+        cold_product *= path_zero[p + e] if ((mask >> e) & 1) == 0 else 1.0
+    cold = -value * cold_product * table[base + mask]
+    hot_scale = value * cold_product
+    for e in range(d):
+        bit = (mask >> e) & 1
+        hot = hot_scale * (1.0 - path_zero[p + e]) * table[base + (mask ^ (bit << e))]
+        out[at + e] = hot if bit else cold
+
+
+@jit
+def expand_tables(leaf_records, elem_bit, leaf_path, path_zero, leaf_value, leaf_table, table, leaf_expanded,
+                  expanded):
+    """For each listed leaf with leaf_expanded[leaf] >= 0 (and a Shapley-sum table): its d
+    contributions for every mask, at expanded[leaf_expanded[leaf] + mask * d + e], as
+    ``contributions`` computes them from the sums (so a row then costs d additions)."""
+    for leaf in leaf_records:
+        at = leaf_expanded[leaf]
+        base = leaf_table[leaf]
+        if at < 0 or base < 0:
+            continue
+        d = elem_bit[leaf]
+        p = leaf_path[leaf]
+        value = leaf_value[leaf]
+        for mask in range(1 << d):
+            _weights_from_sums(path_zero, p, d, mask, value, table, base, expanded, at + mask * d)
+
+
 @jit
 def _general_side(X, row, node, thresholds, words, cat_bits):
     """0 (left) or 1 (right) at a split of a TREE_GENERAL tree: ``_step_wide`` plus the
@@ -202,7 +238,7 @@ def _general_side(X, row, node, thresholds, words, cat_bits):
 
 @jit
 def contributions(X, thresholds, words, cat_bits, trees, tree_stop, tree_bias, leaf_value, elem_bit, leaf_path,
-                  path_feature, path_zero, leaf_table, table, out):
+                  path_feature, path_zero, leaf_table, table, leaf_expanded, expanded, out):
     """out[row, k * (F + 1) + f] = feature f's SHAP value for output k; column k * (F + 1) + F
     holds the expected value (the sum of the trees' biases). out is zeroed here.
 
@@ -277,15 +313,14 @@ def contributions(X, thresholds, words, cat_bits, trees, tree_stop, tree_bias, l
                             out[start + i, offset + path_feature[p + e]] += weights[e] * value
                     continue
                 low = (np.int64(1) << d) - 1
+                at_expanded = leaf_expanded[r]
+                if at_expanded >= 0:
+                    for i in range(rows):
+                        at = at_expanded + (masks[here, i] & low) * d
+                        for e in range(d):
+                            out[start + i, offset + path_feature[p + e]] += expanded[at + e]
+                    continue
                 for i in range(rows):
-                    # Branch-free: whether the row follows a feature varies from row to row.
-                    mask = masks[here, i] & low
-                    cold_product = 1.0
+                    _weights_from_sums(path_zero, p, d, masks[here, i] & low, value, table, at_table, weights, 0)
                     for e in range(d):
-                        cold_product *= path_zero[p + e] if ((mask >> e) & 1) == 0 else 1.0
-                    cold = -value * cold_product * table[at_table + mask]
-                    hot_scale = value * cold_product
-                    for e in range(d):
-                        bit = (mask >> e) & 1
-                        hot = hot_scale * (1.0 - path_zero[p + e]) * table[at_table + (mask ^ (bit << e))]
-                        out[start + i, offset + path_feature[p + e]] += hot if bit else cold
+                        out[start + i, offset + path_feature[p + e]] += weights[e]

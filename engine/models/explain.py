@@ -26,6 +26,9 @@ __all__ = ["TreeContributions", "linear_contributions"]
 MAX_TABLE_FEATURES = 12
 # Tables stop growing at this size per model (longer paths then compute per row).
 TABLE_BUDGET_BYTES = 64 << 20
+# Leaves whose d contributions for every mask (d x 2^d values, from the Shapley sums) fit in
+# this much per model keep them too: a row then costs d additions per leaf, no products.
+EXPANDED_BUDGET_BYTES = 16 << 20
 
 
 # _SHAPLEY_WEIGHTS[d, k] = k! (d-1-k)! / d!: the Shapley weight of a coalition of k of a leaf
@@ -44,7 +47,7 @@ class TreeContributions:
     """
 
     def __init__(self, packed: PackedEnsemble, *, max_table_features: int = MAX_TABLE_FEATURES,
-                 table_budget_bytes: int = TABLE_BUDGET_BYTES):
+                 table_budget_bytes: int = TABLE_BUDGET_BYTES, expanded_budget_bytes: int = EXPANDED_BUDGET_BYTES):
         if packed.is_linear:
             raise ModelFormatError("pred_contrib is not available for linear trees (LightGBM does not "
                                    "implement SHAP values for them either)", path="trees.is_linear")
@@ -78,6 +81,7 @@ class TreeContributions:
         leaves = np.flatnonzero((words[1::2] & CHILD_MASK) == np.arange(n_records))
         self._tree_bias = self._expected_values(leaves, parent)
         self._leaf_table, self._table = self._tables(leaves, path_len, max_table_features, table_budget_bytes)
+        self._leaf_expanded, self._expanded = self._expand(leaves, path_len, expanded_budget_bytes)
 
     def _expected_values(self, leaves: np.ndarray, parent: np.ndarray) -> np.ndarray:
         """Per tree, LightGBM's Tree::ExpectedValue: sum over leaves of count / root count x value."""
@@ -103,10 +107,25 @@ class TreeContributions:
                          leaf_table, table)
         return leaf_table, table
 
+    def _expand(self, leaves, path_len, budget_bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Tabled leaves whose d contributions per mask fit the budget, shortest paths first."""
+        leaf_expanded = np.full(path_len.shape[0], -1, dtype=np.int64)
+        tabled = leaves[self._leaf_table[leaves] >= 0]
+        d = path_len[tabled]
+        sizes = (np.int64(1) << d) * d
+        order = np.argsort(sizes, kind="stable")
+        chosen = order[np.cumsum(sizes[order]) * 8 <= budget_bytes]
+        starts = np.concatenate(([0], np.cumsum(sizes[chosen])[:-1])).astype(np.int64)
+        leaf_expanded[tabled[chosen]] = starts
+        expanded = np.zeros(int(sizes[chosen].sum()), dtype=np.float64)
+        shap.expand_tables(tabled[chosen], self._elem_bit, self._leaf_path, self._path_zero, self._packed.leaf_value,
+                           self._leaf_table, self._table, leaf_expanded, expanded)
+        return leaf_expanded, expanded
+
     @property
     def table_bytes(self) -> int:
-        """Memory the per-leaf Shapley-sum tables take."""
-        return self._table.nbytes
+        """Memory the per-leaf tables take (Shapley sums and expanded contributions)."""
+        return self._table.nbytes + self._expanded.nbytes
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """float64 (n, (num_features + 1) * num_class): LightGBM's pred_contrib layout. X is a C- or
@@ -115,7 +134,7 @@ class TreeContributions:
         p = self._packed
         shap.contributions(X, self._thresholds, self._words, p.cat_bits, p.trees, self._tree_stop,
                            self._tree_bias, p.leaf_value, self._elem_bit, self._leaf_path, self._path_feature,
-                           self._path_zero, self._leaf_table, self._table, out)
+                           self._path_zero, self._leaf_table, self._table, self._leaf_expanded, self._expanded, out)
         return out
 
 

@@ -100,16 +100,19 @@ def test_wide_category_sets_match_lightgbm():
 
 
 def test_tables_and_per_row_weights_agree():
-    """Long paths compute their weights per row, short ones read a table: same values."""
+    """Long paths compute their weights per row, short ones read a table of Shapley sums, the
+    shortest also their expanded contributions: the same values every way."""
     booster, X = train("binary", {"num_leaves": 40}, rounds=10)
     model = scoreline.load_lightgbm(booster.model_to_string())
     rows = edge_rows(booster, X)
-    tabled = TreeContributions(model.packed)
+    expanded = TreeContributions(model.packed)
+    sums = TreeContributions(model.packed, expanded_budget_bytes=0)
     per_row = TreeContributions(model.packed, max_table_features=0)
-    assert tabled.table_bytes > 0 and per_row.table_bytes == 0
-    np.testing.assert_allclose(per_row.contributions(rows), tabled.contributions(rows), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(per_row.contributions(rows), booster.predict(rows, pred_contrib=True), rtol=RTOL,
-                               atol=1e-12)
+    assert expanded.table_bytes > sums.table_bytes > 0 and per_row.table_bytes == 0
+    expected = per_row.contributions(rows)
+    np.testing.assert_allclose(expected, booster.predict(rows, pred_contrib=True), rtol=RTOL, atol=1e-12)
+    for tabled in (expanded, sums):
+        np.testing.assert_allclose(tabled.contributions(rows), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_layouts_dtypes_and_pickles_agree():
