@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoreline.engine.pipeline.stages import Stage, State
-from scoreline.errors import ModelFormatError, SchemaError
+from scoreline.errors import InputError, ModelFormatError, SchemaError
 from scoreline.registry import manifest as M
 
 __all__ = ["Explainer", "ExplainStage", "REASON_TYPE"]
@@ -140,9 +140,9 @@ class ExplainStage(Stage):
                 self.explainer.contributions(X, model.predict_matrix(X))
             one = np.zeros((1, model.num_features))
             self.explainer.contributions(one, model.predict_matrix(one))
-        except (ModelFormatError, ValueError) as exc:
-            message = getattr(exc, "message", str(exc))
-            raise SchemaError(f"explain: this model cannot give contributions: {message}", path="$.explain") from None
+        except (ModelFormatError, InputError) as exc:
+            raise SchemaError(f"explain: this model cannot give contributions: {exc.message}",
+                              path="$.explain") from None
 
     def _wanted(self, state: State) -> list[int]:
         asked = getattr(state.source, "explain", None)

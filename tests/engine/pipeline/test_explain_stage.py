@@ -204,3 +204,23 @@ def test_a_model_that_cannot_explain_is_refused_at_registration(model_dir, tmp_p
     with pytest.raises(SchemaError, match="linear trees") as info:
         deployment(tmp_path, {"k": 1})
     assert info.value.path == "$.explain"
+
+
+def test_a_linear_model_explains_from_the_manifest_means(tmp_path):
+    from scoreline.engine.models.linear import LinearModel
+
+    coef = [0.02, -0.001, 0.3, -0.2, 0.1]
+    means = {"age": 45.0, "balance": 1500.0, "state_NSW": 0.3, "state_VIC": 0.4, "state_QLD": 0.3}
+    LinearModel("binary", FEATURES, np.array([coef]), np.array([-1.0])).save(
+        tmp_path / "model.json")
+    body = json.loads(deployment_body({"k": 3, "means": means, "reasons": REASONS}))
+    body["model"]["format"], body["model"]["artifact"] = "linear", "model.json"
+    dep = Deployment(decode_manifest(json.dumps(body).encode()), tmp_path, version=1, store=False)
+    answer = dep.score_request({"inputs": INLINE})
+    by_input = {r["input"]: r["contribution"] for r in answer["reasons"]}
+    assert by_input["account-balance"] == pytest.approx(-0.001 * (-250.0 - 1500.0), rel=1e-12)
+    assert by_input["state"] == pytest.approx(0.3 * -0.3 - 0.2 * 0.6 + 0.1 * -0.3, rel=1e-12)
+    body["explain"].pop("means")
+    with pytest.raises(SchemaError, match="means") as info:
+        Deployment(decode_manifest(json.dumps(body).encode()), tmp_path, version=1, store=False)
+    assert info.value.path == "$.explain"
