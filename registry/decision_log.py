@@ -41,6 +41,7 @@ DECISION_SCHEMA = pa.schema([
     ("decision", pa.string()),
     ("latency_us", pa.float64()),
     ("error", pa.string()),
+    ("reasons", pa.string()),          # reason codes given with the answer, comma-separated
 ])
 _REQUIRED = ("ts", "model_id", "model_version")
 
@@ -58,10 +59,11 @@ STATS_SCHEMA = pa.schema([
 _SQL_TYPES = {
     "sqlite": {"ts": "TEXT", "request_id": "TEXT", "model_id": "TEXT", "model_version": "INTEGER",
                "entity_key": "TEXT", "score": "REAL", "decision": "TEXT", "latency_us": "REAL",
-               "error": "TEXT"},
+               "error": "TEXT", "reasons": "TEXT"},
     "postgresql": {"ts": "TIMESTAMPTZ", "request_id": "TEXT", "model_id": "TEXT",
                    "model_version": "BIGINT", "entity_key": "TEXT", "score": "DOUBLE PRECISION",
-                   "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT"},
+                   "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT",
+                   "reasons": "TEXT"},
 }
 # SQLite's ADBC driver infers each result column's type from the first rows it sees (an all-null
 # column becomes int64, and a later string then fails the read), so SQLite reads start with one
@@ -299,6 +301,13 @@ class DecisionLog:
         cur = conn.cursor()
         try:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({cols})")
+            # Logs created before the reasons column get it (null in their old rows).
+            if self.dialect == "postgresql":
+                cur.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS reasons TEXT")
+            else:
+                cur.execute(f"PRAGMA table_info({self.table})")
+                if "reasons" not in [row[1] for row in cur.fetchall()]:
+                    cur.execute(f"ALTER TABLE {self.table} ADD COLUMN reasons TEXT")
             # tail() reads these backwards: newest rows first, for all models or one
             order = "ts, seq" if self.dialect == "postgresql" else "ts"
             cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_ts ON {self.table} ({order})")

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["LogBuffer"]
+__all__ = ["LogBuffer", "reason_text"]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -21,6 +21,11 @@ def _schema() -> pa.Schema:
     from scoreline.registry.decision_log import DECISION_SCHEMA
 
     return DECISION_SCHEMA
+
+
+def reason_text(reasons: list | None) -> str | None:
+    """A row's reason codes (the explain stage's `reasons`) as the log keeps them: comma-separated."""
+    return None if reasons is None else ",".join(r["code"] for r in reasons)
 
 
 class LogBuffer:
@@ -47,14 +52,15 @@ class LogBuffer:
                                             name="scoreline-decision-buffer", daemon=True)
             self._thread.start()
 
-    def row(self, request_id, dep, key, score, decision, seconds: float, error) -> None:
-        """Queue one decision (a deque append: thread-safe and about 100 ns)."""
+    def row(self, request_id, dep, key, score, decision, seconds: float, error, reasons=None) -> None:
+        """Queue one decision (a deque append: thread-safe and about 100 ns); `reasons`: the
+        reason codes given, comma-separated."""
         if self.log is None:
             return
         self._rows.append((time.time_ns() // 1000,
                            None if request_id is None else str(request_id), dep.model_id, dep.version,
                            None if key is None else str(key), score, decision, seconds * 1e6,
-                           error))
+                           error, reasons))
         if len(self._rows) >= self._max_rows:
             self._wake.set()
 
@@ -78,6 +84,8 @@ class LogBuffer:
                 out.column(names[4]),
                 pa.array(np.full(n, seconds * 1e6)),
                 out.column("error"),
+                pa.array([reason_text(r) for r in out.column("reasons").to_pylist()], pa.string())
+                if "reasons" in names else pa.nulls(n, pa.string()),
             ],
             schema=_schema(),
         ))
@@ -117,7 +125,7 @@ class LogBuffer:
             if not n:
                 return
             rows = [self._rows.popleft() for _ in range(n)]
-        ts, rid, model, version, key, score, decision, latency, error = zip(*rows)
+        ts, rid, model, version, key, score, decision, latency, error, reasons = zip(*rows)
         self.log.append(pa.RecordBatch.from_arrays(
             [
                 pa.array(ts, _TS),
@@ -129,6 +137,7 @@ class LogBuffer:
                 pa.array(decision, pa.string()),
                 pa.array(latency, pa.float64()),
                 pa.array(error, pa.string()),
+                pa.array(reasons, pa.string()),
             ],
             schema=_schema(),
         ))

@@ -23,7 +23,7 @@ from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 
 from scoreline.engine.data.request import RowBatch
 from scoreline.engine.pipeline.deployment import Deployment, open_store
-from scoreline.engine.pipeline.logbuffer import LogBuffer
+from scoreline.engine.pipeline.logbuffer import LogBuffer, reason_text
 from scoreline.engine.pipeline.result import Result
 
 __all__ = ["Engine"]
@@ -214,13 +214,16 @@ class Engine:
         keys, scores, labels, _ = result.pylists()
         errors = result.errors
         log = self._log.row
+        reasons = result.extras.get("reasons")  # the explain stage's, when asked
         if result.n == 1 and not errors:  # a single request, the usual call: no loop
-            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds, None)
+            log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds, None,
+                None if reasons is None else reason_text(reasons[0]))
             return
         for i in range(result.n):
             error = errors.get(i) if errors else None
             if error is None:
-                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None)
+                log(request_ids[i], dep, keys[i], scores[i], labels[i], seconds, None,
+                    None if reasons is None else reason_text(reasons[i]))
             else:
                 log(request_ids[i], dep, keys[i], None, None, seconds, error.message)
 

@@ -224,3 +224,43 @@ def test_a_linear_model_explains_from_the_manifest_means(tmp_path):
     with pytest.raises(SchemaError, match="means") as info:
         Deployment(decode_manifest(json.dumps(body).encode()), tmp_path, version=1, store=False)
     assert info.value.path == "$.explain"
+
+
+def test_the_decision_log_keeps_the_codes_given(model_dir, tmp_path):
+    import shutil
+
+    from scoreline.engine.pipeline.router import Engine
+    from scoreline.registry.decision_log import DecisionLog
+    from scoreline.registry.repository import Repository
+
+    shutil.copy(model_dir / "model.txt", tmp_path / "model.txt")
+    repo = Repository(tmp_path / "registry")
+    repo.add("e", decode_manifest(deployment_body({"rank": "up", "reasons": REASONS})), tmp_path / "model.txt",
+             message="test")
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = Engine(tmp_path / "registry", log=url)
+    try:
+        given = engine.score("e", {"inputs": INLINE, "explain": 2})["reasons"]
+        engine.score("e", {"inputs": INLINE})
+        engine.flush()
+    finally:
+        engine.close()
+    with DecisionLog(url) as log:
+        rows = log.tail(2).column("reasons").to_pylist()
+    assert sorted(rows, key=str) == sorted([",".join(r["code"] for r in given), None], key=str)
+
+
+def test_a_decision_log_from_before_reasons_gains_the_column(tmp_path):
+    import sqlite3
+
+    from scoreline.registry.decision_log import DecisionLog
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE decisions (ts TEXT, request_id TEXT, model_id TEXT, model_version INTEGER, "
+                     "entity_key TEXT, score REAL, decision TEXT, latency_us REAL, error TEXT)")
+        conn.execute("INSERT INTO decisions VALUES ('2026-01-01 00:00:00', 'a', 'm', 1, '7', 0.5, 'x', 1.0, NULL)")
+    with DecisionLog(f"sqlite:///{path}") as log:
+        log.append(pa.table({"model_id": ["m"], "model_version": [1], "reasons": ["R1,R2"]}))
+        log.flush()
+        assert sorted(log.tail(5).column("reasons").to_pylist(), key=str) == [None, "R1,R2"]
