@@ -264,3 +264,16 @@ def test_a_decision_log_from_before_reasons_gains_the_column(tmp_path):
         log.append(pa.table({"model_id": ["m"], "model_version": [1], "reasons": ["R1,R2"]}))
         log.flush()
         assert sorted(log.tail(5).column("reasons").to_pylist(), key=str) == [None, "R1,R2"]
+
+
+def test_a_fired_rule_gives_its_reason_in_the_answer(model_dir):
+    rules = {"kind": "rules", "default": "accept", "rules": [
+        {"label": "refer", "when": [{"input": "account-balance", "lt": 0}], "reason": {"code": "A02", "text": "overdrawn"}},
+    ]}
+    dep = deployment(model_dir, {"rank": "up", "reasons": REASONS}, rules)
+    answer = dep.score_request({"inputs": INLINE, "explain": 1})
+    assert answer["application-decision"] == "refer"
+    assert [r["code"] for r in answer["reasons"]][0] == "A02" and len(answer["reasons"]) == 2
+    batch = dep.run(pa.RecordBatch.from_pylist([{"date-of-birth": dt.date(1990, 5, 1), "account-balance": -250.0,
+                                                 "state": "VIC"}]), explain=1)
+    assert batch.answer(0)["reasons"] == answer["reasons"]
