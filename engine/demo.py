@@ -289,6 +289,15 @@ def _credit_manifest(entity: dict) -> bytes:
                                                 {"label": "refer", "min": 0.12}],
                      "default": "accept"},
         "output": {"score": "score", "decision": "application-decision"},
+        # Reason codes for adverse-action notices: the inputs that raised the risk most.
+        "explain": {"rank": "up", "reasons": {
+            "account-balance": {"up": {"code": "R07", "text": "account balance too low"},
+                                "down": {"code": "P07", "text": "account balance"}},
+            "date-of-birth": {"up": {"code": "R03", "text": "age of applicant"},
+                              "down": {"code": "P03", "text": "age of applicant"}},
+            "state": {"up": {"code": "R11", "text": "state of residence"},
+                      "down": {"code": "P11", "text": "state of residence"}},
+        }},
     }
     return json.dumps(manifest).encode()
 

@@ -10,8 +10,13 @@ import numpy as np
 
 from .policy import jit
 
-__all__ = ["bands", "argmax", "top_k", "gather_index", "select_score"]
+__all__ = ["bands", "argmax", "top_k", "gather_index", "select_score", "rule_table"]
 
+# Bound kinds of a rule-table condition (rule_table's `kind` array): which comparisons apply.
+LOWER_CLOSED = 1  # value >= lo
+LOWER_OPEN = 2  # value > lo
+UPPER_CLOSED = 4  # value <= hi
+UPPER_OPEN = 8  # value < hi
 
 
 @jit
@@ -107,3 +112,48 @@ def select_score(raw, column, out):
                 if np.isnan(p):
                     break
         out[i] = top
+
+
+@jit
+def rule_table(values, score, column, lo, hi, kind, rule_of, label_of, first_only, default, out, fired):
+    """An ordered rule table per row: out[i] = the label of the first rule whose conditions all
+    hold, else `default`; fired[i, r] = 1 where rule r fires (with `first_only`, only the first).
+
+    Condition c belongs to rule rule_of[c] (conditions grouped by rule, in rule order) and bounds
+    values[i, column[c]] (column -1: the score) by lo[c] / hi[c] as `kind[c]` says (the *_OPEN
+    and *_CLOSED bits). A NaN value meets no condition; a row whose score is NaN gets -1.
+    """
+    rules = label_of.shape[0]
+    conditions = rule_of.shape[0]
+    for i in range(score.shape[0]):
+        for r in range(rules):
+            fired[i, r] = 0
+        if np.isnan(score[i]):
+            out[i] = -1
+            continue
+        out[i] = default
+        found = False
+        c = 0
+        for r in range(rules):
+            holds = True
+            while c < conditions and rule_of[c] == r:
+                v = score[i] if column[c] < 0 else values[i, column[c]]
+                k = kind[c]
+                ok = v == v
+                if k & LOWER_CLOSED:
+                    ok = ok and v >= lo[c]
+                if k & LOWER_OPEN:
+                    ok = ok and v > lo[c]
+                if k & UPPER_CLOSED:
+                    ok = ok and v <= hi[c]
+                if k & UPPER_OPEN:
+                    ok = ok and v < hi[c]
+                holds = holds and ok
+                c += 1
+            if holds:
+                fired[i, r] = 1
+                if not found:
+                    out[i] = label_of[r]
+                    found = True
+                    if first_only:
+                        break

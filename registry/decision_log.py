@@ -54,6 +54,7 @@ DECISION_SCHEMA = pa.schema([
     ("role", pa.string()),
     # the bytes that decided: the version's artifact, hashed at load (engine/pipeline/golden.py)
     ("artifact_sha256", pa.string()),
+    ("reasons", pa.string()),          # reason codes given with the answer, comma-separated
 ])
 _REQUIRED = ("ts", "model_id", "model_version")
 
@@ -71,11 +72,12 @@ STATS_SCHEMA = pa.schema([
 _SQL_TYPES = {
     "sqlite": {"ts": "TEXT", "request_id": "TEXT", "model_id": "TEXT", "model_version": "INTEGER",
                "entity_key": "TEXT", "score": "REAL", "decision": "TEXT", "latency_us": "REAL",
-               "error": "TEXT", "experiment": "TEXT", "role": "TEXT", "artifact_sha256": "TEXT"},
+               "error": "TEXT", "experiment": "TEXT", "role": "TEXT", "artifact_sha256": "TEXT",
+               "reasons": "TEXT"},
     "postgresql": {"ts": "TIMESTAMPTZ", "request_id": "TEXT", "model_id": "TEXT",
                    "model_version": "BIGINT", "entity_key": "TEXT", "score": "DOUBLE PRECISION",
                    "decision": "TEXT", "latency_us": "DOUBLE PRECISION", "error": "TEXT",
-                   "experiment": "TEXT", "role": "TEXT", "artifact_sha256": "TEXT"},
+                   "experiment": "TEXT", "role": "TEXT", "artifact_sha256": "TEXT", "reasons": "TEXT"},
 }
 # SQLite's ADBC driver infers each result column's type from the first rows it sees (an all-null
 # column becomes int64, and a later string then fails the read), so SQLite reads start with one
@@ -488,7 +490,7 @@ _TS = pa.timestamp("us", tz="UTC")
 
 def _rows_batch(rows: list[tuple]) -> pa.RecordBatch:
     """append_row's tuples as one batch of DECISION_SCHEMA."""
-    ts, rid, model, version, key, score, decision, latency, error, experiment, role, sha256 = zip(*rows)
+    ts, rid, model, version, key, score, decision, latency, error, experiment, role, sha256, reasons = zip(*rows)
     return pa.RecordBatch.from_arrays(
         [
             pa.array(ts, _TS),
@@ -503,6 +505,7 @@ def _rows_batch(rows: list[tuple]) -> pa.RecordBatch:
             pa.array(experiment, pa.string()),
             pa.array(role, pa.string()),
             pa.array(sha256, pa.string()),
+            pa.array(reasons, pa.string()),
         ],
         schema=DECISION_SCHEMA,
     )

@@ -403,7 +403,71 @@ class Segment(msgspec.Struct, tag="segment", tag_field="kind", **_STRICT):
     payload_field: str
 
 
-Decision = Union[Bands, Argmax, TopK, Segment]
+# --- rule tables and reason codes (issue 15) ----------------------------------------------
+
+
+class Reason(msgspec.Struct, **_STRICT):
+    """A reason code given with a decision, e.g. code "R07", text "account balance too low"."""
+
+    code: str
+    text: str = ""
+
+
+class Condition(msgspec.Struct, **_STRICT):
+    """Bounds on one column: a numeric or date raw input (dates as days since 1970-01-01), a
+    transform output, or "score". A missing value meets no condition."""
+
+    input: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+
+class Rule(msgspec.Struct, **_STRICT):
+    """Gives `label` when every condition holds (no conditions: always), with its reason."""
+
+    label: str
+    when: list[Condition] = []
+    reason: Reason | None = None
+
+
+class RuleTable(msgspec.Struct, tag="rules", tag_field="kind", **_STRICT):
+    """An ordered table of rules over inputs and the score; `default` when none fires.
+
+    hit-policy "first": the first rule that fires gives the label and its reason; "collect": the
+    first gives the label, and every rule that fires gives its reason.
+    """
+
+    rules: list[Rule]
+    default: str
+    hit_policy: Literal["first", "collect"] = "first"
+
+
+class InputReasons(msgspec.Struct, **_STRICT):
+    """An input's reason per direction: `up` when it raised the score, `down` when it lowered it."""
+
+    up: Reason | None = None
+    down: Reason | None = None
+
+
+class Explain(msgspec.Struct, **_STRICT):
+    """Reason codes from feature contributions (engine/pipeline/explain.py).
+
+    k: how many reasons an answer carries when the request does not say (0: none);
+    rank: which contributions make reasons ("abs": the largest either way, "up": those raising
+    the score, e.g. a decline's reasons when the score is a risk, "down": those lowering it);
+    reasons: raw input name -> its codes; means: a linear model's training feature means (by
+    model feature name), the reference its contributions are measured from.
+    """
+
+    k: int = 0
+    rank: Literal["abs", "up", "down"] = "abs"
+    reasons: dict[str, InputReasons] = {}
+    means: dict[str, float] | None = None
+
+
+Decision = Union[Bands, Argmax, TopK, Segment, RuleTable]
 
 
 class Output(msgspec.Struct, **_STRICT):
@@ -432,6 +496,7 @@ class Manifest(msgspec.Struct, **_STRICT):
     output: Output = Output()
     log: LogSpec = LogSpec()
     description: str = ""
+    explain: Explain | None = None
 
 
 _decoder = msgspec.json.Decoder(Manifest)
@@ -494,4 +559,14 @@ def _check_semantics(m: Manifest) -> None:
             raise SchemaError("bands must be ordered by descending min", path="$.decision.bands")
     if isinstance(m.decision, TopK) and not 1 <= m.decision.k <= len(m.decision.labels):
         raise SchemaError("k must be between 1 and the number of labels", path="$.decision.k")
+    if m.explain is not None:
+        _check_explain(m.explain, set(names))
 
+
+def _check_explain(e: Explain, inputs: set[str]) -> None:
+    if e.k < 0:
+        raise SchemaError(f"explain.k must be 0 or more, got {e.k}", path="$.explain.k")
+    for name in e.reasons:
+        if name not in inputs:
+            raise SchemaError(f"explain.reasons names {name!r}, which is not an input",
+                              path=f"$.explain.reasons.{name}")

@@ -186,6 +186,9 @@ def v2_routes(scorer: Scorer) -> list[Route]:
         base = request.id or scorer.new_request_id()
         ids = [base] if n == 1 else [f"{base}:{j}" for j in range(n)]
         rows = entry.schema.parse_columns(columns, n, ids, paths)
+        explain = entry.schema.check_explain(request.parameters.get("explain"), "$.parameters.explain")
+        if explain is not None:  # reason codes: the `reasons` output tensor (JSON text per row)
+            rows.explain = [explain] * n
         scored = await scorer.score_rows(entry, Request(rows))
         scorer.raise_row_errors(scored, "row {row}: $")
         wanted = _wanted_outputs(request, entry.fields)
@@ -349,7 +352,8 @@ def _outputs(batch: pa.RecordBatch, wanted: list[tuple[str, bool]]) -> tuple[lis
         datatype = _arrow_datatype(column.type)
         tensor = {"name": name, "datatype": datatype, "shape": [n]}
         if datatype == "BYTES":
-            values = ["" if v is None else str(v) for v in column.to_pylist()]
+            text = _json_text if pa.types.is_list(column.type) else str  # lists (reasons): JSON per row
+            values = ["" if v is None else text(v) for v in column.to_pylist()]
             if binary:
                 encoded = [v.encode() for v in values]
                 raw = b"".join(struct.pack("<I", len(v)) + v for v in encoded)
@@ -368,6 +372,10 @@ def _outputs(batch: pa.RecordBatch, wanted: list[tuple[str, bool]]) -> tuple[lis
             chunks.append(raw)
         tensors.append(tensor)
     return tensors, chunks
+
+
+def _json_text(value) -> str:
+    return encode_json(value).decode()
 
 
 def _arrow_datatype(arrow_type: pa.DataType) -> str:

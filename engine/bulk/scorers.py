@@ -28,18 +28,23 @@ __all__ = ["as_scorer", "ModelScorer", "DeploymentScorer"]
 # Both are plain picklable objects: they are what travels to Ray and Spark workers.
 
 
-def as_scorer(model, *, raw_score: bool = False, registry=None, version: int | str | None = None):
+def as_scorer(model, *, raw_score: bool = False, registry=None, version: int | str | None = None,
+              explain: int | None = None):
     """The scorer for ``model``: a ``ModelScorer`` or ``DeploymentScorer`` (returned as is), a
     Deployment, a loaded model, a model file, or a model id (``id`` or ``id@version``) in
-    ``registry``."""
+    ``registry``. ``explain``: reason columns per row (a deployment whose manifest has an
+    ``explain`` section; see DeploymentScorer)."""
     from scoreline.engine.pipeline.deployment import Deployment
 
     if isinstance(model, (ModelScorer, DeploymentScorer)):
         return model
+    if explain and (isinstance(model, Model) or (isinstance(model, (str, os.PathLike)) and os.path.isfile(model))):
+        raise InputError("--explain needs a registered model whose manifest has an explain section, not a model "
+                         "file", path="--explain")
     if isinstance(model, Model):
         return ModelScorer(model, raw_score=raw_score)
     if isinstance(model, Deployment):
-        return DeploymentScorer(_no_raw(model, raw_score))
+        return DeploymentScorer(_no_raw(model, raw_score), explain=explain)
     if isinstance(model, (str, os.PathLike)):
         if os.path.isfile(model):
             return ModelScorer(load_model_file(model), raw_score=raw_score)
@@ -49,7 +54,8 @@ def as_scorer(model, *, raw_score: bool = False, registry=None, version: int | s
                 path="model",
             )
         model_id, _, at = os.fspath(model).partition("@")
-        return DeploymentScorer(_no_raw(_deployment(registry, model_id, version if version is not None else (at or None)), raw_score))
+        return DeploymentScorer(_no_raw(_deployment(registry, model_id, version if version is not None else (at or None)),
+                                        raw_score), explain=explain)
     raise InputError(
         f"expected a deployment, a model, a model file or a model id, got {type(model).__name__}", path="model"
     )
@@ -147,13 +153,24 @@ class ModelScorer:
 
 class DeploymentScorer:
     """A deployment (transforms + model + decision): its contract columns out, per-row errors as the
-    pipeline reports them (unknown entity, a bad value, a non-finite score)."""
+    pipeline reports them (unknown entity, a bad value, a non-finite score). With ``explain`` k,
+    the contract's nested ``reasons`` column becomes flat columns ``reason-<i>-code``,
+    ``reason-<i>-input`` and ``reason-<i>-contribution`` for i = 1..k (rule reasons first)."""
 
-    def __init__(self, deployment) -> None:
+    def __init__(self, deployment, explain: int | None = None) -> None:
         self.deployment = deployment
         self.tracking = None  # a RunTracking (engine/monitor/runs.py) fed by every batch, if set
         self.key_name = deployment.key_name
-        self.output_schema = pa.schema([f for f in deployment.output_schema if f.name != "error"])
+        self.explain = explain or None
+        fields = [f for f in deployment.output_schema if f.name != "error"]
+        if self.explain:
+            if not 0 < self.explain <= 20:
+                raise InputError(f"--explain must be from 1 to 20, got {self.explain}", path="--explain")
+            if deployment.manifest.explain is None:
+                raise InputError(f"--explain: model {deployment.model_id!r} gives no reasons: its manifest has no "
+                                 "explain section", path="--explain")
+            fields = [f for f in fields if f.name != "reasons"] + _reason_fields(self.explain)
+        self.output_schema = pa.schema(fields)
         manifest = deployment.manifest
         self._numeric = {
             i.name: (pa.int64() if i.type == "int" else pa.float64())
@@ -193,7 +210,8 @@ class DeploymentScorer:
         checks = {name: (dep.version_dir / name).read_bytes() for name in (GOLDEN_FILE, PROVENANCE_FILE)
                   if (dep.version_dir / name).is_file()}
         token = hashlib.sha256(body + artifact + str(dep.version).encode() + b"".join(checks.values())).hexdigest()[:24]
-        return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version, "checks": checks}
+        return {"token": token, "manifest": body, "artifact": artifact, "version": dep.version, "checks": checks,
+                "explain": self.explain}
 
     def __setstate__(self, state: dict) -> None:
         with _REBUILT_LOCK:
@@ -201,7 +219,7 @@ class DeploymentScorer:
             if deployment is None:
                 deployment = _rebuild(state)
                 _REBUILT[state["token"]] = deployment
-        self.__init__(deployment)
+        self.__init__(deployment, state.get("explain"))
 
     def csv_types(self) -> dict[str, pa.DataType]:
         # Text for numbers (parsed per row, see ModelScorer) and for strings such as "00123".
@@ -223,12 +241,24 @@ class DeploymentScorer:
         return _parse_numbers(batch, {n: t for n, t in self._numeric.items() if n in text})
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        if self.tracking is None:
+        if self.tracking is None and not self.explain:
             return self.deployment.score(batch)
         states: list = []
-        out = self.deployment.run(batch, tap=states.append).to_batch()
-        self.tracking.observe(states[0])
-        return out
+        out = self.deployment.run(batch, tap=None if self.tracking is None else states.append,
+                                  explain=self.explain or None).to_batch()
+        if self.tracking is not None:
+            self.tracking.observe(states[0])
+        if not self.explain:
+            return out
+        reasons = out.column("reasons").to_pylist()
+        columns = [out.column(f.name) for f in self.output_schema if not f.name.startswith("reason-")]
+        for i in range(self.explain):
+            picked = [row[i] if row is not None and i < len(row) else None for row in reasons]
+            columns.append(pa.array([r and r["code"] for r in picked], pa.string()))
+            columns.append(pa.array([r and r["input"] for r in picked], pa.string()))
+            columns.append(pa.array([r and r["contribution"] for r in picked], pa.float64()))
+        columns.append(out.column("error"))
+        return pa.RecordBatch.from_arrays(columns, schema=self.output_schema.append(pa.field("error", pa.string())))
 
     def track(self):
         """Track this scorer's data quality and drift from now on (the version's reference
@@ -241,6 +271,11 @@ class DeploymentScorer:
         except Exception:  # no profile and no store to draw one from: scored, not tracked
             self.tracking = None
         return self.tracking
+
+
+def _reason_fields(k: int) -> list[pa.Field]:
+    return [pa.field(f"reason-{i}-{part}", kind) for i in range(1, k + 1)
+            for part, kind in (("code", pa.string()), ("input", pa.string()), ("contribution", pa.float64()))]
 
 
 # Deployments rebuilt from pickles in this process, by content: a Ray or Spark worker unpickles the

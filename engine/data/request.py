@@ -24,19 +24,23 @@ ARROW_TYPES = {
     "timestamp": pa.timestamp("us", tz="UTC"),
 }
 _INT64 = (-(2**63), 2**63 - 1)
+_MAX_EXPLAIN = 20  # the most reasons a request may ask for
 
 
 class RowBatch:
     """Rows of raw request values, column-wise: `keys` (None: no key), `inputs` (input name ->
-    one value per row, None where not given; None when no row sent inputs) and request ids."""
+    one value per row, None where not given; None when no row sent inputs) and request ids;
+    `explain`: reasons asked per row (None where not asked; None when no row asked)."""
 
-    __slots__ = ("keys", "inputs", "request_ids", "n")
+    __slots__ = ("keys", "inputs", "request_ids", "n", "explain")
 
-    def __init__(self, keys: list, inputs: dict[str, list] | None, request_ids: list) -> None:
+    def __init__(self, keys: list, inputs: dict[str, list] | None, request_ids: list,
+                 explain: list | None = None) -> None:
         self.keys = keys
         self.inputs = inputs
         self.request_ids = request_ids
         self.n = len(keys)
+        self.explain = explain
 
     @staticmethod
     def concat(parts: list[RowBatch]) -> RowBatch:
@@ -45,6 +49,9 @@ class RowBatch:
             return parts[0]
         keys: list = []
         ids: list = []
+        explain = None
+        if any(part.explain is not None for part in parts):
+            explain = [k for part in parts for k in (part.explain or [None] * part.n)]
         names = {name: None for part in parts if part.inputs for name in part.inputs}
         inputs: dict[str, list] | None = {name: [] for name in names} or None
         for part in parts:
@@ -54,7 +61,7 @@ class RowBatch:
                 for name, column in inputs.items():
                     values = part.inputs.get(name) if part.inputs else None
                     column.extend(values if values is not None else [None] * part.n)
-        return RowBatch(keys, inputs, ids)
+        return RowBatch(keys, inputs, ids, explain)
 
 
 class RequestSchema:
@@ -65,8 +72,9 @@ class RequestSchema:
         self.key_type = "int" if manifest.entity.key_type == "int" else "string"
         self.input_types = {i.name: i.type for i in manifest.inputs}
         self.input_names = tuple(i.name for i in manifest.inputs)
-        self.top_level = frozenset(("model-id", "model-version", "request-id", "inputs", self.key))
-        self.row_level = frozenset(("request-id", "inputs", self.key))
+        self.top_level = frozenset(("model-id", "model-version", "request-id", "inputs", "explain", self.key))
+        self.row_level = frozenset(("request-id", "inputs", "explain", self.key))
+        self.explains = manifest.explain is not None  # whether `explain` may be asked
 
     def known_names(self) -> list[str]:
         return [self.key, *self.input_names]
@@ -76,8 +84,9 @@ class RequestSchema:
         `strict=False` ignores inputs the manifest does not name (the Python API's habit, like
         the extra columns of an Arrow batch) instead of refusing them."""
         key, inputs, rid = self._parse(body, "$", self.top_level, strict)
+        explain = self._explain(body, "$")
         return RowBatch([key], None if inputs is None else {k: [v] for k, v in inputs.items()},
-                        [rid if rid is not None else request_id])
+                        [rid if rid is not None else request_id], None if explain is None else [explain])
 
     def parse_rows(self, rows: object, path: str, make_id) -> RowBatch:
         """The `rows` list of a `/v1/score/batch` body; `make_id()` supplies absent request ids."""
@@ -86,11 +95,13 @@ class RequestSchema:
         keys: list = []
         ids: list = []
         columns: dict[str, list] = {}
+        explain: list = []
         for i, row in enumerate(rows):
             where = f"{path}[{i}]"
             if not isinstance(row, dict):
                 raise SchemaError(f"expected an object at `{where}`, got {_show(row)}", path=where)
             key, inputs, rid = self._parse(row, where, self.row_level, True)
+            explain.append(self._explain(row, where))
             keys.append(key)
             ids.append(rid if rid is not None else make_id())
             if inputs:
@@ -102,7 +113,20 @@ class RequestSchema:
             for column in columns.values():
                 if len(column) < len(keys):
                     column.append(None)
-        return RowBatch(keys, columns or None, ids)
+        return RowBatch(keys, columns or None, ids, explain if any(k is not None for k in explain) else None)
+
+    def _explain(self, body: dict, path: str) -> int | None:
+        return self.check_explain(body.get("explain"), f"{path}.explain")
+
+    def check_explain(self, k: object, path: str) -> int | None:
+        """A request's `explain` (how many reasons to give) at `path`, checked; None when absent."""
+        if k is None:
+            return None
+        if not self.explains:
+            raise SchemaError("this model gives no reasons: its manifest has no `explain` section", path=path)
+        if type(k) is not int or not 0 <= k <= _MAX_EXPLAIN:
+            raise SchemaError(f"expected an integer from 0 to {_MAX_EXPLAIN} at `{path}`, got {_show(k)}", path=path)
+        return k
 
     def parse_columns(self, columns: dict[str, list], n: int, request_ids: list,
                       paths: dict[str, str]) -> RowBatch:

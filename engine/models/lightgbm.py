@@ -31,6 +31,9 @@ _TREE_ARRAYS = {
     "num_features": np.int64,
     "leaf_features": np.int64,
     "leaf_coeff": np.float64,
+    # Data counts, for pred_contrib only (TreeSHAP's covers); optional: a file without them scores.
+    "leaf_count": np.float64,
+    "internal_count": np.float64,
 }
 
 
@@ -52,6 +55,8 @@ class TreeIR:
     leaf_features: tuple[np.ndarray, ...] = ()  # per leaf, int64 feature indices
     leaf_coeff: tuple[np.ndarray, ...] = ()  # per leaf, float64 coefficients
     depth: int = 0  # longest root-to-leaf path (0 for a single leaf), computed while validating
+    leaf_count: np.ndarray | None = None  # float64 (num_leaves,) training rows per leaf, when written
+    internal_count: np.ndarray | None = None  # float64 (num_leaves - 1,) training rows per split node
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,6 +248,7 @@ def _array(values: dict[str, str], key: str, where: str, length: int | None) -> 
 
 # Keys parsed for all trees at once: one fromstring call per key instead of one per tree.
 _BATCHED = ("split_feature", "threshold", "decision_type", "left_child", "right_child", "leaf_value")
+_COUNTS = ("leaf_count", "internal_count")  # batched too, but optional (see _parse_counts)
 
 
 def _tree_head(block: str, position: int) -> tuple[dict[str, str], int]:
@@ -260,8 +266,8 @@ def _parse_batched(heads: list[tuple[dict[str, str], int]]) -> tuple[dict, dict]
     key and the trees parse it one by one, so the error names the tree at fault.
     """
     out, flats = {}, {}
-    for key in _BATCHED:
-        expected = [n if key == "leaf_value" else (n - 1 if n > 1 else 0) for _, n in heads]
+    for key in _BATCHED + _COUNTS:
+        expected = [n if key in ("leaf_value", "leaf_count") else (n - 1 if n > 1 else 0) for _, n in heads]
         raws = [values.get(key) for values, n in heads]
         if any(raw is None for raw, count in zip(raws, expected) if count):
             continue
@@ -379,6 +385,7 @@ def _parse_tree(head, position: int, num_features: int, batched: dict[str, list[
     if num_cat > 0:
         _check_categories(where, boundaries, words)
     linear = _parse_linear(values, where, num_leaves, num_features) if is_linear else None
+    counts = _parse_counts(values, array, where, num_leaves)
     return TreeIR(
         num_leaves=num_leaves,
         split_feature=split_feature,
@@ -394,7 +401,23 @@ def _parse_tree(head, position: int, num_features: int, batched: dict[str, list[
         leaf_features=linear[1] if linear else (),
         leaf_coeff=linear[2] if linear else (),
         depth=depth,
+        leaf_count=counts[0] if counts else None,
+        internal_count=counts[1] if counts else None,
     )
+
+
+def _parse_counts(values, array, where, num_leaves) -> tuple[np.ndarray, np.ndarray] | None:
+    """leaf_count and internal_count when the tree has them (LightGBM always writes them;
+    hand-made files may not), else None; negative counts are refused."""
+    internal = num_leaves - 1
+    if values.get("leaf_count") is None or (internal and values.get("internal_count") is None):
+        return None
+    leaf = array("leaf_count", num_leaves)
+    nodes = array("internal_count", internal) if internal else np.zeros(0)
+    for key, counts in (("leaf_count", leaf), ("internal_count", nodes)):
+        if not (counts >= 0).all():
+            raise _fail(f"{where} has a negative or NaN {key}", f"{where}.{key}")
+    return leaf, nodes
 
 
 def _check_splits(where, num_features, split_feature, threshold, decision_type, num_cat) -> None:

@@ -68,6 +68,7 @@ class LinearFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     coefficients: list[float | list[float]]
     intercept: float | list[float]
     classes: list[str | int | float | bool] | None = None
+    means: list[float] | None = None  # training means of the features, for pred_contrib
 
 
 _JSON_DECODER = msgspec.json.Decoder(LinearFile)
@@ -94,6 +95,7 @@ class LinearModel:
         coefficients: np.ndarray,
         intercept: np.ndarray,
         classes: tuple | None = None,
+        means=None,
     ) -> None:
         coef = np.array(coefficients, dtype=np.float64, order="C", ndmin=2)
         bias = np.array(intercept, dtype=np.float64, ndmin=1)
@@ -104,6 +106,8 @@ class LinearModel:
         self.coefficients = coef
         self.intercept = bias
         self.classes = None if classes is None else tuple(classes)
+        # Training means of the features: pred_contrib's reference point (None: not given).
+        self.means = None if means is None else np.array(means, dtype=np.float64)
         self.categories: dict[int, tuple] = {}
         self._link = _LINKS[objective]
 
@@ -130,18 +134,26 @@ class LinearModel:
         self.coefficients.flags.writeable = False
         self.intercept.flags.writeable = False
 
-    def predict(self, data, raw_score: bool = False, pred_leaf: bool = False, num_threads: int | None = None):
+    def predict(self, data, raw_score: bool = False, pred_leaf: bool = False, num_threads: int | None = None,
+                pred_contrib: bool = False, means=None):
         """Score ``data`` like ``lightgbm.Booster.predict``.
 
         ``data``: a 2-D numpy array (columns in model order), a pyarrow Table/RecordBatch or a
         pandas DataFrame (columns by feature name). Returns float64 ``(n,)`` for regression and
         binary (the positive class probability), ``(n, num_class)`` otherwise; ``raw_score``
         returns the margins before the link. A NaN feature gives a NaN score. ``pred_leaf`` is
-        refused: linear models have no leaves.
+        refused: linear models have no leaves. ``pred_contrib``: coefficient x (value - mean) per
+        feature then the bias, LightGBM's layout (engine/models/explain.py), with ``means`` or the
+        artifact's; ``InputError`` when neither gives them.
         """
         if pred_leaf:
             raise InputError("pred_leaf is not available for linear models: they have no leaves", path="pred_leaf")
         X = to_matrix(data, self.feature_names, self.categories)
+        if pred_contrib:
+            from scoreline.engine.models.explain import linear_contributions
+
+            return linear_contributions(X, self.coefficients, self.intercept, self.means if means is None else means,
+                                        self.feature_names)
         return self.predict_matrix(X, raw_score=raw_score, num_threads=num_threads)
 
     def predict_matrix(self, X: np.ndarray, raw_score: bool = False, num_threads: int | None = None, out=None):
@@ -190,6 +202,7 @@ class LinearModel:
             coefficients=rows[0] if single else rows,
             intercept=float(self.intercept[0]) if single else self.intercept.tolist(),
             classes=None if self.classes is None else list(self.classes),
+            means=None if self.means is None else self.means.tolist(),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -293,7 +306,13 @@ def _from_file(doc: LinearFile, source: str) -> LinearModel:
         coef = np.array(rows, dtype=np.float64).reshape(1, len(rows))
     intercept = np.array(doc.intercept, dtype=np.float64, ndmin=1)
     classes = None if doc.classes is None else tuple(doc.classes)
-    return _build(doc.objective, doc.feature_names, coef, intercept, classes, source, "$", bool(rows) and nested[0])
+    model = _build(doc.objective, doc.feature_names, coef, intercept, classes, source, "$", bool(rows) and nested[0])
+    if doc.means is not None:
+        if len(doc.means) != len(doc.feature_names) or not np.isfinite(doc.means).all():
+            raise ModelFormatError(f"Ill-formed linear model {source}: expected {len(doc.feature_names)} finite "
+                                   f"means, one per feature", path="$.means")
+        model.means = np.array(doc.means, dtype=np.float64)
+    return model
 
 
 def _build(objective, names, coef, intercept, classes, source, root, nested) -> LinearModel:

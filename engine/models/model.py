@@ -113,6 +113,7 @@ class LightGBMModel:
                               spec=treecode_spec, cache_dir=cache_dir, sample_rows=sample_rows,
                               excluded=excluded or {}, choice_json=choice)
         self._tiers.load()
+        self._contrib = None  # engine/models/explain.py's TreeContributions, built on first use
 
     @property
     def tier(self) -> str:
@@ -179,19 +180,20 @@ class LightGBMModel:
         return self._packed
 
     def predict(self, data, raw_score: bool = False, pred_leaf: bool = False, num_threads: int | None = None,
-                device: str = "cpu"):
+                device: str = "cpu", pred_contrib: bool = False):
         """Score ``data`` like ``lightgbm.Booster.predict``: same shape, same values.
 
         data: a 2-D numpy array (columns in model order), a pyarrow Table or RecordBatch, or a
         pandas DataFrame (columns by feature name; nulls are missing values; string or dictionary
         columns of categorical features map through ``categories``).
-        Returns float64 (n,) or (n, num_class); with ``pred_leaf`` int32 (n, num_trees).
+        Returns float64 (n,) or (n, num_class); with ``pred_leaf`` int32 (n, num_trees); with
+        ``pred_contrib`` float64 (n, (num_features + 1) * num_class), see ``predict_contrib_matrix``.
         Raises ``InputError`` naming a missing, misspelled or non-numeric column or a wrong shape.
         device: "cpu"; "cuda" scores on the GPU (same values; without a usable GPU it warns once
         and scores on the CPU); "auto" takes the GPU for batches of at least
         ``scoreline.engine.gpu.backend.GPU_MIN_ROWS`` rows when one is usable. pred_leaf always runs on the CPU.
         """
-        if device != "cpu" and not pred_leaf:
+        if device != "cpu" and not (pred_leaf or pred_contrib):
             from scoreline.engine.gpu import backend as gpu  # numba.cuda only when a GPU is asked for
 
             rows = data.num_rows if hasattr(data, "num_rows") else len(data)
@@ -202,6 +204,8 @@ class LightGBMModel:
         X = to_matrix(data, self.feature_names, self.categories, dtype=_lightgbm_dtype(data))
         if pred_leaf:
             return self.predict_leaf_matrix(X)
+        if pred_contrib:
+            return self.predict_contrib_matrix(X)
         return self.predict_matrix(X, raw_score=raw_score, num_threads=num_threads)
 
     def predict_matrix(self, X: np.ndarray, raw_score: bool = False, num_threads: int | None = None, out=None):
@@ -269,6 +273,18 @@ class LightGBMModel:
         p = self._packed
         kernels.leaf_indices(X, self._thresholds, self._words, p.leaf_index, p.trees, p.cat_bits, out)
         return out
+
+    def predict_contrib_matrix(self, X: np.ndarray) -> np.ndarray:
+        """LightGBM's ``pred_contrib`` (engine/models/explain.py): per output the features' SHAP
+        values then the expected value, each row summing to the raw score. The first call
+        prepares the model's paths and tables; ``ModelFormatError`` for linear trees or a file
+        without data counts."""
+        self._check_matrix(X)
+        if self._contrib is None:
+            from scoreline.engine.models.explain import TreeContributions
+
+            self._contrib = TreeContributions(self._packed)
+        return self._contrib.contributions(X)
 
     def _check_matrix(self, X) -> None:
         # Cheap guards: the kernels index X without bounds checks.

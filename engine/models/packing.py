@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scoreline.engine.models.lightgbm import EnsembleIR, TreeIR
@@ -54,6 +54,9 @@ class PackedEnsemble:
     average_divisor: float  # number of iterations for average_output models, else 0.0
     link: int
     link_param: float
+    # float64 (N,): training rows reaching each record (internal_count / leaf_count), read only
+    # by pred_contrib (kernels/shap.py); empty when the file lacks the counts.
+    cover: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def is_linear(self) -> bool:
@@ -62,7 +65,7 @@ class PackedEnsemble:
     def readonly(self) -> PackedEnsemble:
         """Mark every array read-only (what Ray workers receive); returns self."""
         for name in ("nodes", "leaf_value", "leaf_index", "trees", "cat_bits", "linear", "linear_const",
-                     "linear_feature", "linear_coeff"):
+                     "linear_feature", "linear_coeff", "cover"):
             getattr(self, name).flags.writeable = False
         return self
 
@@ -122,6 +125,8 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
     linear_used = 0
     cat_words = []
     cat_used = 0
+    has_counts = all(t.leaf_count is not None for t in ir.trees)
+    cover = np.zeros(total if has_counts else 0, dtype=np.float64)
     base = 0
     for t, tree in enumerate(ir.trees):
         slots_of_nodes, slots_of_leaves = _layout(tree, base)
@@ -133,6 +138,9 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
         meta[leaves, 1] = leaves  # a leaf is its own child, feature 0, no flags
         leaf_value[leaves] = tree.leaf_value
         leaf_index[leaves] = np.arange(tree.num_leaves, dtype=np.int32)
+        if has_counts:
+            cover[leaves] = tree.leaf_count
+            cover[slots_of_nodes] = tree.internal_count
         if tree.is_linear:
             counts = np.array([f.size for f in tree.leaf_features], dtype=np.int64)
             starts = linear_used + np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -164,6 +172,7 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
         average_divisor=float(iterations) if ir.average_output and iterations else 0.0,
         link=link,
         link_param=link_param,
+        cover=cover,
     )
 
 

@@ -2,6 +2,7 @@
 the decision label and (for segments) the payload out, as label indices the kernels compute.
 
 Binary models predict one probability p per row; decisions over classes see it as [1 - p, p].
+A rule table (engine/pipeline/rules.py) also reads the work matrix: pass it as `work`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["Decider"]
 class Decider:
     """Score selection plus the decision of one manifest for one model."""
 
-    def __init__(self, manifest: M.Manifest, num_class: int, objective: str) -> None:
+    def __init__(self, manifest: M.Manifest, num_class: int, objective: str, plan=None) -> None:
         d = manifest.decision
         self.kind = type(d).__struct_config__.tag
         self.binary = num_class == 1 and objective.startswith(("binary", "cross_entropy"))
@@ -38,7 +39,15 @@ class Decider:
         # Binary: class 1 is p itself; class 0 is 1 - p (see `scores`).
         self.complement = self.binary and score == 0
         self.payload_labels = None
-        if isinstance(d, M.Bands):
+        self.rules = None
+        if isinstance(d, M.RuleTable):
+            from scoreline.engine.pipeline.rules import compile_rules
+
+            if plan is None:
+                raise SchemaError("a rule table needs the feature plan", path="$.decision")
+            self.rules = compile_rules(d, plan)
+            labels = self.rules.labels
+        elif isinstance(d, M.Bands):
             self.mins = np.array([b.min for b in d.bands], dtype=np.float64)
             self.mins_list = self.mins.tolist()
             labels = [b.label for b in d.bands] + [d.default]
@@ -85,9 +94,13 @@ class Decider:
         probs[:, 1] = raw
         return probs
 
-    def decide(self, raw: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(label index per row, or (n, k) for top-k; payload index per row or None); -1: none."""
+    def decide(self, raw: np.ndarray, score: np.ndarray, work: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(label index per row, or (n, k) for top-k; payload index per row or None); -1: none.
+        `work`: the work matrix after the transforms, which a rule table reads."""
         n = score.shape[0]
+        if self.rules is not None:
+            return self.rules.decide(score, work)[0], None
         if self.kind == "bands":
             out = np.empty(n, dtype=np.int64)
             K.bands(score, self.mins, len(self.mins), out)
@@ -105,10 +118,14 @@ class Decider:
             return out, payload
         return out, None
 
-    def decide_one(self, raw: np.ndarray) -> tuple[float, str | None, int]:
+    def decide_one(self, raw: np.ndarray, work: np.ndarray | None = None) -> tuple[float, str | None, int]:
         """(score, label, payload index) for a one-row prediction, in Python scalars: the same
         rules as `scores` + `decide` (ties to the lower class, NaN -> no label), without three
-        kernel dispatches for one row."""
+        kernel dispatches for one row (a rule table: one)."""
+        if self.rules is not None:
+            score = self.scores(raw)
+            index = int(self.rules.decide(score, work)[0][0])
+            return float(score[0]), (self.label_list[index] if index >= 0 else None), -1
         row = raw.tolist()
         if raw.ndim == 1:
             p = row[0]

@@ -115,7 +115,7 @@ class Deployment:
         for i, spec in enumerate(manifest.inputs):
             check_default(spec, f"$.inputs[{i}].default")
         self.plan: Plan = compile_plan(manifest, self.model.feature_names, self.model.categories)
-        self.decider = Decider(manifest, self.model.num_class, self.model.objective)
+        self.decider = Decider(manifest, self.model.num_class, self.model.objective, self.plan)
         self.key_name = manifest.entity.key
         self.key_type = _KEY_TYPES[manifest.entity.key_type]
         self.input_names = tuple(i.name for i in manifest.inputs)
@@ -136,6 +136,11 @@ class Deployment:
         if manifest.model.format == "remote":   # a remote model: its own predict and decide
 
             self.stages = remote_stages(self.stages, self.model, self.decider)
+        if manifest.explain is not None and manifest.model.format != "remote":
+            # reason codes (engine/pipeline/explain.py); a remote model's contributions are not ours
+            from scoreline.engine.pipeline.explain import ExplainStage
+
+            self.stages.append(ExplainStage(manifest, self.model, self.plan, self.decider))
         self._contract()
         self.compile_seconds = time.perf_counter() - started
         self.warm_seconds = 0.0
@@ -181,15 +186,17 @@ class Deployment:
 
     # --- scoring --------------------------------------------------------------------------------
 
-    def run(self, source, *, now=None, tap=None) -> Result:
+    def run(self, source, *, now=None, tap=None, explain: int | None = None) -> Result:
         """Run the pipeline over `source`, an Arrow RecordBatch/Table or a RowBatch of raw
         values -> the Result, one row per input row, same order. `tap(state)`, when given, is
-        called once the fill is done (shadows share this call's lookup: routing.py)."""
+        called once the fill is done (shadows share this call's lookup: routing.py). `explain`:
+        reasons per row (a manifest with an `explain` section; a RowBatch's own `explain` wins)."""
         if isinstance(source, pa.Table):
             source = source.combine_chunks().to_batches()[0] if source.num_rows else \
                 pa.RecordBatch.from_pylist([], schema=source.schema)
         n = source.n if isinstance(source, RowBatch) else source.num_rows
         state = State(n, source, scoring_day(now))
+        state.explain = explain
         stages = self.stages
         stages[0].run(state)
         if tap is not None:

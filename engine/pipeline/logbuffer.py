@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["LogBuffer"]
+__all__ = ["LogBuffer", "reason_text"]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -22,6 +22,11 @@ def _schema() -> pa.Schema:
     from scoreline.registry.decision_log import DECISION_SCHEMA
 
     return DECISION_SCHEMA
+
+
+def reason_text(reasons: list | None) -> str | None:
+    """A row's reason codes (the explain stage's `reasons`) as the log keeps them: comma-separated."""
+    return None if reasons is None else ",".join(r["code"] for r in reasons)
 
 
 class LogBuffer:
@@ -50,14 +55,15 @@ class LogBuffer:
         return self._durable != self._durable_done
 
     def row(self, request_id, dep, key, score, decision, seconds: float, error,
-            experiment: str | None = None, role: str | None = None) -> None:
-        """Log one decision (a deque append in the log: thread-safe and about 100 ns)."""
+            experiment: str | None = None, role: str | None = None, reasons: str | None = None) -> None:
+        """Log one decision (a deque append in the log: thread-safe and about 100 ns); `reasons`:
+        the reason codes given, comma-separated."""
         if self.log is None:
             return
         self.log.append_row((time.time_ns() // 1000,
                              None if request_id is None else str(request_id), dep.model_id, dep.version,
                              None if key is None else str(key), score, decision, seconds * 1e6,
-                             error, experiment, role, dep.artifact_sha256))
+                             error, experiment, role, dep.artifact_sha256, reasons))
         if dep.manifest.log.durable:
             with self._lock:
                 self._durable += 1
@@ -89,6 +95,8 @@ class LogBuffer:
                 pa.nulls(n, pa.string()) if experiment is None else pa.repeat(pa.scalar(experiment), n),
                 _roles(roles, n),
                 self._artifact_column(dep, out.column("model-version")),
+                pa.array([reason_text(r) for r in out.column("reasons").to_pylist()], pa.string())
+                if "reasons" in names else pa.nulls(n, pa.string()),
             ],
             schema=_schema(),
         ))

@@ -62,6 +62,11 @@ class Plan:
     inputs: tuple[InputSlot, ...]
     ops: np.ndarray  # int64 (steps, 6): opcode, source, second source, destination, p0, p1
     params: np.ndarray  # float64
+    # For rule tables and reason codes (see _origins): numeric column name -> its work slot
+    # (valid after `run`), and per model feature the raw input it is built from (the column's
+    # own name when it is built from several).
+    columns: dict = None
+    feature_inputs: tuple = ()
 
     def new_work(self, n: int) -> np.ndarray:
         """A fresh work matrix for `n` rows (F order; see the module docstring)."""
@@ -145,6 +150,7 @@ def compile_plan(manifest: M.Manifest, feature_names, categories) -> Plan:
 
     for i, t in enumerate(manifest.transforms):
         _compile_transform(i, t, b, columns, slot_for, codes_of)
+    origins = _origins(manifest)
 
     for j, (feature, column) in enumerate(zip(feature_names, feature_column)):
         where = f"$.model.features.{feature}" if feature in mapping else "$.model"
@@ -175,8 +181,23 @@ def compile_plan(manifest: M.Manifest, feature_names, categories) -> Plan:
         codes = tuple(code_slots.get(spec.name, {}).values())
         inputs.append(InputSlot(spec, col.slot, codes))
     ops = np.array(b.ops, dtype=np.int64).reshape(-1, 6)
+    numeric = {name: col.slot for name, col in columns.items() if col.kind != "keyed-string"}
+    feature_inputs = tuple(next(iter(origins[c])) if len(origins.get(c, ())) == 1 else c for c in feature_column)
     return Plan(b.width, len(feature_names), tuple(inputs), ops,
-                np.array(b.params, dtype=np.float64))
+                np.array(b.params, dtype=np.float64), numeric, feature_inputs)
+
+
+def _origins(manifest: M.Manifest) -> dict[str, frozenset]:
+    """Column name -> the raw inputs it is computed from (an input: itself; a transform output:
+    its sources' inputs), so a feature's contribution can be given to the input it came from."""
+    origins = {spec.name: frozenset((spec.name,)) for spec in manifest.inputs}
+    for t in manifest.transforms:
+        sources = (t.numerator, t.denominator) if isinstance(t, M.Ratio) else (t.input,)
+        found = frozenset().union(*(origins.get(name, frozenset()) for name in sources))
+        names = [f"{t.output}={c}" for c in t.categories] if isinstance(t, M.OneHot) else [t.output]
+        for name in names:
+            origins[name] = found
+    return origins
 
 
 def _check_input(spec: M.Input, path: str) -> None:

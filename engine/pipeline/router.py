@@ -26,7 +26,7 @@ from scoreline.registry.repository import DEFAULT_ALIAS, Repository
 from scoreline.engine.data.request import RowBatch
 from scoreline.engine.monitor import Monitor, clock, timed
 from scoreline.engine.pipeline.deployment import Deployment, open_store
-from scoreline.engine.pipeline.logbuffer import LogBuffer
+from scoreline.engine.pipeline.logbuffer import LogBuffer, reason_text
 from scoreline.engine.pipeline.result import Result
 from scoreline.engine.pipeline.routing import Experiments
 
@@ -271,9 +271,11 @@ class Engine:
         errors = result.errors
         log = self._log.row
         fallback = result.extras.get("fallback")  # a remote model's: what answered instead, why
+        reasons = result.extras.get("reasons")  # the explain stage's, when asked
         if result.n == 1 and not errors:  # a single request, the usual call: no loop
             log(request_ids[0], dep, keys[0], scores[0], labels[0], seconds,
-                fallback[0] if fallback else None, experiment, role)
+                fallback[0] if fallback else None, experiment, role,
+                None if reasons is None else reason_text(reasons[0]))
             return
         for i in range(result.n):
             error = errors.get(i) if errors else None
@@ -282,7 +284,8 @@ class Engine:
                 if fallback:  # a remote model: a decision fallback's row has no score (NaN)
                     note = fallback[i]
                     score = None if score != score else score
-                log(request_ids[i], dep, keys[i], score, labels[i], seconds, note, experiment, role)
+                log(request_ids[i], dep, keys[i], score, labels[i], seconds, note, experiment, role,
+                    None if reasons is None else reason_text(reasons[i]))
             else:
                 log(request_ids[i], dep, keys[i], None, None, seconds, error.message, experiment, role)
 

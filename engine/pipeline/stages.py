@@ -27,7 +27,7 @@ class State:
     output, the score and decision, the extras and the per-row errors."""
 
     __slots__ = ("n", "source", "today", "keys", "work", "X", "raw", "score", "index",
-                 "payload", "labels", "payloads", "errors", "extras")
+                 "payload", "labels", "payloads", "errors", "extras", "explain")
 
     def __init__(self, n: int, source, today: int) -> None:
         self.n = n
@@ -45,6 +45,7 @@ class State:
         self.payloads: Any = None
         self.errors: dict = {}
         self.extras: dict = {}
+        self.explain = None  # reasons per row the call asks for (bulk --explain), None: the default
 
 
 class Stage:
@@ -93,14 +94,14 @@ class Decide(Stage):
     def run(self, state: State) -> None:
         score = self.decider.scores(state.raw)
         state.score = score
-        state.index, state.payload = self.decider.decide(state.raw, score)
+        state.index, state.payload = self.decider.decide(state.raw, score, state.work)
         bad = ~np.isfinite(score)
         if bad.any():
             for row in np.flatnonzero(bad).tolist():
                 state.errors.setdefault(row, non_finite(score[row]))
 
     def run_one(self, state: State) -> None:
-        score, label, payload = self.decider.decide_one(state.raw)
+        score, label, payload = self.decider.decide_one(state.raw, state.work)
         if not math.isfinite(score):
             raise non_finite(score)
         state.score = [score]

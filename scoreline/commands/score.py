@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="scoring threads (default: all CPUs)")
     p.add_argument("--format", choices=("parquet", "arrow"), help="output format (default: from OUTPUT's extension)")
     p.add_argument("--raw-score", action="store_true", help="model files only: raw margins, not probabilities")
+    p.add_argument("--explain", type=int, metavar="K", help="registered models with an explain section: the top K "
+                   "reason codes per row as columns reason-<i>-code, -input and -contribution")
     p.add_argument("--engine", choices=("local", "ray", "spark"), default="local", help="where to score")
     p.add_argument("--address", metavar="URL", help="Ray cluster address (ray://host:10001, auto) or Spark master URL")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=os.environ.get("SCORELINE_DEVICE", "cpu"),
@@ -71,6 +73,11 @@ def run(args) -> int:
 def _score(args):
     keep = [name.strip() for item in args.keep for name in item.split(",") if name.strip()]
     inputs = args.input if len(args.input) > 1 else args.input[0]
+    model = args.model
+    if args.explain:
+        from scoreline.engine.bulk.scorers import as_scorer
+
+        model = as_scorer(model, registry=args.registry, version=args.model_version, explain=args.explain)
     common = dict(
         registry=args.registry,
         version=args.model_version,
@@ -84,20 +91,19 @@ def _score(args):
         _require("ray", "ray")
         from scoreline.distributed.ray import score_files as ray_score_files
 
-        return ray_score_files(args.model, inputs, args.output, address=args.address, **common)
+        return ray_score_files(model, inputs, args.output, address=args.address, **common)
     if args.engine == "spark":
         _require("pyspark", "spark")
         from scoreline.distributed.spark import score_files as spark_score_files
 
-        return spark_score_files(args.model, inputs, args.output, master=args.address, **common)
+        return spark_score_files(model, inputs, args.output, master=args.address, **common)
     from scoreline.engine.bulk.jobs import score_file
 
     bar = None if args.quiet else _bar()
-    model = args.model
     if args.device != "cpu":
         from scoreline.engine.bulk.device import for_bulk  # numba.cuda only when a GPU is asked for
 
-        model = for_bulk(args.model, args.device)
+        model = for_bulk(model, args.device)
     return score_file(model, inputs, args.output, threads=args.threads, progress=bar, **common)
 
 
