@@ -10,7 +10,7 @@ built at load (``fill_tables``), or, for paths too long to tabulate, from LightG
 ExtendPath / UnwoundPathSum arithmetic (tree.h) per row. Either way the results agree with
 ``Booster.predict(pred_contrib=True)`` to rounding.
 
-Decisions at each node are those of the scoring kernels (kernels/trees.py ``_step_wide`` and the
+Decisions at each node are those of the scoring kernels (kernels/trees.py ``step_wide`` and the
 zero-as-missing band), so missing types, default sides and categorical sets route identically.
 """
 
@@ -19,18 +19,18 @@ from __future__ import annotations
 import numpy as np
 
 from scoreline.kernels.policy import jit
+from scoreline.kernels.rules import in_zero_band
 from scoreline.kernels.trees import (
     CHILD_MASK,
     FEATURE_MASK,
     FEATURE_SHIFT,
-    K_ZERO,
     TREE_CATEGORICAL,
     TREE_GENERAL,
     TREE_WIDE,
     ZERO_MISSING,
-    _step,
-    _step_categorical,
-    _step_wide,
+    step,
+    step_categorical,
+    step_wide,
 )
 
 __all__ = ["MAX_PATH_FEATURES", "count_paths", "trace_paths", "fill_tables", "expand_tables", "contributions"]
@@ -225,13 +225,13 @@ def expand_tables(leaf_records, elem_bit, leaf_path, path_zero, leaf_value, leaf
 
 @jit
 def _general_side(X, row, node, thresholds, words, cat_bits):
-    """0 (left) or 1 (right) at a split of a TREE_GENERAL tree: ``_step_wide`` plus the
+    """0 (left) or 1 (right) at a split of a TREE_GENERAL tree: ``step_wide`` plus the
     zero-as-missing band, which sends |x| <= kZeroThreshold to the default side."""
     word = words[2 * node + 1]
-    side = np.int64(_step_wide(X, row, np.uint64(node), thresholds, words, cat_bits) - np.uint64(word & CHILD_MASK))
+    side = np.int64(step_wide(X, row, np.uint64(node), thresholds, words, cat_bits) - np.uint64(word & CHILD_MASK))
     if word & ZERO_MISSING:
         x = X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK]
-        if abs(x) <= K_ZERO:
+        if in_zero_band(x):
             side = (word >> 59) & 1
     return side
 
@@ -286,17 +286,17 @@ def contributions(X, thresholds, words, cat_bits, trees, tree_stop, tree_bias, l
                             masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
                     elif kind == TREE_WIDE:
                         for i in range(rows):
-                            side = _step_wide(X, start + i, at, thresholds, words, cat_bits) - base
+                            side = step_wide(X, start + i, at, thresholds, words, cat_bits) - base
                             masks[left, i] = masks[here, i] & (clear if side else _ALL)
                             masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
                     elif kind == TREE_CATEGORICAL:
                         for i in range(rows):
-                            side = _step_categorical(X, start + i, at, thresholds, words) - base
+                            side = step_categorical(X, start + i, at, thresholds, words) - base
                             masks[left, i] = masks[here, i] & (clear if side else _ALL)
                             masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
                     else:  # TREE_NUMERIC, TREE_PLAIN
                         for i in range(rows):
-                            side = _step(X, start + i, at, thresholds, words) - base
+                            side = step(X, start + i, at, thresholds, words) - base
                             masks[left, i] = masks[here, i] & (clear if side else _ALL)
                             masks[left + 1, i] = masks[here, i] & (_ALL if side else clear)
                     continue

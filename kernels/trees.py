@@ -120,7 +120,7 @@ _U2 = np.uint64(2)
 
 
 @jit
-def _step(X, row, node, thresholds, words):
+def step(X, row, node, thresholds, words):
     """One numeric split without branches: right when x > t, or when x is NaN and NaN goes right.
 
     A leaf is its own child with threshold +inf, so stepping from a leaf stays there. Branches
@@ -133,8 +133,8 @@ def _step(X, row, node, thresholds, words):
 
 
 @jit
-def _step_categorical(X, row, node, thresholds, words):
-    """``_step`` that also evaluates categorical splits whose sets fit in 64 bits, branch-free."""
+def step_categorical(X, row, node, thresholds, words):
+    """``step`` that also evaluates categorical splits whose sets fit in 64 bits, branch-free."""
     word = words[node * _U2 + _U1]
     x = np.float64(X[row, (word >> FEATURE_SHIFT) & FEATURE_MASK])
     numeric_side = np.int64(x > thresholds[node * _U2]) | (np.int64(x != x) & ((word >> NAN_SHIFT) & 1))
@@ -146,8 +146,8 @@ def _step_categorical(X, row, node, thresholds, words):
 
 
 @jit
-def _step_wide(X, row, node, thresholds, words, cat_bits):
-    """``_step_categorical`` that also reads category sets reaching past 63 from cat_bits.
+def step_wide(X, row, node, thresholds, words, cat_bits):
+    """``step_categorical`` that also reads category sets reaching past 63 from cat_bits.
 
     Every node does the numeric test, the 64-bit set test and one cat_bits load (from word 0
     where the node has no wide set) and keeps the side its flags name, with no branch: a row
@@ -179,14 +179,14 @@ def _walk_group_wide(X, r, root, depth, column, thresholds, words, cat_bits, lea
     """``_walk_group`` for trees with wide categorical sets."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
     for _ in range(depth):
-        n0 = _step_wide(X, r, n0, thresholds, words, cat_bits)
-        n1 = _step_wide(X, r + 1, n1, thresholds, words, cat_bits)
-        n2 = _step_wide(X, r + 2, n2, thresholds, words, cat_bits)
-        n3 = _step_wide(X, r + 3, n3, thresholds, words, cat_bits)
-        n4 = _step_wide(X, r + 4, n4, thresholds, words, cat_bits)
-        n5 = _step_wide(X, r + 5, n5, thresholds, words, cat_bits)
-        n6 = _step_wide(X, r + 6, n6, thresholds, words, cat_bits)
-        n7 = _step_wide(X, r + 7, n7, thresholds, words, cat_bits)
+        n0 = step_wide(X, r, n0, thresholds, words, cat_bits)
+        n1 = step_wide(X, r + 1, n1, thresholds, words, cat_bits)
+        n2 = step_wide(X, r + 2, n2, thresholds, words, cat_bits)
+        n3 = step_wide(X, r + 3, n3, thresholds, words, cat_bits)
+        n4 = step_wide(X, r + 4, n4, thresholds, words, cat_bits)
+        n5 = step_wide(X, r + 5, n5, thresholds, words, cat_bits)
+        n6 = step_wide(X, r + 6, n6, thresholds, words, cat_bits)
+        n7 = step_wide(X, r + 7, n7, thresholds, words, cat_bits)
     out[r, column] += leaf_value[n0]
     out[r + 1, column] += leaf_value[n1]
     out[r + 2, column] += leaf_value[n2]
@@ -202,14 +202,14 @@ def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_v
     """``_walk_group`` for trees with categorical splits."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
     for _ in range(depth):
-        n0 = _step_categorical(X, r, n0, thresholds, words)
-        n1 = _step_categorical(X, r + 1, n1, thresholds, words)
-        n2 = _step_categorical(X, r + 2, n2, thresholds, words)
-        n3 = _step_categorical(X, r + 3, n3, thresholds, words)
-        n4 = _step_categorical(X, r + 4, n4, thresholds, words)
-        n5 = _step_categorical(X, r + 5, n5, thresholds, words)
-        n6 = _step_categorical(X, r + 6, n6, thresholds, words)
-        n7 = _step_categorical(X, r + 7, n7, thresholds, words)
+        n0 = step_categorical(X, r, n0, thresholds, words)
+        n1 = step_categorical(X, r + 1, n1, thresholds, words)
+        n2 = step_categorical(X, r + 2, n2, thresholds, words)
+        n3 = step_categorical(X, r + 3, n3, thresholds, words)
+        n4 = step_categorical(X, r + 4, n4, thresholds, words)
+        n5 = step_categorical(X, r + 5, n5, thresholds, words)
+        n6 = step_categorical(X, r + 6, n6, thresholds, words)
+        n7 = step_categorical(X, r + 7, n7, thresholds, words)
     out[r, column] += leaf_value[n0]
     out[r + 1, column] += leaf_value[n1]
     out[r + 2, column] += leaf_value[n2]
@@ -222,9 +222,9 @@ def _walk_group_categorical(X, r, root, depth, column, thresholds, words, leaf_v
 
 @jit
 def _step_plain(X, row, node, thresholds, words):
-    """``_step`` for trees where no split sends NaN right: ``x > t`` is false for NaN, so it
+    """``step`` for trees where no split sends NaN right: ``x > t`` is false for NaN, so it
     alone decides. Models trained on data without missing values are made of such trees
-    (missing type None with thresholds >= 0); the NaN test is a third of ``_step``'s work
+    (missing type None with thresholds >= 0); the NaN test is a third of ``step``'s work
     (measured 1.37x faster on the breast-cancer benchmark model).
     """
     word = words[node * _U2 + _U1]
@@ -269,14 +269,14 @@ def _walk_group(X, r, root, depth, column, thresholds, words, leaf_value, out):
     """
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
     for _ in range(depth):
-        n0 = _step(X, r, n0, thresholds, words)
-        n1 = _step(X, r + 1, n1, thresholds, words)
-        n2 = _step(X, r + 2, n2, thresholds, words)
-        n3 = _step(X, r + 3, n3, thresholds, words)
-        n4 = _step(X, r + 4, n4, thresholds, words)
-        n5 = _step(X, r + 5, n5, thresholds, words)
-        n6 = _step(X, r + 6, n6, thresholds, words)
-        n7 = _step(X, r + 7, n7, thresholds, words)
+        n0 = step(X, r, n0, thresholds, words)
+        n1 = step(X, r + 1, n1, thresholds, words)
+        n2 = step(X, r + 2, n2, thresholds, words)
+        n3 = step(X, r + 3, n3, thresholds, words)
+        n4 = step(X, r + 4, n4, thresholds, words)
+        n5 = step(X, r + 5, n5, thresholds, words)
+        n6 = step(X, r + 6, n6, thresholds, words)
+        n7 = step(X, r + 7, n7, thresholds, words)
     out[r, column] += leaf_value[n0]
     out[r + 1, column] += leaf_value[n1]
     out[r + 2, column] += leaf_value[n2]
@@ -302,7 +302,7 @@ def _walk_trees(X, row, t, trees, thresholds, words, cat_bits, leaf_value, out):
     """One row through trees t..t+7 in lockstep (the single-row counterpart of _walk_group),
     adding their leaves in tree order."""
     depth = trees[t, 1]
-    categorical = TREE_NUMERIC  # the step every tree of the eight can take (_step covers TREE_PLAIN)
+    categorical = TREE_NUMERIC  # the step every tree of the eight can take (step covers TREE_PLAIN)
     for i in range(t, t + GROUP_ROWS):
         depth = max(depth, trees[i, 1])
         if trees[i, 3] != TREE_PLAIN:
@@ -313,34 +313,34 @@ def _walk_trees(X, row, t, trees, thresholds, words, cat_bits, leaf_value, out):
     n6, n7 = np.uint64(trees[t + 6, 0]), np.uint64(trees[t + 7, 0])
     if categorical == TREE_NUMERIC:
         for _ in range(depth):
-            n0 = _step(X, row, n0, thresholds, words)
-            n1 = _step(X, row, n1, thresholds, words)
-            n2 = _step(X, row, n2, thresholds, words)
-            n3 = _step(X, row, n3, thresholds, words)
-            n4 = _step(X, row, n4, thresholds, words)
-            n5 = _step(X, row, n5, thresholds, words)
-            n6 = _step(X, row, n6, thresholds, words)
-            n7 = _step(X, row, n7, thresholds, words)
+            n0 = step(X, row, n0, thresholds, words)
+            n1 = step(X, row, n1, thresholds, words)
+            n2 = step(X, row, n2, thresholds, words)
+            n3 = step(X, row, n3, thresholds, words)
+            n4 = step(X, row, n4, thresholds, words)
+            n5 = step(X, row, n5, thresholds, words)
+            n6 = step(X, row, n6, thresholds, words)
+            n7 = step(X, row, n7, thresholds, words)
     elif categorical == TREE_CATEGORICAL:
         for _ in range(depth):
-            n0 = _step_categorical(X, row, n0, thresholds, words)
-            n1 = _step_categorical(X, row, n1, thresholds, words)
-            n2 = _step_categorical(X, row, n2, thresholds, words)
-            n3 = _step_categorical(X, row, n3, thresholds, words)
-            n4 = _step_categorical(X, row, n4, thresholds, words)
-            n5 = _step_categorical(X, row, n5, thresholds, words)
-            n6 = _step_categorical(X, row, n6, thresholds, words)
-            n7 = _step_categorical(X, row, n7, thresholds, words)
+            n0 = step_categorical(X, row, n0, thresholds, words)
+            n1 = step_categorical(X, row, n1, thresholds, words)
+            n2 = step_categorical(X, row, n2, thresholds, words)
+            n3 = step_categorical(X, row, n3, thresholds, words)
+            n4 = step_categorical(X, row, n4, thresholds, words)
+            n5 = step_categorical(X, row, n5, thresholds, words)
+            n6 = step_categorical(X, row, n6, thresholds, words)
+            n7 = step_categorical(X, row, n7, thresholds, words)
     else:  # TREE_WIDE: the step that covers every kind of split but zero-as-missing
         for _ in range(depth):
-            n0 = _step_wide(X, row, n0, thresholds, words, cat_bits)
-            n1 = _step_wide(X, row, n1, thresholds, words, cat_bits)
-            n2 = _step_wide(X, row, n2, thresholds, words, cat_bits)
-            n3 = _step_wide(X, row, n3, thresholds, words, cat_bits)
-            n4 = _step_wide(X, row, n4, thresholds, words, cat_bits)
-            n5 = _step_wide(X, row, n5, thresholds, words, cat_bits)
-            n6 = _step_wide(X, row, n6, thresholds, words, cat_bits)
-            n7 = _step_wide(X, row, n7, thresholds, words, cat_bits)
+            n0 = step_wide(X, row, n0, thresholds, words, cat_bits)
+            n1 = step_wide(X, row, n1, thresholds, words, cat_bits)
+            n2 = step_wide(X, row, n2, thresholds, words, cat_bits)
+            n3 = step_wide(X, row, n3, thresholds, words, cat_bits)
+            n4 = step_wide(X, row, n4, thresholds, words, cat_bits)
+            n5 = step_wide(X, row, n5, thresholds, words, cat_bits)
+            n6 = step_wide(X, row, n6, thresholds, words, cat_bits)
+            n7 = step_wide(X, row, n7, thresholds, words, cat_bits)
     out[row, trees[t, 2]] += leaf_value[n0]
     out[row, trees[t + 1, 2]] += leaf_value[n1]
     out[row, trees[t + 2, 2]] += leaf_value[n2]
