@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scoreline.engine.models import simd, simd_run, treecode
@@ -113,7 +114,7 @@ class LightGBMModel:
                               spec=treecode_spec, cache_dir=cache_dir, sample_rows=sample_rows,
                               excluded=excluded or {}, choice_json=choice)
         self._tiers.load()
-        self._contrib = None  # engine/models/explain.py's TreeContributions, built on first use
+        self._contrib: Any = None  # engine/models/explain.py's TreeContributions, built on first use
 
     @property
     def tier(self) -> str:

@@ -51,7 +51,7 @@ def compile_rules(table: M.RuleTable, plan) -> CompiledRules:
                           "ambiguous; rename it", path="$.decision.rules")
     if not table.rules:
         raise SchemaError("a rule table needs at least one rule", path="$.decision.rules")
-    regions = []
+    regions: list = []
     column, lo, hi, kind, rule_of = [], [], [], [], []
     for r, rule in enumerate(table.rules):
         region: dict[str, list] = {}

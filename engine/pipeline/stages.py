@@ -45,7 +45,7 @@ class State:
         self.payloads: Any = None
         self.errors: dict = {}
         self.extras: dict = {}
-        self.explain = None  # reasons per row the call asks for (bulk --explain), None: the default
+        self.explain: int | None = None  # reasons per row the call asks for (bulk --explain), None: the default
 
 
 class Stage:
