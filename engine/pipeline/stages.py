@@ -11,6 +11,7 @@ ScorelineError); `run_one` may instead raise the row's error.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -48,13 +49,14 @@ class State:
         self.explain: int | None = None  # reasons per row the call asks for (bulk --explain), None: the default
 
 
-class Stage:
+class Stage(abc.ABC):
     """A pipeline stage; `fields`: the extra output columns it adds (see the module docstring)."""
 
     fields: tuple[pa.Field, ...] = ()
 
+    @abc.abstractmethod
     def run(self, state: State) -> None:
-        raise NotImplementedError
+        """Work on the call's n rows (see the module docstring)."""
 
     def run_one(self, state: State) -> None:
         self.run(state)
