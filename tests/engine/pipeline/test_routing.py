@@ -4,7 +4,6 @@ their role, and experiment changes under load that drop no request."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import numpy as np
@@ -15,7 +14,7 @@ pytest.importorskip("lightgbm")
 
 from scoreline.engine.data.request import RowBatch  # noqa: E402
 from scoreline.errors import NotFoundError  # noqa: E402
-from scoreline.engine.demo import FIRST_CUSTOMER_ID, build_demo  # noqa: E402
+from scoreline.engine.demo import FIRST_CUSTOMER_ID  # noqa: E402
 from scoreline.engine.pipeline.router import Engine  # noqa: E402
 from scoreline.registry.decision_log import DecisionLog  # noqa: E402
 from scoreline.registry.experiments import split, stop_experiment  # noqa: E402
@@ -27,20 +26,12 @@ SPLIT = {"name": "postcode-ab", "champion": 2, "challengers": [{"version": 1, "s
 SHADOW = {"name": "v1-shadow", "champion": 2, "shadows": [1]}
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root, customers=1000, train_rows=1000, log=lambda *_: None)
-    return root
-
-
 @pytest.fixture
-def registry(demo, tmp_path):
-    shutil.copytree(demo / "registry", tmp_path / "registry")
-    shutil.copytree(demo / "store", tmp_path / "store")
-    # the demo starts with v1 in v2's shadow: each test sets its own experiment
-    stop_experiment(Repository(tmp_path / "registry"), MODEL)
-    return tmp_path / "registry"
+def registry(registry):
+    """The private copy of the session's demo registry (conftest.py), with the demo's own shadow
+    experiment stopped: each test sets its own."""
+    stop_experiment(Repository(registry), MODEL)
+    return registry
 
 
 def _rows(engine, keys) -> list[dict]:
