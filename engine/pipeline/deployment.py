@@ -173,6 +173,13 @@ class Deployment:
         self._contract()
 
     @property
+    def tiers(self) -> dict | None:
+        """The kernel choice of a LightGBM model (``LightGBMModel.tiers``: the tier per batch size,
+        ns per row of each candidate, excluded tiers and why); None for other models."""
+        tiers = getattr(self.model, "tiers", None)
+        return tiers if isinstance(tiers, dict) else None
+
+    @property
     def store(self):
         """The entity store, once opened (None before, or without one)."""
         return self.entities.store

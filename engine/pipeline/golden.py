@@ -99,8 +99,11 @@ def record(dep, rows: list[dict] | None = None, *, today: dt.date | None = None)
     golden = {"format": FORMAT, "scoring-date": day.isoformat(), "source": "given" if given else "generated",
               "rows": kept}
     golden_bytes = json.dumps(golden, indent=1).encode()
+    extra: dict = {"golden-rows": len(kept)}
+    if dep.tiers is not None:  # the kernel choice made at registration, on this host (registry show)
+        extra["tiers"] = dep.tiers
     provenance = provenance_record(dep.version_dir, dep.manifest.model.artifact, environment_fingerprint(),
-                                   **{"golden-rows": len(kept)})
+                                   **extra)
     return {GOLDEN_FILE: golden_bytes, PROVENANCE_FILE: provenance}
 
 

@@ -350,6 +350,8 @@ class Engine:
                         "aliases": sorted(a for a, av in entry["aliases"].items() if av == v)}
                 if state == "failed":
                     item["error"] = _failure(model_id, v, self._failed[(model_id, v)]).message
+                elif state == "ready":  # the kernel choice this server made at load (engine/models/tiers.py)
+                    item["tiers"] = self._deployments[(model_id, v)].tiers
                 # hashes and the registering environment (registry/provenance.py); None before it was kept
                 item["provenance"] = self.repository.provenance(model_id, v)
                 versions.append(item)

@@ -118,12 +118,29 @@ def _show(args) -> int:
         return 0
     rows = [(str(v["version"]), ", ".join(v["aliases"]), v["format"], v["artifact"],
              ", ".join(v["inputs"]), v["decision"], v["registered"] or "", v["message"],
-             *_provenance(v["provenance"]))
+             *_provenance(v["provenance"]), _tiers(v["provenance"]))
             for v in shown["versions"]]
     print_table(f"{args.model_id}: aliases {_aliases(shown['aliases'])}",
                 ["version", "aliases", "format", "artifact", "inputs", "decision", "registered",
-                 "message", "artifact sha256", "registered with"], rows)
+                 "message", "artifact sha256", "registered with", "kernel tier"], rows)
     return 0
+
+
+def _tiers(record: dict | None) -> str:
+    """The kernel tier chosen at registration, by batch size where it differs: "simd (1-7 rows:
+    generic)"; --json shows the ns per row of every candidate and why any was left out."""
+    tiers = (record or {}).get("tiers")
+    if not tiers:
+        return "-"
+    by_rows = sorted((int(rows), tier) for rows, tier in tiers["by_batch_rows"].items())
+    big = tiers["tier"]
+    small = []
+    for i, (rows, tier) in enumerate(by_rows):
+        if tier != big:
+            upto = by_rows[i + 1][0] - 1 if i + 1 < len(by_rows) else None
+            small.append(f"{rows}{'-' + str(upto) if upto and upto != rows else ('+' if upto is None else '')} "
+                         f"rows: {tier}")
+    return f"{big} ({', '.join(small)})" if small else big
 
 
 def _provenance(record: dict | None) -> tuple[str, str]:

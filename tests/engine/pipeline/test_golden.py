@@ -75,6 +75,11 @@ def test_registration_records_exact_outputs_and_provenance(demo):
     assert again.column("score")[0].as_py().hex() == first["outputs"]["score"]
     assert first["outputs"]["application-decision"] == again.column("application-decision")[0].as_py()
     assert dep.artifact_sha256 == provenance["artifact-sha256"] and dep.provenance == provenance
+    # the kernel choice made at registration: a tier for every timed batch size, with its figures
+    tiers = provenance["tiers"]
+    assert tiers["tier"] in {"generic", "simd", "model"} and tiers["tier"] == tiers["by_batch_rows"]["2048"]
+    assert set(tiers["by_batch_rows"]) == {"1", "8", "64", "512", "2048"}
+    assert all(tier in tiers["ns_per_row"] or tiers["source"] == "pinned" for tier in tiers["by_batch_rows"].values())
 
 
 def test_a_changed_threshold_refuses_the_load_naming_the_row_and_the_difference(registry, caplog):
@@ -142,6 +147,21 @@ def _cli(*args):
                           text=True, timeout=300)
 
 
+def test_registry_show_names_the_kernel_tier_chosen_at_registration(demo, capsys):
+    from scoreline.cli import main
+
+    recorded = Repository(demo / "registry").provenance(MODEL, 1)["tiers"]
+    assert main(["registry", "show", MODEL, "--root", str(demo / "registry")]) == 0
+    out = capsys.readouterr().out
+    assert "kernel tier" in out
+    # the one version's row (folded over lines): its last column, e.g. "simd (1-7 rows: model)"
+    body = out.split("╇")[-1].splitlines()[1:]
+    tier = " ".join(line.split("│")[-2].strip() for line in body if line.startswith("│"))
+    assert tier.split(" ")[0] == recorded["tier"]
+    for rows, chosen in recorded["by_batch_rows"].items():
+        assert chosen == recorded["tier"] or f"{rows}" in tier and chosen in tier
+
+
 def test_registry_verify_and_add_with_a_golden_file(registry, tmp_path):
     ok = _cli("verify", "--root", str(registry), "--json")
     assert ok.returncode == 0, ok.stderr
@@ -204,6 +224,9 @@ def test_models_and_the_v2_metadata_show_the_provenance(demo):
         meta = httpx.get(f"{url}/v2/models/{MODEL}", timeout=30).json()
     version, = next(m for m in models if m["model-id"] == MODEL)["versions"]
     assert version["provenance"] == recorded
+    # the choice this server made at load, per batch size (it may differ from the registering host's)
+    assert version["tiers"]["tier"] in {"generic", "simd", "model"}
+    assert set(version["tiers"]["by_batch_rows"]) == {"1", "8", "64", "512", "2048"}
     parameters = meta["parameters"]
     assert parameters["artifact-sha256"] == recorded["artifact-sha256"]
     assert parameters["manifest-sha256"] == recorded["manifest-sha256"]
