@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from benchmarks.suite import models as bench_models
+from benchmarks.suite.datasets import Missing
 from benchmarks.suite.peers import Context, Unavailable, make
 
 __all__ = ["run_kernels", "agreement", "pairwise_ratio", "default_threads", "EXACT_RTOL", "EXACT_ATOL"]
@@ -74,7 +75,11 @@ def run_kernels(cfg, log) -> dict:
 
 
 def _run_model(cfg, log, spec, engines, result) -> None:
-    model = bench_models.build(spec, cfg.cache / "bench-models")
+    try:
+        model = bench_models.build(spec, cfg.cache / "bench-models")
+    except Missing as exc:
+        cfg.skip(f"kernels: {spec.name} skipped: {exc}")
+        return
     visits = model.stats["trees"] * model.stats["mean_leaf_depth"]  # estimate, before any predict
     bulk_sizes = cfg.bulk_sizes(visits)
     for n in sorted(set(cfg.bulk_rows) - set(bulk_sizes)):

