@@ -81,10 +81,9 @@ def _run_model(cfg, log, spec, engines, result) -> None:
         cfg.skip(f"kernels: {spec.name} skipped: {exc}")
         return
     visits = model.stats["trees"] * model.stats["mean_leaf_depth"]  # estimate, before any predict
-    bulk_sizes = cfg.bulk_sizes(visits)
+    bulk_sizes = cfg.bulk_sizes(visits, model.num_features)
     for n in sorted(set(cfg.bulk_rows) - set(bulk_sizes)):
-        cfg.skip(f"kernels: {model.name} at {n:,} rows skipped: {n:,} rows x ~{visits:,.0f} node visits a row is "
-                 f"over this run's cap of {cfg.bulk_visit_cap:.0e} (the slowest engine would take minutes a call)")
+        cfg.skip(f"kernels: {model.name} at {n:,} rows skipped: {cfg.over_caps(n, visits, model.num_features)}")
     max_rows = max(bulk_sizes + (cfg.agreement_rows,))
     path = model.rows_path(max_rows)
     X = model.rows(max_rows)
