@@ -105,6 +105,31 @@ def test_tier_table_says_why_each_tier_was_chosen(suite_run):
                                          "measured at an earlier load (cached choice)")
 
 
+def test_bulk_sizes_stay_under_the_visit_and_memory_caps():
+    cfg = Config(out=Path("unused"))  # full run: 10k, 100k and 1M rows
+    assert cfg.bulk_sizes(100, 11) == (10_000, 100_000, 1_000_000)
+    assert cfg.bulk_sizes(13_000, 50) == (10_000, 100_000)  # 1M x 13k visits: over 2e9
+    assert cfg.bulk_sizes(100, 1502) == (10_000, 100_000)  # 1M x 1,502 features: 12 GB
+    assert "12.0 GB" in cfg.over_caps(1_000_000, 100, 1502)
+    assert cfg.over_caps(100_000, 100, 1502) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(datasets.SOURCES))
+def test_bundled_datasets_load_as_float64_with_integer_category_codes(name):
+    try:
+        data = datasets.load(name)
+    except datasets.Missing as exc:
+        pytest.skip(str(exc))
+    n = data.X.shape[0]
+    assert data.X.dtype == np.float64 and data.X.flags.c_contiguous and data.y.shape == (n,)
+    assert data.holdout in (0, int(n * datasets.HOLDOUT))
+    assert data.train[0].shape[0] == n - data.holdout and data.bench_rows.shape[0] == (data.holdout or n)
+    for c in data.categorical:
+        codes = data.X[:, c][~np.isnan(data.X[:, c])]
+        assert np.array_equal(codes, np.floor(codes)) and codes.min() >= 0
+
+
 def test_agreement_verdicts():
     ref = np.array([0.25, 0.5, np.nan])
     assert agreement(ref.copy(), ref, exact=True)["status"] == "exact"
