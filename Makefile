@@ -70,7 +70,7 @@ lock-upgrade: $(UV)
 
 # The peers (lleaves, MLServer in their own venvs; Treelite, ONNX Runtime, wrk): idempotent.
 bench-peers: $(VENV)/.installed-test
-	$(UV) sync --locked --inexact --extra test --extra bench
+	$(UV) sync --locked --inexact --extra test --extra bench --extra bench-data
 	benchmarks/peers/setup.sh
 
 bench: bench-peers

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from benchmarks.suite import models as bench_models
+from benchmarks.suite.datasets import Missing
 from benchmarks.suite.peers import Context, Unavailable, make
 
 __all__ = ["run_kernels", "agreement", "pairwise_ratio", "default_threads", "EXACT_RTOL", "EXACT_ATOL"]
@@ -74,12 +75,15 @@ def run_kernels(cfg, log) -> dict:
 
 
 def _run_model(cfg, log, spec, engines, result) -> None:
-    model = bench_models.build(spec, cfg.cache / "bench-models")
+    try:
+        model = bench_models.build(spec, cfg.cache / "bench-models")
+    except Missing as exc:
+        cfg.skip(f"kernels: {spec.name} skipped: {exc}")
+        return
     visits = model.stats["trees"] * model.stats["mean_leaf_depth"]  # estimate, before any predict
-    bulk_sizes = cfg.bulk_sizes(visits)
+    bulk_sizes = cfg.bulk_sizes(visits, model.num_features)
     for n in sorted(set(cfg.bulk_rows) - set(bulk_sizes)):
-        cfg.skip(f"kernels: {model.name} at {n:,} rows skipped: {n:,} rows x ~{visits:,.0f} node visits a row is "
-                 f"over this run's cap of {cfg.bulk_visit_cap:.0e} (the slowest engine would take minutes a call)")
+        cfg.skip(f"kernels: {model.name} at {n:,} rows skipped: {cfg.over_caps(n, visits, model.num_features)}")
     max_rows = max(bulk_sizes + (cfg.agreement_rows,))
     path = model.rows_path(max_rows)
     X = model.rows(max_rows)

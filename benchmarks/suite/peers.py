@@ -474,7 +474,7 @@ def make(name: str, ctx: Context) -> Engine:
 def _compiled_path(ctx: Context, kind: str, model, suffix: str) -> Path:
     folder = ctx.cache / kind
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{model.name}-{model.spec.digest()}{suffix}"
+    return folder / f"{model.path.stem}{suffix}"  # twins sharing a model file share its builds
 
 
 def _check_compile_budget(ctx: Context, peer: str, model) -> None:

