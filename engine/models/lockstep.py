@@ -8,14 +8,13 @@ from scoreline.kernels.trees import GROUP_ROWS, TREE_GENERAL
 
 __all__ = ["leaf_depths", "lockstep_steps"]
 
-# Costs in ns, measured on the bulk kernel (kernels/trees.py _walk_group*, one thread): a step of
-# one row in the lockstep walk, the leaf test after a shortened walk (per row), a group where some
-# row is not on a leaf yet (the mispredicted branch into the one-row walk), and one more level of
-# that one-row walk (a chain of dependent loads).
-STEP_NS = 1.0
-CHECK_NS = 1.0
-MISS_NS = 15.0
-SINGLE_NS = 5.0
+# Costs of a group of eight rows on one tree, in lockstep steps of one row (kernels/trees.py
+# _walk_group*_short): the leaf test after the first leg (eight loads, one branch), the
+# mispredicted branch into the second leg, and the least a shortened walk must save to be taken
+# (a margin for rows that end elsewhere than the training rows did).
+CHECK_STEPS = 4.0
+MISS_STEPS = 8.0
+MARGIN_STEPS = 8.0
 
 
 def leaf_depths(tree: TreeIR) -> np.ndarray:
@@ -32,12 +31,13 @@ def leaf_depths(tree: TreeIR) -> np.ndarray:
 
 
 def lockstep_steps(tree: TreeIR, kind: int) -> int:
-    """The steps that minimise a group's expected cost on this tree (the tree's depth when no
-    shorter walk is expected to pay).
+    """The levels eight rows walk together before one test sends them on to ``depth`` only if
+    some row is not on a leaf: the choice that minimises a group's expected cost on this tree,
+    or the tree's depth when no shorter first leg is expected to pay.
 
     Rows are assumed to reach the leaves as LightGBM's training rows did (leaf_count), or each
-    leaf alike when the file has no counts. The counts only steer speed: the kernel finishes
-    every row that is not on a leaf after the shortened walk, whatever the rows are.
+    leaf alike when the file has no counts. The counts only steer speed: the kernel takes the
+    second leg for any group with a row not on a leaf, whatever the rows are.
     """
     depth = tree.depth
     if kind == TREE_GENERAL or depth < 2:
@@ -47,10 +47,9 @@ def lockstep_steps(tree: TreeIR, kind: int) -> int:
     if weight is None or not np.isfinite(weight).all() or weight.sum() <= 0:
         weight = np.ones(tree.num_leaves)
     share = np.bincount(depths, weights=weight, minlength=depth + 1) / weight.sum()
-    levels = np.arange(depth + 1)
-    finished = np.cumsum(share)  # P(leaf depth <= d)
-    beyond = np.array([(share * np.maximum(0, levels - d)).sum() for d in levels])  # E[max(0, D - d)]
     rows = GROUP_ROWS
-    cost = rows * levels * STEP_NS + rows * CHECK_NS + (1 - finished**rows) * MISS_NS + rows * beyond * SINGLE_NS
-    cost[depth] = rows * depth * STEP_NS  # the full walk needs no test
-    return int(np.argmin(cost))
+    levels = np.arange(depth + 1)
+    unfinished = 1.0 - np.cumsum(share) ** rows  # P(some row of eight is below level d)
+    cost = rows * levels + CHECK_STEPS + unfinished * (MISS_STEPS + rows * (depth - levels))
+    best = int(np.argmin(cost))
+    return best if cost[best] + MARGIN_STEPS <= rows * depth else depth
