@@ -13,7 +13,7 @@ __all__ = ["leaf_depths", "lockstep_steps"]
 # mispredicted branch into the second leg, and the least a shortened walk must save to be taken
 # (a margin for rows that end elsewhere than the training rows did).
 CHECK_STEPS = 4.0
-MISS_STEPS = 8.0
+MISS_STEPS = 24.0
 MARGIN_STEPS = 8.0
 
 
