@@ -44,8 +44,8 @@ class PackedEnsemble:
     nodes: np.ndarray  # float64 (N, 2)
     leaf_value: np.ndarray  # float64 (N,), the leaf's output (0 on split nodes)
     leaf_index: np.ndarray  # int32 (N,), LightGBM's leaf number (-1 on split nodes)
-    # int64 (T, 5): root record, depth, output column, walk kind (TREE_*), lockstep steps (see
-    # lockstep_steps: the steps eight rows take together before each finishes alone; <= depth)
+    # int64 (T, 5): root record, depth, output column, walk kind (TREE_*), first-leg steps (<=
+    # depth; engine/models/lockstep.py: eight rows go on to depth only if one is not on a leaf)
     trees: np.ndarray
     cat_bits: np.ndarray  # uint32 bitset words of every categorical split
     linear: np.ndarray  # int64 (N, 2): start, count into linear_feature/linear_coeff; empty if none
