@@ -419,7 +419,10 @@ def _walk_group_short(X, r, root, depth, steps, column, thresholds, words, leaf_
     so the packer's costs are conservative. On the benchmark models eight rows seldom all finish
     early (LightGBM's deepest leaves hold few rows, but a group of eight is likely to hold one),
     so it shortens 0-5% of trees and saves about 1% of the steps: neutral within the noise. Chain
-    -like trees, where nearly every row stops near the root, are where the second leg is skipped.
+    -like trees, where nearly every row stops near the root, are where the second leg is skipped:
+    100 chains 14 deep, first leg 1 step, 3.8x faster when rows stop where the counts say; even
+    with 30% of rows at the bottom (the counts say one in a million) no slower; every row at the
+    bottom, 6% slower (the test and the miss on every group: the bound for counts that lie).
     """
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
     for _ in range(steps):
