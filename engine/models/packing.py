@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scoreline.engine.models.lightgbm import EnsembleIR, TreeIR
+from scoreline.engine.models.lockstep import lockstep_steps
 from scoreline.kernels import links, rules
 from scoreline.kernels.trees import (
     CATEGORICAL,
@@ -43,7 +44,9 @@ class PackedEnsemble:
     nodes: np.ndarray  # float64 (N, 2)
     leaf_value: np.ndarray  # float64 (N,), the leaf's output (0 on split nodes)
     leaf_index: np.ndarray  # int32 (N,), LightGBM's leaf number (-1 on split nodes)
-    trees: np.ndarray  # int64 (T, 4): root record, depth, output column, walk kind (TREE_*)
+    # int64 (T, 5): root record, depth, output column, walk kind (TREE_*), first-leg steps (<=
+    # depth; engine/models/lockstep.py: eight rows go on to depth only if one is not on a leaf)
+    trees: np.ndarray
     cat_bits: np.ndarray  # uint32 bitset words of every categorical split
     linear: np.ndarray  # int64 (N, 2): start, count into linear_feature/linear_coeff; empty if none
     linear_const: np.ndarray  # float64 (N,)
@@ -116,7 +119,7 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
     meta = nodes.view(np.int64)  # column 1 holds integers; same memory
     leaf_value = np.zeros(total, dtype=np.float64)
     leaf_index = np.full(total, -1, dtype=np.int32)
-    trees = np.zeros((len(ir.trees), 4), dtype=np.int64)
+    trees = np.zeros((len(ir.trees), 5), dtype=np.int64)
     any_linear = any(t.is_linear for t in ir.trees)
     linear = np.zeros((total if any_linear else 0, 2), dtype=np.int64)
     linear_const = np.zeros(total if any_linear else 0, dtype=np.float64)
@@ -133,6 +136,7 @@ def pack(ir: EnsembleIR) -> PackedEnsemble:
         trees[t, :3] = (base, tree.depth, t % ir.num_tree_per_iteration)
         _fill_splits(tree, slots_of_nodes, slots_of_leaves, nodes, meta, cat_used)
         trees[t, 3] = _walk_kind(meta[slots_of_nodes, 1])
+        trees[t, 4] = lockstep_steps(tree, trees[t, 3])
         leaves = slots_of_leaves
         nodes[leaves, 0] = np.inf
         meta[leaves, 1] = leaves  # a leaf is its own child, feature 0, no flags
