@@ -86,8 +86,9 @@ class SimdForest:
     word in ``words``, as int64), then as int64 the slot and the mask of the segment's word.
     segments: int64 (G + 1, 3): first node, first narrow and first wide categorical node of each
     (tree, word); row G closes the last.
-    trees: int64 (T + 1, 4): first segment, first leaf value, output column, words W (the
-    tree's segments are W consecutive rows of ``segments``, word 0 first); row T closes the last.
+    trees: int64 (T + 1, 6): first node, first narrow and first wide categorical node of word
+    0 (a one-word tree reads no segment), first leaf value, output column, first segment (the
+    tree's W words are the segments up to the next tree's); row T closes the last.
     words: int64, the sets of wide categorical splits.
     leaves: float64, every tree's leaf values numbered left to right.
     tiles: int64, tree boundaries (0, ..., T) of the tiles the drivers score a group of row
@@ -202,12 +203,13 @@ def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
     slot_of: dict[tuple[int, int, int], int] = {}
     node_parts, leaf_parts, word_parts = [], [], []
     segment_rows: list[tuple[int, int, int]] = []
-    trees = np.zeros((len(ir.trees) + 1, 4), dtype=np.int64)
+    trees = np.zeros((len(ir.trees) + 1, 6), dtype=np.int64)
     nodes_used = leaves_used = words_used = 0
     for t, tree in enumerate(ir.trees):
         n_words = max(1, -(-tree.num_leaves // 64))
-        trees[t] = (len(segment_rows), leaves_used, t % k, n_words)
+        trees[t, 3:] = (leaves_used, t % k, len(segment_rows))
         if tree.num_leaves == 1:
+            trees[t, :3] = nodes_used
             segment_rows.append((nodes_used, nodes_used, nodes_used))
             leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64))
             leaves_used += 1
@@ -246,10 +248,11 @@ def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
             segment_rows.append((nodes_used, nodes_used + len(parts[0]), nodes_used + len(parts[0]) + len(parts[1])))
             node_parts.append(np.concatenate(parts))
             nodes_used += sum(len(part) for part in parts)
+        trees[t, :3] = segment_rows[trees[t, 5]]
         leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64)[order])
         leaves_used += tree.num_leaves
     segment_rows.append((nodes_used, nodes_used, nodes_used))
-    trees[len(ir.trees)] = (len(segment_rows) - 1, leaves_used, 0, 0)
+    trees[len(ir.trees)] = (nodes_used, nodes_used, nodes_used, leaves_used, 0, len(segment_rows) - 1)
     slots = np.array(sorted(slot_of, key=slot_of.get), dtype=np.int64).reshape(-1, 3)
     segments = np.array(segment_rows, dtype=np.int64)
     words = np.concatenate(word_parts) if word_parts else np.zeros(1, dtype=np.int64)
@@ -260,7 +263,7 @@ def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
         trees=trees,
         leaves=np.concatenate(leaf_parts) if leaf_parts else np.zeros(0),
         words=words,
-        tiles=tile_bounds(trees, segments, 0 if tile_bytes is None else tile_bytes),
+        tiles=tile_bounds(trees, 0 if tile_bytes is None else tile_bytes),
     )
 
 
@@ -277,13 +280,12 @@ def default_tile_bytes() -> int:
     return 512 << 10
 
 
-def tile_bounds(trees: np.ndarray, segments: np.ndarray, tile_bytes: int) -> np.ndarray:
+def tile_bounds(trees: np.ndarray, tile_bytes: int) -> np.ndarray:
     """Tree boundaries of consecutive tiles of about ``tile_bytes`` of node records and leaf
     values each (a tree larger than that is a tile of its own); (0, T) when the whole forest fits
     or tile_bytes is 0."""
     count = trees.shape[0] - 1
-    nodes = segments[trees[1:, 0], 0] - segments[trees[:-1, 0], 0]
-    size = 24 * nodes + 8 * (trees[1:, 1] - trees[:-1, 1])
+    size = 24 * np.diff(trees[:, 0]) + 8 * np.diff(trees[:, 3])
     if tile_bytes <= 0 or size.sum() <= tile_bytes:
         return np.array([0, count], dtype=np.int64)
     bounds, used = [0], 0

@@ -130,12 +130,13 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
 
         builder.position_at_end(head)
         t = builder.phi(I64)
-        row = builder.mul(t, _const(4))
+        row = builder.mul(t, _const(6))
 
         def field(pointer, at, k):
             return builder.load(builder.gep(pointer, [builder.add(at, _const(k))]))
 
-        first_segment, leaf_start, column, n_words = (field(p_trees, row, k) for k in range(4))
+        first, first_narrow, first_wide, leaf_start, column, first_segment = (field(p_trees, row, k) for k in range(6))
+        n_words = builder.sub(field(p_trees, row, 11), first_segment)  # the next tree's first segment
 
         def record(i):
             at = builder.mul(i, _const(3))
@@ -186,10 +187,8 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
                 out.append(builder.and_(bits[h], builder.select(member, _ONES, mask)))
             return out
 
-        def segment(g):
+        def run_nodes(first, first_narrow, first_wide, stop):
             """The bitvectors of one (tree, word) segment after all its nodes."""
-            at = builder.mul(g, _const(3))
-            first, first_narrow, first_wide, stop = (field(p_segments, at, k) for k in range(4))
             bits = _node_loop(builder, "simd_numeric", first, first_narrow, [_ONES] * _V, numeric)
             bits = _node_loop(builder, "simd_category", first_narrow, first_wide, bits, categorical)
             return _node_loop(builder, "simd_wide", first_wide, stop, bits, wide)
@@ -201,10 +200,13 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
         exit_leaf = fn.append_basic_block("simd_exit")
         builder.cbranch(builder.icmp_signed("==", n_words, _const(1)), one_word, many_words)
 
-        # One word (trees of up to 64 leaves): the exit leaf's bit is never cleared (the row
-        # went left at every node above it), so cttz never sees zero.
+        # One word (trees of up to 64 leaves), read from the tree's row as before there were
+        # several: the exit leaf's bit is never cleared (the row went left at every node above
+        # it), so cttz never sees zero.
         builder.position_at_end(one_word)
-        single = [builder.call(cttz, [final, ir.Constant(ir.IntType(1), 1)]) for final in segment(first_segment)]
+        stop = field(p_trees, row, 6)  # the next tree's first node
+        single = [builder.call(cttz, [final, ir.Constant(ir.IntType(1), 1)])
+                  for final in run_nodes(first, first_narrow, first_wide, stop)]
         single_end = builder.block
         builder.branch(exit_leaf)
 
@@ -216,7 +218,8 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
         builder.position_at_end(word_loop)
         w = builder.phi(I64)
         found = [builder.phi(_VI) for _ in range(_V)]
-        bits = segment(builder.add(first_segment, w))
+        at = builder.mul(builder.add(first_segment, w), _const(3))
+        bits = run_nodes(*(field(p_segments, at, k) for k in range(4)))
         offset = _splat(builder, builder.shl(w, _const(6)), _VI)
         updated = [builder.select(builder.icmp_unsigned("!=", final, _splat_const(0)),
                                   builder.add(offset, builder.call(cttz, [final, ir.Constant(ir.IntType(1), 0)])),

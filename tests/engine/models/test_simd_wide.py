@@ -124,7 +124,7 @@ def test_tiles_of_a_multiclass_model():
 def test_tile_bounds_cover_the_trees_in_order():
     forest = build_forest(read_lightgbm(shaped_model(MIXED, seed=2)), tile_bytes=0)
     for tile_bytes in (1, 5_000, 30_000, 10**9):
-        bounds = tile_bounds(forest.trees, forest.segments, tile_bytes)
+        bounds = tile_bounds(forest.trees, tile_bytes)
         assert bounds[0] == 0 and bounds[-1] == len(MIXED) and np.all(np.diff(bounds) > 0)
-    assert tile_bounds(forest.trees, forest.segments, 10**9).tolist() == [0, len(MIXED)]
+    assert tile_bounds(forest.trees, 10**9).tolist() == [0, len(MIXED)]
     assert simd.default_tile_bytes() > 0
