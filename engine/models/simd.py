@@ -41,6 +41,11 @@ inside one Numba intrinsic; leaf values are added per class in LightGBM's tree o
 scores are bit-identical to ``Booster.predict`` and to the generic kernel. Nothing is generated
 per model: a model is a few flat arrays, the machine code comes from Numba's cache.
 
+A forest larger than a few L2 caches (TILED_FROM) is cut into tiles of consecutive trees of about
+half the L2 cache each (``tiles``): the drivers score a group of blocks tile by tile, so a tile is
+read from memory once per group instead of once per block. Each block adds its trees into its own
+sums in file order across the tiles, so the bits do not change.
+
 Limits (the model stays on the other tiers; ``unsupported_reason`` says why): categorical
 sets naming categories past MAX_CATEGORY, linear trees, trees over MAX_LEAVES leaves.
 """
@@ -62,6 +67,7 @@ __all__ = [
     "NAN_FLAG",
     "NAN_HIGH",
     "NAN_LOW",
+    "TILED_FROM",
     "SimdForest",
     "build_forest",
     "default_tile_bytes",
@@ -73,6 +79,13 @@ NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH, NAN_FLAG, BAND_FLAG, CATEGORY, WIDE_CATE
 # Full evaluation costs every node of a tree per row (a walk: its depth), so bushy trees favour the
 # walking tiers; past this the tier is not offered (the choice at load decides below it).
 MAX_LEAVES = 4096
+# Tiles of trees pay (engine/models/simd_run.py) once a forest's node records and leaf values
+# exceed this many tiles of half the L2 cache, i.e. 4 x L2 (2 MiB on the 512 KiB L2 here).
+# Measured: one thread, 10k-20k rows, gen-1000x255 cut to its first N trees, 256 KiB tiles vs
+# one tile, 2-core AMD EPYC VM (AVX2 code, 32 lanes) at load 5-6: 0.5 and 1.1 MB 1.00x,
+# 2.2 MB 0.89-1.01x, 2.7 MB 0.97x, 3.2 MB 0.94x, 4.3 MB 0.71x, 8.6 MB (all 1000 trees) 0.48-0.58x
+# (128 KiB-1 MiB tiles: 0.60-0.67x); gen-500x63 (1.0 MB) 1.01-1.03x, noise.
+TILED_FROM = 8
 # Category sets up to this category (a wide split's words are a copy per node: 64 words = 512 bytes).
 MAX_CATEGORY = 4095
 
@@ -193,7 +206,8 @@ def _word_masks(low: np.ndarray, high: np.ndarray, word: int) -> tuple[np.ndarra
 def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
     """The SIMD arrays of ``ir``; raises ValueError when ``unsupported_reason(ir)`` names one.
 
-    tile_bytes: the size of a tile of trees (default and 0: one tile).
+    tile_bytes: the size of a tile of trees (0: one tile); by default half the L2 cache, for
+    forests over TILED_FROM tiles (smaller ones are one tile).
     """
     reason = unsupported_reason(ir)
     if reason is not None:
@@ -263,8 +277,13 @@ def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
         trees=trees,
         leaves=np.concatenate(leaf_parts) if leaf_parts else np.zeros(0),
         words=words,
-        tiles=tile_bounds(trees, 0 if tile_bytes is None else tile_bytes),
+        tiles=tile_bounds(trees, _default_tiles(trees) if tile_bytes is None else tile_bytes),
     )
+
+
+def _default_tiles(trees: np.ndarray) -> int:
+    budget = default_tile_bytes()
+    return budget if _tree_bytes(trees).sum() > TILED_FROM * budget else 0
 
 
 def default_tile_bytes() -> int:
@@ -285,7 +304,7 @@ def tile_bounds(trees: np.ndarray, tile_bytes: int) -> np.ndarray:
     values each (a tree larger than that is a tile of its own); (0, T) when the whole forest fits
     or tile_bytes is 0."""
     count = trees.shape[0] - 1
-    size = 24 * np.diff(trees[:, 0]) + 8 * np.diff(trees[:, 3])
+    size = _tree_bytes(trees)
     if tile_bytes <= 0 or size.sum() <= tile_bytes:
         return np.array([0, count], dtype=np.int64)
     bounds, used = [0], 0
@@ -296,3 +315,8 @@ def tile_bounds(trees: np.ndarray, tile_bytes: int) -> np.ndarray:
         used += int(size[t])
     bounds.append(count)
     return np.array(bounds, dtype=np.int64)
+
+
+def _tree_bytes(trees: np.ndarray) -> np.ndarray:
+    """Bytes of node records and leaf values of each tree."""
+    return 24 * np.diff(trees[:, 0]) + 8 * np.diff(trees[:, 3])

@@ -128,3 +128,17 @@ def test_tile_bounds_cover_the_trees_in_order():
         assert bounds[0] == 0 and bounds[-1] == len(MIXED) and np.all(np.diff(bounds) > 0)
     assert tile_bounds(forest.trees, 10**9).tolist() == [0, len(MIXED)]
     assert simd.default_tile_bytes() > 0
+
+
+def test_large_forests_are_tiled_by_default():
+    text = shaped_model([255] * 300 + [40] * 10, seed=10)  # about 2.5 MB of nodes and leaves
+    forest = build_forest(read_lightgbm(text))
+    size = forest.nodes.nbytes + forest.leaves.nbytes
+    assert (len(forest.tiles) > 2) == (size > simd.TILED_FROM * simd.default_tile_bytes())
+    assert len(build_forest(read_lightgbm(shaped_model([255] * 3))).tiles) == 2
+    model = scoreline.load_lightgbm(text, compile="simd")
+    X = np.tile(shaped_rows(255, seed=10), (6, 1))  # 4.8k rows: parallel tasks too
+    booster = lgb.Booster(model_str=text)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(model.predict(X, raw_score=True, num_threads=threads),
+                                      booster.predict(X, raw_score=True, num_threads=1))
