@@ -87,7 +87,8 @@ def _label(objective: str, X: np.ndarray, seed: int) -> np.ndarray:
 CASES = [
     ("binary", {}),
     ("binary", {"categorical": 40}),  # a categorical feature of 40 categories (sets within 0..63)
-    ("regression", {"categorical": 150}),  # sets reaching past category 63: words gathered
+    ("regression", {"categorical": 150}),  # sets reaching past category 63: words selected
+    ("binary", {"categorical": 700}),  # sets reaching past category 255: words gathered
     ("regression", {"num_leaves": 64, "min_data_in_leaf": 3}),
     ("multiclass", {"num_class": 3}),
     ("regression", {"zero_as_missing": True}),
@@ -192,6 +193,18 @@ def test_huge_category_sets_fall_back_to_the_generic_walk():
     np.testing.assert_array_equal(model.predict(rows, raw_score=True), booster.predict(rows, raw_score=True))
     with pytest.raises(ValueError, match=why):
         build_forest(read_lightgbm(text))
+
+
+def test_category_sets_past_256_gather_the_right_word():
+    # Categories 300 and 1000 (uint32 words 9 and 31): a table of 17 words, read by gathers.
+    words = [0] * 32
+    words[9], words[31] = 1 << 12, 1 << 8
+    text = _one_categorical_split(words)
+    model = scoreline.load_lightgbm(text, compile="simd")
+    assert model.tier == "simd"
+    rows = np.array([[v] for v in CATEGORY_VALUES + [300.0, 300.5, 299.0, 301.0, 1000.0, 1023.0, 1024.0, 4095.0]])
+    np.testing.assert_array_equal(model.predict(rows, raw_score=True),
+                                  lgb.Booster(model_str=text).predict(rows, raw_score=True))
 
 
 def test_wide_category_sets_read_the_right_word():
