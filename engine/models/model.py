@@ -239,7 +239,8 @@ class LightGBMModel:
         elif tier == "simd":
             f = self._simd
             kernel = simd_run.predict_parallel if parallel else simd_run.predict_serial
-            kernel(X, f.slots, f.nodes, f.trees, f.leaves, f.words, divisor, link, p.link_param, matrix)
+            kernel(X, f.slots, f.nodes, f.segments, f.trees, f.leaves, f.words, f.tiles, divisor, link, p.link_param,
+                   matrix)
         elif p.is_linear:
             kernel = kernels.predict_linear_parallel if parallel else kernels.predict_linear_serial
             kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, p.linear, p.linear_const,

@@ -1,10 +1,16 @@
 """The branch-free SIMD tier: every node of a tree evaluated for 32 or 64 rows at once, exit leaf by bitmask.
 
 The technique (QuickScorer's relative "full evaluation", measured in shared/prototypes/forest-simd):
-leaves of a tree are numbered left to right; every split node carries a 64-bit mask that clears
-the leaves of its left subtree, applied to a row's bitvector when the row goes right
-(``x > t``; LightGBM sends ``x <= t`` left). After all nodes, the row's leaf is the lowest set bit
-(``cttz``). Rows sit in SIMD lanes: a block of rows is transposed to slot-major, so one
+leaves of a tree are numbered left to right; every split node carries a mask that clears the
+leaves of its left subtree, applied to a row's bitvector when the row goes right (``x > t``;
+LightGBM sends ``x <= t`` left). After all nodes, the row's leaf is the lowest set bit (``cttz``).
+
+A tree of L leaves has W = ceil(L / 64) words of 64 leaves; each word is a "segment" of the
+tree's nodes, evaluated on its own: a node sits in the segment of every word its left subtree
+touches (with that word of its mask), so a node whose left subtree crosses a word boundary is
+repeated, once per word (a few nodes near the root; 1.5% more nodes on a 255-leaf tree). One
+word's bitvector is all the kernel holds at a time, whatever W: the leaf is the lowest set bit of
+the lowest word that kept one (no row clears every leaf, the leaf it reaches keeps its bit). Rows sit in SIMD lanes: a block of rows is transposed to slot-major, so one
 ``<8 x double>`` compare tests eight rows against a node. No branch depends on the data, so the
 cost is the same whatever the rows; walking code (kernels/trees.py, engine/models/treecode.py)
 wins instead where rows leave trees after a few predictable branches, hence the choice at load
@@ -33,15 +39,21 @@ inside the zero band are moved to its edge (kernels/rules.py effective_threshold
 reads as 0.0 everywhere else. The forest loop (trees x nodes) is emitted as vector LLVM IR
 inside one Numba intrinsic; leaf values are added per class in LightGBM's tree order, so raw
 scores are bit-identical to ``Booster.predict`` and to the generic kernel. Nothing is generated
-per model: a model is four flat arrays, the machine code comes from Numba's cache.
+per model: a model is a few flat arrays, the machine code comes from Numba's cache.
+
+A forest larger than a few L2 caches (TILED_FROM) is cut into tiles of consecutive trees of about
+half the L2 cache each (``tiles``): the drivers score a group of blocks tile by tile, so a tile is
+read from memory once per group instead of once per block. Each block adds its trees into its own
+sums in file order across the tiles, so the bits do not change.
 
 Limits (the model stays on the other tiers; ``unsupported_reason`` says why): categorical
-sets naming categories past MAX_CATEGORY, linear trees, trees over 64 leaves.
+sets naming categories past MAX_CATEGORY, linear trees, trees over MAX_LEAVES leaves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scoreline.engine.models.lightgbm import EnsembleIR, TreeIR
@@ -51,19 +63,41 @@ __all__ = [
     "BAND_FLAG",
     "BAND_HIGH",
     "BAND_LOW",
+    "GATHER",
     "MAX_LEAVES",
     "NAN_FLAG",
     "NAN_HIGH",
     "NAN_LOW",
+    "SELECT_WORDS",
+    "TILED_FROM",
     "SimdForest",
     "build_forest",
+    "default_tile_bytes",
+    "tile_bounds",
     "unsupported_reason",
 ]
 
 NAN_LOW, NAN_HIGH, BAND_LOW, BAND_HIGH, NAN_FLAG, BAND_FLAG, CATEGORY, WIDE_CATEGORY = range(8)
-MAX_LEAVES = 64  # one 64-bit word per row and tree
+# Full evaluation costs every node of a tree per row (a walk: its depth), so bushy trees favour the
+# walking tiers; past this the tier is not offered (the choice at load decides below it).
+MAX_LEAVES = 4096
+# Tiles of trees pay (engine/models/simd_run.py) once a forest's node records and leaf values
+# exceed this many tiles of half the L2 cache, i.e. 4 x L2 (2 MiB on the 512 KiB L2 here).
+# Measured: one thread, 10k-20k rows, gen-1000x255 cut to its first N trees, 256 KiB tiles vs
+# one tile, 2-core AMD EPYC VM (AVX2 code, 32 lanes) at load 5-6: 0.5 and 1.1 MB 1.00x,
+# 2.2 MB 0.89-1.01x, 2.7 MB 0.97x, 3.2 MB 0.94x, 4.3 MB 0.71x, 8.6 MB (all 1000 trees) 0.48-0.58x
+# (128 KiB-1 MiB tiles: 0.60-0.67x); gen-500x63 (1.0 MB) 1.01-1.03x, noise.
+TILED_FROM = 8
 # Category sets up to this category (a wide split's words are a copy per node: 64 words = 512 bytes).
 MAX_CATEGORY = 4095
+# A wide split whose table (the feature's widest set plus the zero word) has at most this many
+# words picks the lane's word by comparisons and selects on words broadcast from the table; wider
+# ones gather it (GATHER, bit 62 of the table's start). On this Zen 3 machine (AVX2) selecting
+# took the real-flights benchmark model (destination: 105 categories, two words; 2,785 of its
+# 18,600 nodes) from 12.9 to 11.6 us a row on resampled rows and from 15.8 to 11.3 with columns
+# drawn independently (one thread, 10k rows, medians of 7, load average 6 on 2 cores).
+SELECT_WORDS = 5
+GATHER = 1 << 62
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,18 +106,25 @@ class SimdForest:
 
     slots: int64 (S, 3), the feature, way of reading (NAN_LOW ...) and category limit of each slot.
     nodes: float64 (N, 3) records: threshold (narrow categorical: the 64-bit set; wide: its first
-    word in ``words``, as int64), then as int64 the slot and the left-subtree mask.
-    trees: int64 (T + 1, 5): first node, first narrow and first wide categorical node, first
-    leaf value, output column; row T closes the last.
+    word in ``words``, as int64), then as int64 the slot and the mask of the segment's word.
+    segments: int64 (G + 1, 3): first node, first narrow and first wide categorical node of each
+    (tree, word); row G closes the last.
+    trees: int64 (T + 1, 6): first node, first narrow and first wide categorical node of word
+    0 (a one-word tree reads no segment), first leaf value, output column, first segment (the
+    tree's W words are the segments up to the next tree's); row T closes the last.
     words: int64, the sets of wide categorical splits.
     leaves: float64, every tree's leaf values numbered left to right.
+    tiles: int64, tree boundaries (0, ..., T) of the tiles the drivers score a group of row
+    blocks with before moving on (see ``tile_bounds``); (0, T) for one tile.
     """
 
     slots: np.ndarray
     nodes: np.ndarray
+    segments: np.ndarray
     trees: np.ndarray
     leaves: np.ndarray
     words: np.ndarray
+    tiles: np.ndarray
 
 
 def unsupported_reason(ir: EnsembleIR) -> str | None:
@@ -161,8 +202,23 @@ def _leaf_ranges(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(order, dtype=np.int64), low, high
 
 
-def build_forest(ir: EnsembleIR) -> SimdForest:
-    """The SIMD arrays of ``ir``; raises ValueError when ``unsupported_reason(ir)`` names one."""
+def _word_masks(low: np.ndarray, high: np.ndarray, word: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which nodes' left subtrees [low, high) touch leaves 64 * word .. 64 * word + 63, and the
+    word of their masks that clears them there."""
+    lo = np.clip(low - 64 * word, 0, 64)
+    width = np.clip(high - 64 * word, 0, 64) - lo
+    one = np.uint64(1)
+    part = (np.left_shift(one, np.minimum(width, 63).astype(np.uint64)) - one) << np.minimum(lo, 63).astype(np.uint64)
+    span = np.where(width >= 64, ~np.uint64(0), part)  # 1 << 64 would wrap
+    return width > 0, (~span).view(np.int64)
+
+
+def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
+    """The SIMD arrays of ``ir``; raises ValueError when ``unsupported_reason(ir)`` names one.
+
+    tile_bytes: the size of a tile of trees (0: one tile); by default half the L2 cache, for
+    forests over TILED_FROM tiles (smaller ones are one tile).
+    """
     reason = unsupported_reason(ir)
     if reason is not None:
         raise ValueError(f"the SIMD tier does not support this model: {reason}")
@@ -170,11 +226,15 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
     widest = _feature_words(ir)
     slot_of: dict[tuple[int, int, int], int] = {}
     node_parts, leaf_parts, word_parts = [], [], []
-    trees = np.zeros((len(ir.trees) + 1, 5), dtype=np.int64)
+    segment_rows: list[tuple[int, int, int]] = []
+    trees = np.zeros((len(ir.trees) + 1, 6), dtype=np.int64)
     nodes_used = leaves_used = words_used = 0
     for t, tree in enumerate(ir.trees):
-        trees[t] = (nodes_used, nodes_used, nodes_used, leaves_used, t % k)
+        n_words = max(1, -(-tree.num_leaves // 64))
+        trees[t, 3:] = (leaves_used, t % k, len(segment_rows))
         if tree.num_leaves == 1:
+            trees[t, :3] = nodes_used
+            segment_rows.append((nodes_used, nodes_used, nodes_used))
             leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64))
             leaves_used += 1
             continue
@@ -182,20 +242,15 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
         kinds, thresholds = _slot_kinds(tree, rules.effective_thresholds(tree.threshold))
         limits = np.zeros(kinds.size, dtype=np.int64)
         for node in np.flatnonzero(kinds == CATEGORY):
-            n_words = widest[int(tree.split_feature[node])]
-            kinds[node] = CATEGORY if n_words <= 1 else WIDE_CATEGORY
-            limits[node] = 64 * max(n_words, 1)
+            n_category_words = widest[int(tree.split_feature[node])]
+            kinds[node] = CATEGORY if n_category_words <= 1 else WIDE_CATEGORY
+            limits[node] = 64 * max(n_category_words, 1)
         slots = np.array([slot_of.setdefault((int(f), int(kind), int(limit)), len(slot_of))
                           for f, kind, limit in zip(tree.split_feature, kinds, limits)], dtype=np.int64)
-        # Mask clearing leaves low..high-1 (the left subtree), applied when the row goes right;
-        # high - low <= 63 (the right subtree holds a leaf), so the shifts never overflow.
-        width = (high - low).astype(np.uint64)
-        span = (np.left_shift(np.uint64(1), width) - np.uint64(1)) << low.astype(np.uint64)
         record = np.zeros((tree.num_leaves - 1, 3), dtype=np.float64)
         record[:, 0] = thresholds
         meta = record.view(np.int64)
         meta[:, 1] = slots
-        meta[:, 2] = (~span).view(np.int64)
         for node in np.flatnonzero(kinds == CATEGORY):
             words = _category_words(tree, node)
             meta[node, 0] = (words[0] if words.size else np.uint64(0)).view(np.int64)
@@ -205,22 +260,76 @@ def build_forest(ir: EnsembleIR) -> SimdForest:
             table = np.zeros(limits[node] // 64 + 1, dtype=np.uint64)
             words = _category_words(tree, node)
             table[: words.size] = words
-            meta[node, 0] = words_used
+            meta[node, 0] = words_used | (0 if table.size <= SELECT_WORDS else GATHER)
             word_parts.append(table.view(np.int64))
             words_used += table.size
         numeric, narrow, wide = kinds < CATEGORY, kinds == CATEGORY, kinds == WIDE_CATEGORY
-        node_parts.append(np.concatenate((record[numeric], record[narrow], record[wide])))
+        for word in range(n_words):
+            # Masks clear the left subtree's leaves, applied when the row goes right.
+            touched, masks = _word_masks(low, high, word)
+            meta[:, 2] = masks
+            parts = (record[touched & numeric], record[touched & narrow], record[touched & wide])
+            segment_rows.append((nodes_used, nodes_used + len(parts[0]), nodes_used + len(parts[0]) + len(parts[1])))
+            node_parts.append(np.concatenate(parts))
+            nodes_used += sum(len(part) for part in parts)
+        trees[t, :3] = segment_rows[trees[t, 5]]
         leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64)[order])
-        trees[t, 1] = nodes_used + int(numeric.sum())
-        trees[t, 2] = trees[t, 1] + int(narrow.sum())
-        nodes_used += tree.num_leaves - 1
         leaves_used += tree.num_leaves
-    trees[len(ir.trees)] = (nodes_used, nodes_used, nodes_used, leaves_used, 0)
+    segment_rows.append((nodes_used, nodes_used, nodes_used))
+    trees[len(ir.trees)] = (nodes_used, nodes_used, nodes_used, leaves_used, 0, len(segment_rows) - 1)
     slots = np.array(sorted(slot_of, key=slot_of.get), dtype=np.int64).reshape(-1, 3)
+    segments = np.array(segment_rows, dtype=np.int64)
+    # SELECT_WORDS - 1 zero words past the last table: a selecting node reads SELECT_WORDS words
+    # from its table's start, whatever its width.
+    word_parts.append(np.zeros(SELECT_WORDS - 1, dtype=np.int64))
+    words = np.concatenate(word_parts)
     return SimdForest(
         slots=slots,
         nodes=np.concatenate(node_parts) if node_parts else np.zeros((0, 3)),
+        segments=segments,
         trees=trees,
         leaves=np.concatenate(leaf_parts) if leaf_parts else np.zeros(0),
-        words=np.concatenate(word_parts) if word_parts else np.zeros(1, dtype=np.int64),
+        words=words,
+        tiles=tile_bounds(trees, _default_tiles(trees) if tile_bytes is None else tile_bytes),
     )
+
+
+def _default_tiles(trees: np.ndarray) -> int:
+    budget = default_tile_bytes()
+    return budget if _tree_bytes(trees).sum() > TILED_FROM * budget else 0
+
+
+def default_tile_bytes() -> int:
+    """Half the L2 cache of CPU 0 (Linux sysfs), or 512 KiB where it cannot be read."""
+    try:
+        for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale // 2
+    except (OSError, ValueError):
+        pass
+    return 512 << 10
+
+
+def tile_bounds(trees: np.ndarray, tile_bytes: int) -> np.ndarray:
+    """Tree boundaries of consecutive tiles of about ``tile_bytes`` of node records and leaf
+    values each (a tree larger than that is a tile of its own); (0, T) when the whole forest fits
+    or tile_bytes is 0."""
+    count = trees.shape[0] - 1
+    size = _tree_bytes(trees)
+    if tile_bytes <= 0 or size.sum() <= tile_bytes:
+        return np.array([0, count], dtype=np.int64)
+    bounds, used = [0], 0
+    for t in range(count):
+        if used and used + size[t] > tile_bytes:
+            bounds.append(t)
+            used = 0
+        used += int(size[t])
+    bounds.append(count)
+    return np.array(bounds, dtype=np.int64)
+
+
+def _tree_bytes(trees: np.ndarray) -> np.ndarray:
+    """Bytes of node records and leaf values of each tree."""
+    return 24 * np.diff(trees[:, 0]) + 8 * np.diff(trees[:, 3])

@@ -24,15 +24,17 @@ from scoreline.engine.models.simd import (
     BAND_HIGH,
     BAND_LOW,
     CATEGORY,
+    GATHER,
     NAN_FLAG,
     NAN_LOW,
+    SELECT_WORDS,
     WIDE_CATEGORY,
 )
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
 from scoreline.kernels.rules import category_index, in_zero_band
 
-__all__ = ["BLOCKS_PER_TASK", "LANES", "predict_parallel", "predict_serial"]
+__all__ = ["BLOCKS_PER_TASK", "LANES", "TILE_BLOCKS", "predict_parallel", "predict_serial"]
 
 
 def _lanes() -> int:
@@ -44,6 +46,11 @@ def _lanes() -> int:
 LANES = _lanes()
 # Blocks one parallel task scores (with its own block buffers): 2,048 rows at 64 lanes.
 BLOCKS_PER_TASK = 32
+# Blocks (with their own transposed rows and sums) that go through one tile of trees before the
+# next tile, for models with several tiles (engine/models/simd.py tile_bounds): each tile is read
+# from memory once per TILE_BLOCKS blocks. 16 is a choice, not a measured optimum (one block's
+# rows are slots x LANES x 8 bytes, 25 KB for 100 slots at 32 lanes, read once per tile).
+TILE_BLOCKS = 16
 
 _V = LANES // 8
 _VF = ir.VectorType(DOUBLE, 8)
@@ -84,47 +91,56 @@ def _node_loop(builder, name, start, stop, bits, body):
         phi.add_incoming(old, before)
         phi.add_incoming(new, end)
     builder.position_at_end(after)
+    return _merge(builder, (bits, before), (updated, end))
+
+
+def _merge(builder, *incoming):
+    """One phi per vector where control flow joins; incoming: (vectors, block they come from)."""
     out = []
-    for old, new in zip(bits, updated):
+    for values in zip(*(vectors for vectors, _ in incoming)):
         phi = builder.phi(_VI)
-        phi.add_incoming(old, before)
-        phi.add_incoming(new, end)
+        for value, (_, block) in zip(values, incoming):
+            phi.add_incoming(value, block)
         out.append(phi)
     return out
 
 
 @intrinsic
-def forest_block(typingctx, acc, xs, nodes, trees, leaves, words, num_trees):
-    """Add every tree's leaf, per lane, into acc (num_class x LANES, slot-major like xs).
+def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, first_tree, stop_tree):
+    """Add the leaf of trees first_tree..stop_tree-1, per lane, into acc (num_class x LANES,
+    slot-major like xs), tree by tree.
 
-    xs: float64 (slots x LANES) block; nodes, trees, leaves, words: the SimdForest arrays. Per
-    tree: bitvectors start all ones; each numeric node ANDs its mask into the lanes where
-    ``x > t`` (ordered: the slots hold no NaN), each categorical node where the lane's category is
-    not in its set (narrow: a 64-bit set in the node; wide: word ``c >> 6`` gathered); the leaf is the lowest set bit, gathered and added to the tree's column. The
-    bitvectors stay in vector registers through a tree's nodes.
+    xs: float64 (slots x LANES) block; nodes, segments, trees, leaves, words: the SimdForest
+    arrays. Per tree and word: bitvectors start all ones; each numeric node ANDs its mask into the
+    lanes where ``x > t`` (ordered: the slots hold no NaN), each categorical node where the lane's
+    category is not in its set (narrow: a 64-bit set in the node; wide: word ``c >> 6``
+    gathered). A one-word tree's leaf is the lowest set bit; a wider tree's words are evaluated
+    from the last to the first, each keeping 64 * word + its lowest set bit where it has one. The
+    leaf value is gathered and added to the tree's column. A word's bitvectors stay in vector
+    registers through its nodes.
     """
-    sig = types.void(acc, xs, nodes, trees, leaves, words, num_trees)
+    sig = types.void(acc, xs, nodes, segments, trees, leaves, words, first_tree, stop_tree)
 
     def codegen(context, builder, signature, args):
-        data = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in range(6)]
-        p_acc, p_xs, p_nodes, p_trees, p_leaves, p_words = data
+        data = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in range(7)]
+        p_acc, p_xs, p_nodes, p_segments, p_trees, p_leaves, p_words = data
         p_meta = builder.bitcast(p_nodes, I64.as_pointer())
-        count = args[6]
+        start, count = args[7], args[8]
         fn = builder.function
         entry = builder.block
         head = fn.append_basic_block("simd_tree")
         end = fn.append_basic_block("simd_end")
-        builder.cbranch(builder.icmp_signed(">", count, _const(0)), head, end)
+        builder.cbranch(builder.icmp_signed("<", start, count), head, end)
 
         builder.position_at_end(head)
         t = builder.phi(I64)
-        row = builder.mul(t, _const(5))
+        row = builder.mul(t, _const(6))
 
-        def field(k):
-            return builder.load(builder.gep(p_trees, [builder.add(row, _const(k))]))
+        def field(pointer, at, k):
+            return builder.load(builder.gep(pointer, [builder.add(at, _const(k))]))
 
-        first, first_narrow, first_wide, leaf_start, column = field(0), field(1), field(2), field(3), field(4)
-        stop = field(5)  # the next tree's first node
+        first, first_narrow, first_wide, leaf_start, column, first_segment = (field(p_trees, row, k) for k in range(6))
+        n_words = builder.sub(field(p_trees, row, 11), first_segment)  # the next tree's first segment
 
         def record(i):
             at = builder.mul(i, _const(3))
@@ -147,10 +163,10 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, words, num_trees):
             members = _splat(builder, builder.load(builder.gep(p_meta, [at])), _VI)
             out = []
             for h in range(_V):
-                category = builder.fptosi(lanes(base, h), _VI)  # 0..63, or 64: not in any set
+                category = builder.bitcast(lanes(base, h), _VI)  # 0..63, or 64: not in any set
                 bit = builder.and_(builder.lshr(members, builder.and_(category, _splat_const(63))), _splat_const(1))
                 member = builder.and_(builder.icmp_unsigned("!=", bit, _splat_const(0)),
-                                      builder.icmp_unsigned("<", category, _splat_const(64)))
+                                      builder.icmp_signed("<", category, _splat_const(64)))  # AVX2: signed only
                 out.append(builder.and_(bits[h], builder.select(member, _ONES, mask)))
             return out
 
@@ -161,42 +177,117 @@ def forest_block(typingctx, acc, xs, nodes, trees, leaves, words, num_trees):
             "llvm.masked.gather.v8i64.v8p0i64")
 
         def wide(i, bits):
+            # Word c >> 6 of the node's table holds category c's bit: tables of at most
+            # SELECT_WORDS words pick it per lane with selects among broadcast words, wider
+            # ones (GATHER) gather it. The branch goes the same way for every node of a feature.
             at, base, mask = record(i)
-            table = builder.gep(p_words, [builder.load(builder.gep(p_meta, [at]))])
-            table = _splat(builder, builder.ptrtoint(table, I64), _VI)
-            out = []
-            for h in range(_V):
-                category = builder.fptosi(lanes(base, h), _VI)  # 0..limit; limit reads the zero word
-                where = builder.add(table, builder.shl(builder.lshr(category, _splat_const(6)), _splat_const(3)))
-                word = builder.call(gather_words, [builder.inttoptr(where, word_pointers), ir.Constant(I32, 8),
-                                                   everywhere, ir.Constant(_VI, ir.Undefined)])
-                bit = builder.and_(builder.lshr(word, builder.and_(category, _splat_const(63))), _splat_const(1))
-                member = builder.icmp_unsigned("!=", bit, _splat_const(0))
-                out.append(builder.and_(bits[h], builder.select(member, _ONES, mask)))
-            return out
+            location = builder.load(builder.gep(p_meta, [at]))
+            start = builder.and_(location, _const(GATHER - 1))
+            selecting, gathering = fn.append_basic_block("simd_select"), fn.append_basic_block("simd_gather")
+            joined = fn.append_basic_block("simd_wide_node")
+            builder.cbranch(builder.icmp_signed("==", builder.and_(location, _const(GATHER)), _const(0)),
+                            selecting, gathering)
 
-        bits = _node_loop(builder, "simd_numeric", first, first_narrow, [_ONES] * _V, numeric)
-        bits = _node_loop(builder, "simd_category", first_narrow, first_wide, bits, categorical)
-        bits = _node_loop(builder, "simd_wide", first_wide, stop, bits, wide)
+            def members(word_of):
+                out = []
+                for h in range(_V):
+                    category = builder.bitcast(lanes(base, h), _VI)  # 0..limit; limit reads the zero word
+                    word = word_of(category)
+                    bit = builder.and_(builder.lshr(word, builder.and_(category, _splat_const(63))),
+                                       _splat_const(1))
+                    member = builder.icmp_unsigned("!=", bit, _splat_const(0))
+                    out.append(builder.and_(bits[h], builder.select(member, _ONES, mask)))
+                return out, builder.block
+
+            builder.position_at_end(selecting)
+            table = [_splat(builder, builder.load(builder.gep(p_words, [builder.add(start, _const(k))])), _VI)
+                     for k in range(SELECT_WORDS)]
+
+            def select_word(category):
+                index = builder.lshr(category, _splat_const(6))
+                word = table[0]
+                for k in range(1, SELECT_WORDS):
+                    word = builder.select(builder.icmp_unsigned("==", index, _splat_const(k)), table[k], word)
+                return word
+
+            selected, selected_end = members(select_word)
+            builder.branch(joined)
+
+            builder.position_at_end(gathering)
+            base_address = _splat(builder, builder.ptrtoint(builder.gep(p_words, [start]), I64), _VI)
+
+            def gather_word(category):
+                where = builder.add(base_address, builder.shl(builder.lshr(category, _splat_const(6)), _splat_const(3)))
+                return builder.call(gather_words, [builder.inttoptr(where, word_pointers), ir.Constant(I32, 8),
+                                                   everywhere, ir.Constant(_VI, ir.Undefined)])
+
+            gathered, gathered_end = members(gather_word)
+            builder.branch(joined)
+            builder.position_at_end(joined)
+            return _merge(builder, (selected, selected_end), (gathered, gathered_end))
+
+        def run_nodes(first, first_narrow, first_wide, stop):
+            """The bitvectors of one (tree, word) segment after all its nodes."""
+            bits = _node_loop(builder, "simd_numeric", first, first_narrow, [_ONES] * _V, numeric)
+            bits = _node_loop(builder, "simd_category", first_narrow, first_wide, bits, categorical)
+            return _node_loop(builder, "simd_wide", first_wide, stop, bits, wide)
 
         cttz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VI, [_VI, ir.IntType(1)]),
                                               "llvm.cttz.v8i64")
+        one_word = fn.append_basic_block("simd_one_word")
+        many_words = fn.append_basic_block("simd_words")
+        exit_leaf = fn.append_basic_block("simd_exit")
+        builder.cbranch(builder.icmp_signed("==", n_words, _const(1)), one_word, many_words)
+
+        # One word (trees of up to 64 leaves), read from the tree's row as before there were
+        # several: the exit leaf's bit is never cleared (the row went left at every node above
+        # it), so cttz never sees zero.
+        builder.position_at_end(one_word)
+        stop = field(p_trees, row, 6)  # the next tree's first node
+        single = [builder.call(cttz, [final, ir.Constant(ir.IntType(1), 1)])
+                  for final in run_nodes(first, first_narrow, first_wide, stop)]
+        single_end = builder.block
+        builder.branch(exit_leaf)
+
+        # Several words, last to first: a word with a set bit replaces the leaf found so far.
+        builder.position_at_end(many_words)
+        word_loop = fn.append_basic_block("simd_word")
+        last_word = builder.sub(n_words, _const(1))
+        builder.branch(word_loop)
+        builder.position_at_end(word_loop)
+        w = builder.phi(I64)
+        found = [builder.phi(_VI) for _ in range(_V)]
+        at = builder.mul(builder.add(first_segment, w), _const(3))
+        bits = run_nodes(*(field(p_segments, at, k) for k in range(4)))
+        offset = _splat(builder, builder.shl(w, _const(6)), _VI)
+        updated = [builder.select(builder.icmp_unsigned("!=", final, _splat_const(0)),
+                                  builder.add(offset, builder.call(cttz, [final, ir.Constant(ir.IntType(1), 0)])),
+                                  leaf) for final, leaf in zip(bits, found)]
+        previous_word = builder.sub(w, _const(1))
+        word_end = builder.block
+        builder.cbranch(builder.icmp_signed(">=", previous_word, _const(0)), word_loop, exit_leaf)
+        w.add_incoming(last_word, many_words)
+        w.add_incoming(previous_word, word_end)
+        for phi, new in zip(found, updated):
+            phi.add_incoming(_splat_const(0), many_words)
+            phi.add_incoming(new, word_end)
+
+        builder.position_at_end(exit_leaf)
+        leaves_found = _merge(builder, (single, single_end), (updated, word_end))
         pointers = ir.VectorType(DOUBLE.as_pointer(), 8)
         gather = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_VF, [pointers, I32, ir.VectorType(ir.IntType(1), 8), _VF]),
             "llvm.masked.gather.v8f64.v8p0f64")
         leaf_base = _splat(builder, builder.ptrtoint(builder.gep(p_leaves, [leaf_start]), I64), _VI)
         acc_base = builder.mul(column, _const(LANES))
-        for h, final in enumerate(bits):
-            # The exit leaf's bit is never cleared (the row went left at every node above it).
-            leaf = builder.call(cttz, [final, ir.Constant(ir.IntType(1), 1)])
+        for h, leaf in enumerate(leaves_found):
             where = builder.inttoptr(builder.add(leaf_base, builder.shl(leaf, _splat_const(3))), pointers)
             values = builder.call(gather, [where, ir.Constant(I32, 8), everywhere, ir.Constant(_VF, ir.Undefined)])
             target = builder.bitcast(builder.gep(p_acc, [builder.add(acc_base, _const(8 * h))]), _VF.as_pointer())
             builder.store(builder.fadd(builder.load(target, align=8), values), target, align=8)
         following_tree = builder.add(t, _const(1))
         builder.cbranch(builder.icmp_signed("<", following_tree, count), head, end)
-        t.add_incoming(_const(0), entry)
+        t.add_incoming(start, entry)
         t.add_incoming(following_tree, builder.block)
 
         builder.position_at_end(end)
@@ -214,18 +305,22 @@ def _aligned(size):
 
 
 @jit
-def _score_block(X, start, count, slots, nodes, trees, leaves, words, xs, acc, divisor, link, param, out):
-    """Rows start..start+count-1 (count <= LANES): transpose into slots, run the forest, finish."""
+def _transpose(X, start, count, slots, xs):
+    """Rows start..start+count-1 (count <= LANES) into xs, one LANES-wide row per slot."""
     for s in range(slots.shape[0]):
         feature = slots[s, 0]
         kind = slots[s, 1]
         base = s * LANES
         band = kind == BAND_LOW or kind == BAND_HIGH or kind == BAND_FLAG
         if kind == CATEGORY or kind == WIDE_CATEGORY:
+            # As int64 bits: the nodes read them as integers. AVX2 has no vector conversion of
+            # doubles to int64, so LLVM converted lane by lane: reading bits took real-flights from
+            # 11.6 to 7.2 us a row (11.3 to 5.6 with columns drawn independently; busy machine).
             limit = slots[s, 2]
+            as_int = xs.view(np.int64)
             for j in range(count):
                 category = category_index(np.float64(X[start + j, feature]))
-                xs[base + j] = np.float64(category if 0 <= category < limit else limit)
+                as_int[base + j] = category if 0 <= category < limit else limit
             continue
         if kind == NAN_FLAG or kind == BAND_FLAG:
             for j in range(count):
@@ -241,8 +336,10 @@ def _score_block(X, start, count, slots, nodes, trees, leaves, words, xs, acc, d
             for j in range(count):
                 x = np.float64(X[start + j, feature])
                 xs[base + j] = fill if np.isnan(x) else x
-    acc[:] = 0.0
-    forest_block(acc, xs, nodes, trees, leaves, words, np.int64(trees.shape[0] - 1))
+
+
+@jit
+def _finish(acc, start, count, divisor, link, param, out):
     columns = out.shape[1]
     for j in range(count):
         row = out[start + j]
@@ -254,28 +351,61 @@ def _score_block(X, start, count, slots, nodes, trees, leaves, words, xs, acc, d
 
 
 @jit
-def predict_serial(X, slots, nodes, trees, leaves, words, divisor, link, param, out):
+def _group_blocks(tiles):
+    """Blocks scored together: one without tiles, TILE_BLOCKS with."""
+    return 1 if tiles.shape[0] <= 2 else TILE_BLOCKS
+
+
+@jit
+def _score_rows(X, begin, end, slots, nodes, segments, trees, leaves, words, tiles, xs, acc, divisor, link, param,
+                out):
+    """Rows begin..end-1, at most ``_group_blocks`` blocks: transpose each block into its own
+    part of xs, run the forest tile by tile over every block, finish the rows.
+
+    A block adds its trees into its own part of acc in file order across tiles (a tile is a
+    consecutive range of trees), so sums are the same bits as one pass over the forest.
+    """
+    size = max(slots.shape[0], 1) * LANES
+    width = out.shape[1] * LANES
+    blocks = (end - begin + LANES - 1) // LANES
+    for b in range(blocks):
+        start = begin + b * LANES
+        _transpose(X, start, min(LANES, end - start), slots, xs[b * size:(b + 1) * size])
+    acc[:blocks * width] = 0.0
+    for k in range(tiles.shape[0] - 1):
+        for b in range(blocks):
+            forest_block(acc[b * width:(b + 1) * width], xs[b * size:(b + 1) * size], nodes, segments, trees, leaves,
+                         words, tiles[k], tiles[k + 1])
+    for b in range(blocks):
+        start = begin + b * LANES
+        _finish(acc[b * width:(b + 1) * width], start, min(LANES, end - start), divisor, link, param, out)
+
+
+@jit
+def predict_serial(X, slots, nodes, segments, trees, leaves, words, tiles, divisor, link, param, out):
     """Score every row of X (float64/float32, C or F order) into out (n, num_class) on this thread.
 
     divisor: iterations of an average_output model (0.0 otherwise); link/param: kernels/links.py.
     """
     n = X.shape[0]
-    xs = _aligned(max(slots.shape[0], 1) * LANES)
-    acc = _aligned(out.shape[1] * LANES)
-    for start in range(0, n, LANES):
-        _score_block(X, start, min(LANES, n - start), slots, nodes, trees, leaves, words, xs, acc, divisor, link,
-                     param, out)
+    group = _group_blocks(tiles)
+    xs = _aligned(group * max(slots.shape[0], 1) * LANES)
+    acc = _aligned(group * out.shape[1] * LANES)
+    for start in range(0, n, group * LANES):
+        _score_rows(X, start, min(n, start + group * LANES), slots, nodes, segments, trees, leaves, words, tiles, xs,
+                    acc, divisor, link, param, out)
 
 
 @parallel_jit
-def predict_parallel(X, slots, nodes, trees, leaves, words, divisor, link, param, out):
+def predict_parallel(X, slots, nodes, segments, trees, leaves, words, tiles, divisor, link, param, out):
     """``predict_serial`` with tasks of BLOCKS_PER_TASK blocks spread over Numba's threads."""
     n = X.shape[0]
     rows = BLOCKS_PER_TASK * LANES
+    group = _group_blocks(tiles)
     for task in numba.prange((n + rows - 1) // rows):
-        xs = _aligned(max(slots.shape[0], 1) * LANES)
-        acc = _aligned(out.shape[1] * LANES)
+        xs = _aligned(group * max(slots.shape[0], 1) * LANES)
+        acc = _aligned(group * out.shape[1] * LANES)
         stop = min(n, task * rows + rows)
-        for start in range(task * rows, stop, LANES):
-            _score_block(X, start, min(LANES, stop - start), slots, nodes, trees, leaves, words, xs, acc, divisor,
-                         link, param, out)
+        for start in range(task * rows, stop, group * LANES):
+            _score_rows(X, start, min(stop, start + group * LANES), slots, nodes, segments, trees, leaves, words,
+                        tiles, xs, acc, divisor, link, param, out)

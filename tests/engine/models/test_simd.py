@@ -12,12 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scoreline.engine.models.lightgbm import read_lightgbm
-from scoreline.engine.models.simd import (
-    MAX_CATEGORY,
-    MAX_LEAVES,
-    build_forest,
-    unsupported_reason,
-)
+from scoreline.engine.models.simd import MAX_CATEGORY, build_forest, unsupported_reason
 
 import scoreline
 
@@ -92,12 +87,21 @@ def _label(objective: str, X: np.ndarray, seed: int) -> np.ndarray:
 CASES = [
     ("binary", {}),
     ("binary", {"categorical": 40}),  # a categorical feature of 40 categories (sets within 0..63)
-    ("regression", {"categorical": 150}),  # sets reaching past category 63: words gathered
+    ("regression", {"categorical": 150}),  # sets reaching past category 63: words selected
+    ("binary", {"categorical": 700}),  # sets reaching past category 255: words gathered
     ("regression", {"num_leaves": 64, "min_data_in_leaf": 3}),
     ("multiclass", {"num_class": 3}),
     ("regression", {"zero_as_missing": True}),
     ("binary", {"use_missing": False}),
     ("regression", {"boosting": "rf", "bagging_fraction": 0.7, "bagging_freq": 1}),
+    # Over 64 leaves: several words per bitvector (engine/models/simd.py).
+    ("regression", {"num_leaves": 65, "min_data_in_leaf": 3}),
+    ("binary", {"num_leaves": 129, "min_data_in_leaf": 3, "categorical": 40}),
+    ("regression", {"num_leaves": 255, "min_data_in_leaf": 2, "categorical": 150}),
+    ("regression", {"num_leaves": 128, "min_data_in_leaf": 3, "zero_as_missing": True}),
+    ("multiclass", {"num_class": 3, "num_leaves": 127, "min_data_in_leaf": 3}),
+    ("regression", {"boosting": "rf", "bagging_fraction": 0.7, "bagging_freq": 1, "num_leaves": 200,
+                    "min_data_in_leaf": 3}),
 ]
 
 
@@ -149,6 +153,8 @@ def test_trained_models_match_lightgbm_and_the_generic_kernel_bit_for_bit(traine
     model = scoreline.load_lightgbm(text, compile="simd")
     generic = scoreline.load_lightgbm(text, compile="generic")
     assert model.tier == "simd", model.tiers
+    wanted = booster.params.get("num_leaves", 31)  # the wide cases do grow trees over 64 leaves
+    assert wanted <= 64 or max(t["num_leaves"] for t in booster.dump_model()["tree_info"]) > 64
     rows = _edge_rows(booster, X, max(BATCHES))
     for n in BATCHES:
         part = rows[:n]
@@ -156,6 +162,7 @@ def test_trained_models_match_lightgbm_and_the_generic_kernel_bit_for_bit(traine
         ours = model.predict(part, raw_score=True, num_threads=1)
         np.testing.assert_array_equal(ours, raw, err_msg=f"{n} rows")
         np.testing.assert_array_equal(model.predict(part), generic.predict(part), err_msg=f"{n} rows")
+        np.testing.assert_allclose(model.predict(part), booster.predict(part, num_threads=1), rtol=1e-12, atol=0)
         with np.errstate(over="ignore"):  # inf stays inf; 1e300-like values become inf
             part32 = part.astype(np.float32)
         for variant in (part32, np.asfortranarray(part), np.asfortranarray(part32)):
@@ -174,21 +181,30 @@ def _one_categorical_split(words: list[int]) -> str:
             "end of trees\n\nparameters:\n[objective: regression]\nend of parameters\n\npandas_categorical:null\n")
 
 
-def test_trees_over_64_leaves_and_huge_category_sets_fall_back_to_the_generic_walk():
-    X = _data(8)
-    y = _label("regression", X, 8)
-    big = lgb.train({"objective": "regression", "num_leaves": MAX_LEAVES + 1, "min_data_in_leaf": 2, "verbose": -1},
-                    lgb.Dataset(X, y), num_boost_round=3)
-    huge = lgb.Booster(model_str=_one_categorical_split([5] + [0] * ((MAX_CATEGORY + 1) // 32) + [1]))
+def test_huge_category_sets_fall_back_to_the_generic_walk():
+    # Trees over MAX_LEAVES leaves: test_simd_wide.py.
+    booster = lgb.Booster(model_str=_one_categorical_split([5] + [0] * ((MAX_CATEGORY + 1) // 32) + [1]))
     rows = np.array([[v] for v in CATEGORY_VALUES + [MAX_CATEGORY + 33.0, 4.0]])
-    for booster, why, data in ((big, "leaves", X), (huge, f"past {MAX_CATEGORY}", rows)):
-        text = booster.model_to_string()
-        assert why in unsupported_reason(read_lightgbm(text))
-        model = scoreline.load_lightgbm(text, compile="simd")
-        assert model.tier == "generic" and why in model.tiers["excluded"]["simd"]
-        np.testing.assert_array_equal(model.predict(data, raw_score=True), booster.predict(data, raw_score=True))
-        with pytest.raises(ValueError, match=why):
-            build_forest(read_lightgbm(text))
+    why = f"past {MAX_CATEGORY}"
+    text = booster.model_to_string()
+    assert why in unsupported_reason(read_lightgbm(text))
+    model = scoreline.load_lightgbm(text, compile="simd")
+    assert model.tier == "generic" and why in model.tiers["excluded"]["simd"]
+    np.testing.assert_array_equal(model.predict(rows, raw_score=True), booster.predict(rows, raw_score=True))
+    with pytest.raises(ValueError, match=why):
+        build_forest(read_lightgbm(text))
+
+
+def test_category_sets_past_256_gather_the_right_word():
+    # Categories 300 and 1000 (uint32 words 9 and 31): a table of 17 words, read by gathers.
+    words = [0] * 32
+    words[9], words[31] = 1 << 12, 1 << 8
+    text = _one_categorical_split(words)
+    model = scoreline.load_lightgbm(text, compile="simd")
+    assert model.tier == "simd"
+    rows = np.array([[v] for v in CATEGORY_VALUES + [300.0, 300.5, 299.0, 301.0, 1000.0, 1023.0, 1024.0, 4095.0]])
+    np.testing.assert_array_equal(model.predict(rows, raw_score=True),
+                                  lgb.Booster(model_str=text).predict(rows, raw_score=True))
 
 
 def test_wide_category_sets_read_the_right_word():
