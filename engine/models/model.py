@@ -36,7 +36,7 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
         others serve: nothing compiles on a request. ``model.tiers`` reports the choice.
       "generic": the shared tree walk (kernels/trees.py); nothing per model.
       "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (category
-        sets past category 4095, trees over 64 leaves, linear trees) use the generic walk.
+        sets past category 4095, trees over 4096 leaves, linear trees) use the generic walk.
       "model": this model's trees compiled to machine code at load (engine/models/treecode.py, like
         lleaves), 1-2 s per few thousand split nodes, read back from ``cache_dir`` on the next
         load; linear trees and trees deeper than ``treecode.MAX_DEPTH`` use the generic walk.

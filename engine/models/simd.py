@@ -85,8 +85,9 @@ MAX_LEAVES = 4096
 # exceed this many tiles of half the L2 cache, i.e. 4 x L2 (2 MiB on the 512 KiB L2 here).
 # Measured: one thread, 10k-20k rows, gen-1000x255 cut to its first N trees, 256 KiB tiles vs
 # one tile, 2-core AMD EPYC VM (AVX2 code, 32 lanes) at load 5-6: 0.5 and 1.1 MB 1.00x,
-# 2.2 MB 0.89-1.01x, 2.7 MB 0.97x, 3.2 MB 0.94x, 4.3 MB 0.71x, 8.6 MB (all 1000 trees) 0.48-0.58x
-# (128 KiB-1 MiB tiles: 0.60-0.67x); gen-500x63 (1.0 MB) 1.01-1.03x, noise.
+# 2.2 MB 0.89-1.01x, 2.7 MB 0.97x, 3.2 MB 0.94x, 4.3 MB 0.71x, 8.6 MB (all 1000 trees) 0.48-0.69x
+# (128 KiB-1 MiB tiles: 0.60-0.67x); gen-500x63 (1.0 MB) 1.01-1.03x, noise. At load 4-5, 20k rows,
+# 1000x255: tiled 29.2 us/row, one tile 42.1, compiled tier 32.8, generic 100.9, LightGBM 271.
 TILED_FROM = 8
 # Category sets up to this category (a wide split's words are a copy per node: 64 words = 512 bytes).
 MAX_CATEGORY = 4095

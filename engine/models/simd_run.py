@@ -125,12 +125,12 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
         data = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in range(7)]
         p_acc, p_xs, p_nodes, p_segments, p_trees, p_leaves, p_words = data
         p_meta = builder.bitcast(p_nodes, I64.as_pointer())
-        start, count = args[7], args[8]
+        tree_start, tree_stop = args[7], args[8]
         fn = builder.function
         entry = builder.block
         head = fn.append_basic_block("simd_tree")
         end = fn.append_basic_block("simd_end")
-        builder.cbranch(builder.icmp_signed("<", start, count), head, end)
+        builder.cbranch(builder.icmp_signed("<", tree_start, tree_stop), head, end)
 
         builder.position_at_end(head)
         t = builder.phi(I64)
@@ -286,8 +286,8 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
             target = builder.bitcast(builder.gep(p_acc, [builder.add(acc_base, _const(8 * h))]), _VF.as_pointer())
             builder.store(builder.fadd(builder.load(target, align=8), values), target, align=8)
         following_tree = builder.add(t, _const(1))
-        builder.cbranch(builder.icmp_signed("<", following_tree, count), head, end)
-        t.add_incoming(start, entry)
+        builder.cbranch(builder.icmp_signed("<", following_tree, tree_stop), head, end)
+        t.add_incoming(tree_start, entry)
         t.add_incoming(following_tree, builder.block)
 
         builder.position_at_end(end)
