@@ -12,6 +12,8 @@ registers) and 32 elsewhere (AVX2 has 16 registers of half the width); LLVM lowe
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from llvmlite import binding as llvm
@@ -38,6 +40,14 @@ __all__ = ["BLOCKS_PER_TASK", "LANES", "TILE_BLOCKS", "predict_parallel", "predi
 
 
 def _lanes() -> int:
+    # SCORELINE_SIMD_LANES (32 or 64) forces the block width, for tests of the other width's code
+    # on this CPU (LLVM lowers either to the vectors it has). Numba's cache does not key on it:
+    # give such a process a NUMBA_CACHE_DIR of its own.
+    forced = os.environ.get("SCORELINE_SIMD_LANES")
+    if forced:
+        if forced not in ("32", "64"):
+            raise ValueError(f"SCORELINE_SIMD_LANES must be 32 or 64, got {forced!r}")
+        return int(forced)
     # NUMBA_CPU_NAME (e.g. "haswell" to check the AVX2 code here) names the target Numba compiles for.
     features = numba.config.CPU_FEATURES if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()  # type: ignore[attr-defined]  # numba.config sets these at import
     return 64 if "+avx512f" in (features or "") else 32
