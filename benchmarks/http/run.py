@@ -97,7 +97,8 @@ def servers(registry: Path, key: int, db: Path) -> list[Server]:
     from scoreline import Repository
 
     version_dir = Repository(registry).version_dir(MODEL_ID)
-    artifact = next(p for p in version_dir.iterdir() if p.is_file() and p.name != "manifest.json")
+    # the manifest names the artifact (the folder also holds golden.json, provenance.json, ...)
+    artifact = version_dir / Repository(registry).load_manifest(MODEL_ID).model.artifact
     import lightgbm as lgb
 
     row = np.random.default_rng(3).normal(size=lgb.Booster(model_file=str(artifact)).num_feature())

@@ -106,7 +106,8 @@ def run_http(cfg, log) -> dict:
     from scoreline.registry.repository import Repository
 
     version_dir = Repository(registry).version_dir(MODEL_ID)
-    artifact = next(p for p in version_dir.iterdir() if p.is_file() and p.name != "manifest.json")
+    # the manifest names the artifact (the folder also holds golden.json, provenance.json, ...)
+    artifact = version_dir / Repository(registry).load_manifest(MODEL_ID).model.artifact
     import lightgbm as lgb
 
     num_features = lgb.Booster(model_file=str(artifact)).num_feature()
