@@ -9,6 +9,7 @@ computed pair by pair within a round, then the median over rounds is reported.
 from __future__ import annotations
 
 import os
+import time
 import numpy as np
 
 from benchmarks.suite import models as bench_models
@@ -160,13 +161,26 @@ def _run_model(cfg, log, spec, engines, result) -> None:
                 })
 
 
+# Pause before each engine's measurement when timing: the peers' thread pools (OpenMP in LightGBM
+# and TL2cgen, ONNX Runtime's intra-op threads) spin for a while after a call, and a two-thread
+# call made meanwhile shares its cores with them: Scoreline's SIMD tier on gen-100x31 (100k rows,
+# 2 threads) took 41 ms right after an ONNX Runtime call against 26 ms idle; 0.02 s later still
+# 43 ms, 0.1 s later 22 ms. Rotating the order does not spread this: the cyclic order stays, so
+# the same engine always followed ONNX Runtime (the default path, whose 2-thread figures read
+# 0.6-0.7x the pinned SIMD tier's until this pause).
+SETTLE_S = 0.1
+
+
 def _interleave(cfg, engines: dict, measure, rounds: int | None = None) -> dict[str, list]:
-    """Run `measure(engine)` for every engine, round after round, rotating the order each round."""
+    """Run `measure(engine)` for every engine, round after round, rotating the order each round,
+    with SETTLE_S of quiet before each measurement."""
     names = list(engines)
     samples = {name: [] for name in names}
     for r in range(rounds or cfg.rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if cfg.timing:
+                time.sleep(SETTLE_S)
             samples[name].append(measure(engines[name]))
     return samples
 
