@@ -360,9 +360,10 @@ class ModelSpec(msgspec.Struct, **_STRICT):
     score: Literal["auto"] | int = "auto"
     # LightGBM only: which kernel scores it (scoreline.load_lightgbm's `compile`): "auto" (the
     # default: every exact tier timed at load, the fastest serves each batch size, docs/treecode.md),
-    # or a pinned tier: "generic" (the shared walk), "simd" (branch-free blocks of rows) or "model"
+    # or a pinned tier: "generic" (the shared walk), "simd" (branch-free blocks of rows), "bins" (the
+    # same on 16-bit bins; models without categorical splits) or "model"
     # (this model's trees compiled to machine code at load, cached)
-    compile: Literal["auto", "generic", "simd", "model"] = "auto"
+    compile: Literal["auto", "generic", "simd", "bins", "model"] = "auto"
     # format "remote": where and how the model is called
     remote: RemoteSpec | None = None
 

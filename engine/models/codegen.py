@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 __all__ = [
@@ -18,9 +18,11 @@ __all__ = [
     "I32",
     "I64",
     "LoadedCode",
+    "add_leaf_values",
     "call_chunk",
     "compile_object",
     "host_key",
+    "splat",
     "target_machine",
 ]
 
@@ -85,3 +87,28 @@ def call_chunk(typingctx, address, x, n, a):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def splat(builder, value, vector_type):
+    """``value`` in every lane of a ``vector_type``."""
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(I32, 0))
+    lanes = vector_type.count
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+
+def add_leaf_values(builder, leaves, acc, indices) -> None:
+    """acc[w * h + j] += leaves[indices[h][j]] for each vector h of w int64 leaf indices (a gather each)."""
+    width = indices[0].type.count
+    values_type, offsets_type = ir.VectorType(DOUBLE, width), ir.VectorType(I64, width)
+    pointers = ir.VectorType(DOUBLE.as_pointer(), width)
+    gather = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(values_type, [pointers, I32, ir.VectorType(ir.IntType(1), width), values_type]),
+        f"llvm.masked.gather.v{width}f64.v{width}p0f64")
+    everywhere = ir.Constant(ir.VectorType(ir.IntType(1), width), [1] * width)
+    base = splat(builder, builder.ptrtoint(leaves, I64), offsets_type)
+    for h, index in enumerate(indices):
+        where = builder.inttoptr(builder.add(base, builder.shl(index, ir.Constant(offsets_type, [3] * width))), pointers)
+        values = builder.call(gather, [where, ir.Constant(I32, 8), everywhere, ir.Constant(values_type, ir.Undefined)])
+        target = builder.bitcast(builder.gep(acc, [ir.Constant(I64, width * h)]), values_type.as_pointer())
+        builder.store(builder.fadd(builder.load(target, align=8), values), target, align=8)

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scoreline.engine.models import simd, simd_run, treecode
+from scoreline.engine.models import simd, simd_bins, simd_bins_run, simd_run, treecode
 from scoreline.engine.models.lightgbm import pandas_categories, read_lightgbm
 from scoreline.engine.models.packing import PackedEnsemble, pack
 from scoreline.engine.models.simd import SimdForest
+from scoreline.engine.models.simd_bins import BinnedForest
 from scoreline.engine.models.tiers import TierSet
 from scoreline.kernels import trees as kernels
 from scoreline.kernels.policy import PARALLEL_MIN_ROWS, use_threads
@@ -20,7 +21,7 @@ from scoreline.errors import InputError
 __all__ = ["LightGBMModel", "load_lightgbm"]
 
 _FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
-_TIERS = ("auto", "generic", "simd", "model")
+_TIERS = ("auto", "generic", "simd", "bins", "model")
 
 
 def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache_dir: str | Path | None = None,
@@ -37,6 +38,8 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
       "generic": the shared tree walk (kernels/trees.py); nothing per model.
       "simd": the branch-free SIMD tier (engine/models/simd.py); models it cannot hold (category
         sets past category 4095, trees over 4096 leaves, linear trees) use the generic walk.
+      "bins": the SIMD tier on 16-bit bins (engine/models/simd_bins.py): models without
+        categorical splits; the others use the generic walk.
       "model": this model's trees compiled to machine code at load (engine/models/treecode.py, like
         lleaves), 1-2 s per few thousand split nodes, read back from ``cache_dir`` on the next
         load; linear trees and trees deeper than ``treecode.MAX_DEPTH`` use the generic walk.
@@ -53,7 +56,7 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
     if compile not in _TIERS:
         raise InputError(f"compile must be one of {', '.join(map(repr, _TIERS))}, got {compile!r}", path="compile")
     ir = read_lightgbm(path_or_text)
-    spec = forest = None
+    spec = forest = binned = None
     excluded = {}
     if compile in ("auto", "model"):
         reason = treecode.unsupported_reason(ir)
@@ -66,6 +69,10 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
         excluded["simd"] = simd.unsupported_reason(ir)
         if excluded["simd"] is None:
             forest = simd.build_forest(ir)
+    if compile in ("auto", "bins"):
+        excluded["bins"] = simd_bins.unsupported_reason(ir)
+        if excluded["bins"] is None:
+            binned = simd_bins.build_binned(ir, simd_bins_run.LANES)
     return LightGBMModel(
         pack(ir),
         feature_names=ir.feature_names,
@@ -73,6 +80,7 @@ def load_lightgbm(path_or_text: str | bytes | Path, compile: str = "auto", cache
         categories=pandas_categories(ir),
         treecode_spec=spec,
         simd_forest=forest,
+        binned_forest=binned,
         compile=compile,
         cache_dir=cache_dir,
         sample_rows=sample_rows,
@@ -87,7 +95,7 @@ class LightGBMModel:
 
     def __init__(self, packed: PackedEnsemble, *, feature_names, objective: str, categories: dict[int, tuple],
                  treecode_spec: tuple | None = None, simd_forest: SimdForest | None = None,
-                 compile: str = "generic", cache_dir: str | Path | None = None,
+                 binned_forest: BinnedForest | None = None, compile: str = "generic", cache_dir: str | Path | None = None,
                  sample_rows: np.ndarray | None = None, excluded: dict | None = None, choice: str | None = None):
         # Arrays that arrive read-only (Ray's object store, a memory map) are copied once: Numba
         # treats read-only arrays as other types, and a new specialization costs ~10 s to compile
@@ -106,11 +114,14 @@ class LightGBMModel:
         self._words = packed.nodes.view(np.int64).reshape(-1)
         self._treecode_spec = treecode_spec
         self._simd = simd_forest if simd_forest is None else _writable(simd_forest)
+        self._bins = binned_forest if binned_forest is None else _writable(binned_forest)
         self._compile = compile
         self._cache_dir = cache_dir
         # The tiers are loaded here (and their kernels called once by the choice), so no request
         # ever compiles; engine/models/tiers.py holds the choice.
-        self._tiers = TierSet(self._run, packed, mode=compile, simd_ready=self._simd is not None,
+        ready = {"simd"} if self._simd is not None else set()
+        ready |= {"bins"} if self._bins is not None else set()
+        self._tiers = TierSet(self._run, packed, mode=compile, ready=frozenset(ready),
                               spec=treecode_spec, cache_dir=cache_dir, sample_rows=sample_rows,
                               excluded=excluded or {}, choice_json=choice)
         self._tiers.load()
@@ -118,7 +129,7 @@ class LightGBMModel:
 
     @property
     def tier(self) -> str:
-        """The tier that scores large batches now ("generic", "simd" or "model"; see ``tiers``)."""
+        """The tier that scores large batches now ("generic", "simd", "bins" or "model"; see ``tiers``)."""
         return self._tiers.tier
 
     def __repr__(self) -> str:
@@ -138,6 +149,7 @@ class LightGBMModel:
             "categories": self.categories,
             "treecode_spec": self._treecode_spec,
             "simd_forest": self._simd,
+            "binned_forest": self._bins,
             "compile": self._compile,
             "cache_dir": self._cache_dir,
             "excluded": self._tiers.excluded,
@@ -152,6 +164,7 @@ class LightGBMModel:
             categories=state["categories"],
             treecode_spec=state.get("treecode_spec"),
             simd_forest=state.get("simd_forest"),
+            binned_forest=state.get("binned_forest"),
             compile=state.get("compile", "model" if state.get("treecode_spec") else "generic"),
             cache_dir=state.get("cache_dir"),
             excluded=state.get("excluded"),
@@ -240,6 +253,11 @@ class LightGBMModel:
             f = self._simd
             kernel = simd_run.predict_parallel if parallel else simd_run.predict_serial
             kernel(X, f.slots, f.nodes, f.segments, f.trees, f.leaves, f.words, f.tiles, divisor, link, p.link_param,
+                   matrix)
+        elif tier == "bins":
+            b = self._bins
+            kernel = simd_bins_run.predict_parallel if parallel else simd_bins_run.predict_serial
+            kernel(X, b.slots, b.bounds, b.nodes, b.segments, b.trees, b.leaves, b.tiles, divisor, link, p.link_param,
                    matrix)
         elif p.is_linear:
             kernel = kernels.predict_linear_parallel if parallel else kernels.predict_linear_serial

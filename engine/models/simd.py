@@ -73,7 +73,9 @@ __all__ = [
     "SimdForest",
     "build_forest",
     "default_tile_bytes",
+    "default_tiles",
     "tile_bounds",
+    "tiles_of_sizes",
     "unsupported_reason",
 ]
 
@@ -291,13 +293,14 @@ def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
         trees=trees,
         leaves=np.concatenate(leaf_parts) if leaf_parts else np.zeros(0),
         words=words,
-        tiles=tile_bounds(trees, _default_tiles(trees) if tile_bytes is None else tile_bytes),
+        tiles=tile_bounds(trees, default_tiles(int(_tree_bytes(trees).sum())) if tile_bytes is None else tile_bytes),
     )
 
 
-def _default_tiles(trees: np.ndarray) -> int:
+def default_tiles(forest_bytes: int) -> int:
+    """The tile size for a forest of ``forest_bytes``: half the L2 past TILED_FROM tiles, else 0 (one tile)."""
     budget = default_tile_bytes()
-    return budget if _tree_bytes(trees).sum() > TILED_FROM * budget else 0
+    return budget if forest_bytes > TILED_FROM * budget else 0
 
 
 def default_tile_bytes() -> int:
@@ -317,8 +320,12 @@ def tile_bounds(trees: np.ndarray, tile_bytes: int) -> np.ndarray:
     """Tree boundaries of consecutive tiles of about ``tile_bytes`` of node records and leaf
     values each (a tree larger than that is a tile of its own); (0, T) when the whole forest fits
     or tile_bytes is 0."""
-    count = trees.shape[0] - 1
-    size = _tree_bytes(trees)
+    return tiles_of_sizes(_tree_bytes(trees), tile_bytes)
+
+
+def tiles_of_sizes(size: np.ndarray, tile_bytes: int) -> np.ndarray:
+    """``tile_bounds`` from the bytes each tree reads."""
+    count = size.shape[0]
     if tile_bytes <= 0 or size.sum() <= tile_bytes:
         return np.array([0, count], dtype=np.int64)
     bounds, used = [0], 0

@@ -4,6 +4,8 @@ Tiers (all bit-identical on raw scores, docs/lightgbm-semantics.md):
   "generic"  the shared walk over packed node records (kernels/trees.py); for a batch of fewer
              than eight rows it is the serial one-row path (eight trees in lockstep per row);
   "simd"     branch-free full evaluation of 32/64-row blocks (engine/models/simd.py);
+  "bins"     the same on 16-bit bins of the thresholds, 128-row blocks (engine/models/simd_bins.py;
+             models without categorical splits);
   "model"    the model's own trees as machine code (engine/models/treecode.py).
 No single one wins everywhere (walking code wins where rows leave trees after a few predictable
 branches, the SIMD tier where branches are unpredictable or trees bushy), so each candidate is
@@ -47,11 +49,11 @@ __all__ = [
     "save_choice",
 ]
 
-TIERS = ("generic", "simd", "model")
+TIERS = ("generic", "simd", "bins", "model")
 # Batch sizes timed at load; a batch uses the ranking of the largest size <= its rows.
 BATCH_SIZES = (1, 8, 64, 512, 2048)
 # Bump when the measurement or a tier's code changes enough to redo every choice.
-CHOICE_VERSION = 2  # 2: the SIMD tier tiles forests over a few L2 caches (faster there)
+CHOICE_VERSION = 3  # 2: the SIMD tier tiles forests over a few L2 caches; 3: the binned SIMD tier
 # Time spent per candidate and batch size (seconds of repeated calls, after one warm-up call).
 _BUDGET = 0.002
 _LONG = 0.02
@@ -224,7 +226,7 @@ class TierSet:
     are single attribute loads, so requests never wait on the thread.
     """
 
-    def __init__(self, run, packed: PackedEnsemble, *, mode: str, simd_ready: bool, spec: tuple | None,
+    def __init__(self, run, packed: PackedEnsemble, *, mode: str, ready: frozenset, spec: tuple | None,
                  cache_dir, sample_rows, excluded: dict, choice_json: str | None):
         self._run = run
         self._num_class = packed.num_class
@@ -234,12 +236,12 @@ class TierSet:
         self.excluded = dict(excluded)
         self._thread: threading.Thread | None = None
         self._rows = _sample(packed, sample_rows)
-        self._packed, self._mode, self._simd_ready, self._choice_json = packed, mode, simd_ready, choice_json
+        self._packed, self._mode, self._loaded, self._choice_json = packed, mode, ready, choice_json
 
     def load(self) -> None:
         """Load the ready tiers and make (or read) the choice; ``run`` may ask for ``compiled``."""
         spec, cache_dir, mode = self._spec, self._cache_dir, self._mode
-        ready = {"generic"} | ({"simd"} if self._simd_ready else set())
+        ready = {"generic"} | set(self._loaded)
         if mode != "auto":
             if mode == "model" and spec is not None:
                 self.compiled = treecode.compile_spec(spec, cache_dir)

@@ -1,4 +1,4 @@
-"""The branch-free SIMD tier (compile="simd") against LightGBM and the generic kernel, bit for bit.
+"""The branch-free SIMD tiers (compile="simd", and "bins" where it applies) against LightGBM, bit for bit.
 
 The decision rules are checked with one hand-written model holding a one-split tree per (missing
 type, default side, threshold), right leaf 2^-i and left 0, so the raw sum spells out every tree's
@@ -48,11 +48,12 @@ def decisions_model() -> str:
             "pandas_categorical:null\n")
 
 
-def test_every_numeric_decision_rule_matches_lightgbm_bit_for_bit():
+@pytest.mark.parametrize("tier", ["simd", "bins"])
+def test_every_numeric_decision_rule_matches_lightgbm_bit_for_bit(tier):
     text = decisions_model()
-    model = scoreline.load_lightgbm(text, compile="simd")
+    model = scoreline.load_lightgbm(text, compile=tier)
     generic = scoreline.load_lightgbm(text, compile="generic")
-    assert model.tier == "simd"
+    assert model.tier == tier
     booster = lgb.Booster(model_str=text)
     grid = np.array(np.meshgrid(VALUES, VALUES)).reshape(2, -1).T
     for X in (np.ascontiguousarray(grid), np.asfortranarray(grid)):
@@ -170,6 +171,26 @@ def test_trained_models_match_lightgbm_and_the_generic_kernel_bit_for_bit(traine
                                           generic.predict_matrix(variant, raw_score=True), err_msg=f"{n} rows")
     # Threads: the parallel driver gives the same bits.
     np.testing.assert_array_equal(model.predict(rows, num_threads=2), generic.predict(rows, num_threads=1))
+
+
+def test_trained_models_on_16_bit_bins_match_lightgbm_bit_for_bit(trained):
+    booster, X = trained
+    text = booster.model_to_string()
+    model = scoreline.load_lightgbm(text, compile="bins")
+    if "categorical" in model.tiers["excluded"].get("bins", ""):
+        assert model.tier == "generic"  # test_simd_bins.py checks the fallback's scores
+        return
+    assert model.tier == "bins", model.tiers
+    rows = _edge_rows(booster, X, 2_000)
+    for part in (rows[:1], rows[:127], rows[:129], rows):
+        np.testing.assert_array_equal(model.predict(part, raw_score=True, num_threads=1),
+                                      booster.predict(part, raw_score=True, num_threads=1))
+    with np.errstate(over="ignore"):
+        rows32 = rows.astype(np.float32)
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(rows32), raw_score=True),
+                                  booster.predict(rows32, raw_score=True, num_threads=1))
+    np.testing.assert_allclose(model.predict(rows, num_threads=2), booster.predict(rows, num_threads=1), rtol=1e-12,
+                               atol=0)
 
 
 def _one_categorical_split(words: list[int]) -> str:

@@ -6,8 +6,9 @@ the two widths' drivers and forest loop. SCORELINE_SIMD_LANES forces the other (
 same vector IR to whatever registers the CPU has), in a child process with a Numba cache of its
 own (the width is a compile-time constant that Numba's cache does not key on). The child scores
 trees around the word boundaries (1-300 leaves, one and two classes), with and without tiles of
-trees, categorical sets read by select (150 categories) and by gather (700), on 1 and 2 threads,
-and compares every score with LightGBM's to the bit.
+trees, categorical sets read by select (150 categories) and by gather (700), and the binned tier
+(engine/models/simd_bins_run.py, whose vectors follow the width: 32 or 16 rows of 16 bits), on 1
+and 2 threads, and compares every score with LightGBM's to the bit.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import lightgbm as lgb
 import numpy as np
 
 import scoreline
-from scoreline.engine.models import simd, simd_run
+from scoreline.engine.models import simd, simd_bins_run, simd_run
 from tests.support.lightgbm_edges import CATEGORY_VALUES
 from tests.support.lightgbm_shapes import shaped_model, shaped_rows
 
@@ -71,6 +72,18 @@ X[: edges.size * 10, 5] = np.roll(np.tile(edges, 10), 3)
 model = scoreline.load_lightgbm(booster.model_to_string(), compile="simd")
 assert model.tier == "simd", model.tiers
 same(model, booster, X)
+
+# The binned tier's vectors follow the width: 32 rows of 16 bits at 64 lanes, 16 at 32.
+assert simd_bins_run._R == simd_run.LANES // 2, simd_bins_run._R
+leaves = [1, 2, 15, 16, 17, 31, 33, 64, 65, 129, 7]
+X = np.tile(shaped_rows(max(leaves), seed=5), (8, 1))
+for tile_bytes in (None, 256):  # past TILED_FROM tiles of 256 bytes: tiled
+    simd.default_tile_bytes = (lambda: 256) if tile_bytes else simd.default_tile_bytes
+    text = shaped_model(leaves, seed=6, num_class=1)
+    model = scoreline.load_lightgbm(text, compile="bins")
+    assert model.tier == "bins", model.tiers
+    assert (len(model._bins.tiles) > 2) == bool(tile_bytes), model._bins.tiles
+    same(model, lgb.Booster(model_str=text), X)
 print("ok", simd_run.LANES)
 """
 

@@ -30,10 +30,10 @@ def test_default_load_measures_the_exact_tiers_and_caches_the_choice(booster, tm
     text = model_booster.model_to_string()
     model = scoreline.load_lightgbm(text, cache_dir=tmp_path)
     report = model.tiers
-    assert report["source"] == "measured" and set(report["ns_per_row"]) >= {"generic", "simd"}
+    assert report["source"] == "measured" and set(report["ns_per_row"]) >= {"generic", "simd", "bins"}
     assert set(report["by_batch_rows"]) == {str(size) for size in tiers.BATCH_SIZES}
     assert report["tier"] == model.tier == report["by_batch_rows"][str(tiers.BATCH_SIZES[-1])]
-    assert model.wait_for_tiers(timeout=120) and model.tiers["ready"] == ["generic", "model", "simd"]
+    assert model.wait_for_tiers(timeout=120) and model.tiers["ready"] == ["bins", "generic", "model", "simd"]
     for n in (1, 7, 64, 65, 3000):  # whichever tier serves each size, LightGBM's bits
         rows = X[:n]
         np.testing.assert_array_equal(model.predict(rows, raw_score=True), model_booster.predict(rows, raw_score=True))
@@ -44,7 +44,7 @@ def test_default_load_measures_the_exact_tiers_and_caches_the_choice(booster, tm
     np.testing.assert_array_equal(clone.predict(X), model.predict(X))
 
 
-@pytest.mark.parametrize("pinned", ["generic", "simd", "model"])
+@pytest.mark.parametrize("pinned", ["generic", "simd", "bins", "model"])
 def test_a_pinned_tier_serves_every_batch(booster, tmp_path, pinned):
     model_booster, X = booster
     model = scoreline.load_lightgbm(model_booster.model_to_string(), compile=pinned, cache_dir=tmp_path)
@@ -80,6 +80,6 @@ def test_measure_ranks_by_speed_per_batch_size_and_excludes_inexact_candidates()
     out = np.empty((X.shape[0], 1))
     choice = tiers.measure({"generic": slow_per_row, "simd": slow_per_call, "model": wrong}, X, out)
     assert "model" in choice.excluded and "model" not in choice.ns_per_row
-    ready = frozenset({"generic", "simd", "model"})
+    ready = frozenset({"generic", "simd", "bins", "model"})
     assert choice.best(1, ready) == "generic" and choice.best(tiers.BATCH_SIZES[-1], ready) == "simd"
     assert tiers.TierChoice.from_json(choice.to_json()).rankings == choice.rankings

@@ -77,7 +77,7 @@ def test_registration_records_exact_outputs_and_provenance(demo):
     assert dep.artifact_sha256 == provenance["artifact-sha256"] and dep.provenance == provenance
     # the kernel choice made at registration: a tier for every timed batch size, with its figures
     tiers = provenance["tiers"]
-    assert tiers["tier"] in {"generic", "simd", "model"} and tiers["tier"] == tiers["by_batch_rows"]["2048"]
+    assert tiers["tier"] in {"generic", "simd", "bins", "model"} and tiers["tier"] == tiers["by_batch_rows"]["2048"]
     assert set(tiers["by_batch_rows"]) == {"1", "8", "64", "512", "2048"}
     assert all(tier in tiers["ns_per_row"] or tiers["source"] == "pinned" for tier in tiers["by_batch_rows"].values())
 
@@ -225,7 +225,7 @@ def test_models_and_the_v2_metadata_show_the_provenance(demo):
     version, = next(m for m in models if m["model-id"] == MODEL)["versions"]
     assert version["provenance"] == recorded
     # the choice this server made at load, per batch size (it may differ from the registering host's)
-    assert version["tiers"]["tier"] in {"generic", "simd", "model"}
+    assert version["tiers"]["tier"] in {"generic", "simd", "bins", "model"}
     assert set(version["tiers"]["by_batch_rows"]) == {"1", "8", "64", "512", "2048"}
     parameters = meta["parameters"]
     assert parameters["artifact-sha256"] == recorded["artifact-sha256"]
