@@ -779,6 +779,48 @@ def _walk_buffered(B, r, root, depth, steps, words, cat_bits):
 
 
 @jit
+def _step_buffered_plain(B, r, node, words, cat_bits):
+    """``_step_buffered`` for models where no numeric split sends NaN right (x > t alone decides)."""
+    word = np.uint64(words[node * _U2 + _U1])
+    location = np.uint64(words[node * _U2])
+    x = B[((word >> np.uint64(FEATURE_SHIFT)) & np.uint64(FEATURE_MASK)) * _ROWS + r]
+    numeric_side = np.uint64(x > _as_float(location))
+    categorical = (word & np.uint64(CATEGORICAL)) != 0
+    category = np.uint64(np.int64(x))
+    slot = min(category >> np.uint64(5), location & _MASK)
+    index = (location >> np.uint64(32)) + slot if categorical else np.uint64(0)
+    bit = np.uint64((cat_bits[index] >> np.uint32(category & np.uint64(31))) & np.uint32(1))
+    side = (_U1 - bit) if categorical else numeric_side
+    return (word & _MASK) + side
+
+
+@jit
+def _walk_buffered_plain(B, r, root, depth, steps, words, cat_bits):
+    """``_walk_buffered`` with ``_step_buffered_plain``."""
+    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
+    for _ in range(steps):
+        n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
+        n1 = _step_buffered_plain(B, r + _U1, n1, words, cat_bits)
+        n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, cat_bits)
+        n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, cat_bits)
+        n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, cat_bits)
+        n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, cat_bits)
+        n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, cat_bits)
+        n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, cat_bits)
+    if steps < depth and _unfinished(words, n0, n1, n2, n3, n4, n5, n6, n7):
+        for _ in range(depth - steps):
+            n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
+            n1 = _step_buffered_plain(B, r + _U1, n1, words, cat_bits)
+            n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, cat_bits)
+            n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, cat_bits)
+            n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, cat_bits)
+            n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, cat_bits)
+            n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, cat_bits)
+            n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, cat_bits)
+    return n0, n1, n2, n3, n4, n5, n6, n7
+
+
+@jit
 def _leaf_buffered(B, r, root, words, cat_bits):
     """``_leaf_record`` on the buffer (trees with zero-as-missing band tests): record index of
     the leaf that buffer row ``r`` reaches."""
@@ -809,7 +851,7 @@ def _leaf_buffered(B, r, root, words, cat_bits):
 
 @jit
 def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
-                         divisor, link, param, out):
+                         divisor, link, param, out, nan_right):
     """Rows start..stop-1 (at most TILE_ROWS) through every tree from the buffer B, then into
     out transformed; per row the trees are added in file order (LightGBM's summation order).
     The buffer's rows past the tile's are zeros up to a whole group of eight, walked and dropped."""
@@ -843,7 +885,12 @@ def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value
             depth = trees[t, 1]
             steps = trees[t, 4]
             for r in range(0, padded, GROUP_ROWS):
-                n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered(B, np.uint64(r), root, depth, steps, words, cat_bits)
+                if nan_right:
+                    n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered(B, np.uint64(r), root, depth, steps, words,
+                                                                    cat_bits)
+                else:
+                    n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered_plain(B, np.uint64(r), root, depth, steps, words,
+                                                                          cat_bits)
                 tile_out[r, column] += leaf_value[n0]
                 tile_out[r + 1, column] += leaf_value[n1]
                 tile_out[r + 2, column] += leaf_value[n2]
@@ -861,22 +908,24 @@ def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value
 
 
 @jit
-def predict_buffered_serial(X, columns, categorical, words, leaf_value, trees, cat_bits, divisor, link, param, out):
+def predict_buffered_serial(X, columns, categorical, words, leaf_value, trees, cat_bits, divisor, link, param, out,
+                            nan_right):
     """``predict_serial`` for a buffered layout (engine/models/packing.py BufferedLayout): words
     are its records (flat int64), columns the feature each buffer column copies, categorical
-    whether it holds the feature's category; cat_bits its sets."""
+    whether it holds the feature's category; cat_bits its sets; nan_right False where no numeric
+    split sends NaN right (the step without the NaN test)."""
     n = X.shape[0]
     B = np.empty(max(columns.shape[0], 1) * TILE_ROWS, dtype=np.float64)
     tile_out = np.empty((TILE_ROWS, out.shape[1]), dtype=np.float64)
     for start in range(0, n, TILE_ROWS):
         stop = min(start + TILE_ROWS, n)
         _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
-                             divisor, link, param, out)
+                             divisor, link, param, out, nan_right)
 
 
 @parallel_jit
 def predict_buffered_parallel(X, columns, categorical, words, leaf_value, trees, cat_bits, divisor, link, param,
-                              out):
+                              out, nan_right):
     """``predict_buffered_serial`` with row tiles spread over Numba's threads (a buffer per tile)."""
     n = X.shape[0]
     tiles = (n + TILE_ROWS - 1) // TILE_ROWS
@@ -886,4 +935,4 @@ def predict_buffered_parallel(X, columns, categorical, words, leaf_value, trees,
         B = np.empty(max(columns.shape[0], 1) * TILE_ROWS, dtype=np.float64)
         tile_out = np.empty((TILE_ROWS, out.shape[1]), dtype=np.float64)
         _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
-                             divisor, link, param, out)
+                             divisor, link, param, out, nan_right)

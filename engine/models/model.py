@@ -251,7 +251,7 @@ class LightGBMModel:
             b = self._buffered
             kernel = kernels.predict_buffered_parallel if parallel else kernels.predict_buffered_serial
             kernel(X, b.columns, b.categorical, b.words, p.leaf_value, p.trees, b.cat_bits, divisor, link,
-                   p.link_param, matrix)
+                   p.link_param, matrix, b.nan_right)
         else:
             kernel = kernels.predict_parallel if parallel else kernels.predict_serial
             kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, divisor, link,

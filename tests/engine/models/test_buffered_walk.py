@@ -15,16 +15,21 @@ SPECIALS = (np.nan, np.inf, -np.inf, 0.0, -0.0, K_ZERO, -K_ZERO, 1e-40, -1.0, -0
 
 
 def _train(seed: int, num_features: int, cardinalities: tuple[int, ...], params: dict, rounds: int = 15):
-    """A binary model whose last len(cardinalities) features are categorical."""
+    """A binary model whose last len(cardinalities) features are categorical (``missing``: False
+    trains on nonnegative rows without NaN, so no numeric split sends NaN right)."""
+    missing = params.pop("missing", True)
     rng = np.random.default_rng(seed)
     n = 3000
     X = rng.normal(size=(n, num_features))
+    if not missing:
+        X = np.abs(X)  # no NaN and thresholds >= 0: NaN, read as 0.0, goes left everywhere
     cats = list(range(num_features - len(cardinalities), num_features))
     signal = X[:, 0] + np.sin(X[:, 1] * 2)
     for c, size in zip(cats, cardinalities, strict=True):
         X[:, c] = rng.integers(0, size, size=n)
         signal += rng.normal(size=size)[X[:, c].astype(int)]
-    X[rng.random(X.shape) < 0.05] = np.nan
+    if missing:
+        X[rng.random(X.shape) < 0.05] = np.nan
     X[rng.random(X.shape) < 0.03] = 0.0
     y = (signal + rng.normal(scale=0.5, size=n) > np.median(signal)).astype(float)
     full = {"objective": "binary", "num_leaves": 31, "min_data_in_leaf": 5, "min_data_per_group": 5,
@@ -55,13 +60,14 @@ MODELS = {
     "nan-right": (6, (120, 12), {"use_missing": True}),
     "zero-as-missing": (6, (90, 10), {"zero_as_missing": True}),
     "wide-rows": (400, (100, 9), {"feature_fraction": 0.5}),
+    "no-missing": (8, (100, 30), {"missing": False}),
 }
 
 
 @pytest.fixture(scope="module", params=list(MODELS), ids=list(MODELS))
 def trained(request):
     num_features, cards, params = MODELS[request.param]
-    booster, X = _train(len(request.param), num_features, cards, params)
+    booster, X = _train(len(request.param), num_features, cards, dict(params))
     model = scoreline.load_lightgbm(booster.model_to_string(), compile="generic")
     return booster, model, X
 
@@ -71,6 +77,13 @@ def test_models_with_categorical_splits_take_the_buffered_walk(trained):
     layout = buffered_layout(model.packed)
     assert layout is not None
     assert layout.cat_bits[0] == 0 and layout.categorical.any()
+
+
+def test_the_nan_test_is_dropped_only_where_no_split_sends_nan_right():
+    booster, _ = _train(1, 6, (100, 9), {"missing": False})
+    assert not buffered_layout(scoreline.load_lightgbm(booster.model_to_string(), compile="generic").packed).nan_right
+    booster, _ = _train(2, 6, (100, 9), {"use_missing": True})
+    assert buffered_layout(scoreline.load_lightgbm(booster.model_to_string(), compile="generic").packed).nan_right
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 130, 1000])
