@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.extending import register_jitable
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, register_jitable
 
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
@@ -28,6 +30,8 @@ __all__ = [
     "TILE_ROWS",
     "predict_serial",
     "predict_parallel",
+    "predict_buffered_serial",
+    "predict_buffered_parallel",
     "predict_linear_serial",
     "predict_linear_parallel",
     "leaf_indices",
@@ -692,3 +696,243 @@ def leaf_indices(X, thresholds, words, leaf_index, trees, cat_bits, out):
         for t in range(trees.shape[0]):
             leaf = _leaf_record(X, row, trees[t, 0], thresholds, words, cat_bits)
             out[row, t] = leaf_index[leaf]
+
+
+# -- The buffered walk: models with categorical splits (engine/models/packing.py buffered_layout).
+#
+# Each tile of rows is first copied into a column-major buffer of the columns the trees read,
+# B[column * TILE_ROWS + row]: a column per feature that numeric splits read (the value as
+# float64) and one per feature that categorical splits read (its category, from
+# rules.category_index, as a float64 in -1..2^31-1). The buffer's rows are TILE_ROWS apart at
+# a fixed stride, so eight rows walking together address it from one pointer (each row's own
+# pointer into X spilled to the stack with eight walks interleaved), and a wide row's few used
+# features sit together instead of one cache line each in a 12 KB row. Every categorical set
+# is in cat_bits, followed by a zero word, and word 0 is zero, so the category test is one
+# branch-free load: a numeric node reads word 0, a category past the set its zero word.
+# Measured on the benchmark models against predict_serial (one thread, 10k rows): 2.05x on
+# real-grants (1,502 features, 208 used), 1.58x on real-flights, 1.78x on gen-500x63-cat; on
+# models without categorical splits this step is 2-3x slower than ``step``, so they keep it.
+
+
+@intrinsic
+def _as_float(typingctx, bits):
+    """The float64 whose bits are the uint64 ``bits`` (a node's threshold read with its word)."""
+    sig = types.float64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+_ROWS = np.uint64(TILE_ROWS)
+_MASK = np.uint64(CHILD_MASK)
+
+
+@jit
+def _step_buffered(B, r, node, words, cat_bits):
+    """One split of any kind but zero-as-missing, branch-free, for buffer row ``r``: the numeric
+    test (x > t, NaN right where flagged) and the category test (x is the category), keeping the
+    side the node's flag names. Column 0 of the record is read once, as the threshold's bits or
+    the set's location (start << 32 | words)."""
+    word = np.uint64(words[node * _U2 + _U1])
+    location = np.uint64(words[node * _U2])
+    x = B[((word >> np.uint64(FEATURE_SHIFT)) & np.uint64(FEATURE_MASK)) * _ROWS + r]
+    numeric_side = np.uint64(x > _as_float(location)) | (np.uint64(x != x) & ((word >> np.uint64(NAN_SHIFT)) & _U1))
+    categorical = (word & np.uint64(CATEGORICAL)) != 0
+    # A categorical node's x is a whole number in -1..2^31-1 (the buffer's category column);
+    # -1 wraps to the largest slot, which reads the set's trailing zero word: right. On a
+    # numeric node the conversion's value is never used (the selects below drop it).
+    category = np.uint64(np.int64(x))
+    slot = min(category >> np.uint64(5), location & _MASK)
+    index = (location >> np.uint64(32)) + slot if categorical else np.uint64(0)
+    bit = np.uint64((cat_bits[index] >> np.uint32(category & np.uint64(31))) & np.uint32(1))
+    side = (_U1 - bit) if categorical else numeric_side
+    return (word & _MASK) + side
+
+
+@jit
+def _walk_buffered(B, r, root, depth, steps, words, cat_bits):
+    """Buffer rows r..r+7 through one tree in lockstep (``_walk_group_short``'s two legs:
+    ``steps`` levels, then on to ``depth`` only if some row is not on a leaf); their leaves."""
+    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
+    for _ in range(steps):
+        n0 = _step_buffered(B, r, n0, words, cat_bits)
+        n1 = _step_buffered(B, r + _U1, n1, words, cat_bits)
+        n2 = _step_buffered(B, r + np.uint64(2), n2, words, cat_bits)
+        n3 = _step_buffered(B, r + np.uint64(3), n3, words, cat_bits)
+        n4 = _step_buffered(B, r + np.uint64(4), n4, words, cat_bits)
+        n5 = _step_buffered(B, r + np.uint64(5), n5, words, cat_bits)
+        n6 = _step_buffered(B, r + np.uint64(6), n6, words, cat_bits)
+        n7 = _step_buffered(B, r + np.uint64(7), n7, words, cat_bits)
+    if steps < depth and _unfinished(words, n0, n1, n2, n3, n4, n5, n6, n7):
+        for _ in range(depth - steps):
+            n0 = _step_buffered(B, r, n0, words, cat_bits)
+            n1 = _step_buffered(B, r + _U1, n1, words, cat_bits)
+            n2 = _step_buffered(B, r + np.uint64(2), n2, words, cat_bits)
+            n3 = _step_buffered(B, r + np.uint64(3), n3, words, cat_bits)
+            n4 = _step_buffered(B, r + np.uint64(4), n4, words, cat_bits)
+            n5 = _step_buffered(B, r + np.uint64(5), n5, words, cat_bits)
+            n6 = _step_buffered(B, r + np.uint64(6), n6, words, cat_bits)
+            n7 = _step_buffered(B, r + np.uint64(7), n7, words, cat_bits)
+    return n0, n1, n2, n3, n4, n5, n6, n7
+
+
+@jit
+def _step_buffered_plain(B, r, node, words, cat_bits):
+    """``_step_buffered`` for models where no numeric split sends NaN right (x > t alone decides)."""
+    word = np.uint64(words[node * _U2 + _U1])
+    location = np.uint64(words[node * _U2])
+    x = B[((word >> np.uint64(FEATURE_SHIFT)) & np.uint64(FEATURE_MASK)) * _ROWS + r]
+    numeric_side = np.uint64(x > _as_float(location))
+    categorical = (word & np.uint64(CATEGORICAL)) != 0
+    category = np.uint64(np.int64(x))
+    slot = min(category >> np.uint64(5), location & _MASK)
+    index = (location >> np.uint64(32)) + slot if categorical else np.uint64(0)
+    bit = np.uint64((cat_bits[index] >> np.uint32(category & np.uint64(31))) & np.uint32(1))
+    side = (_U1 - bit) if categorical else numeric_side
+    return (word & _MASK) + side
+
+
+@jit
+def _walk_buffered_plain(B, r, root, depth, steps, words, cat_bits):
+    """``_walk_buffered`` with ``_step_buffered_plain``."""
+    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
+    for _ in range(steps):
+        n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
+        n1 = _step_buffered_plain(B, r + _U1, n1, words, cat_bits)
+        n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, cat_bits)
+        n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, cat_bits)
+        n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, cat_bits)
+        n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, cat_bits)
+        n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, cat_bits)
+        n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, cat_bits)
+    if steps < depth and _unfinished(words, n0, n1, n2, n3, n4, n5, n6, n7):
+        for _ in range(depth - steps):
+            n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
+            n1 = _step_buffered_plain(B, r + _U1, n1, words, cat_bits)
+            n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, cat_bits)
+            n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, cat_bits)
+            n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, cat_bits)
+            n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, cat_bits)
+            n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, cat_bits)
+            n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, cat_bits)
+    return n0, n1, n2, n3, n4, n5, n6, n7
+
+
+@jit
+def _leaf_buffered(B, r, root, words, cat_bits):
+    """``_leaf_record`` on the buffer (trees with zero-as-missing band tests): record index of
+    the leaf that buffer row ``r`` reaches."""
+    node = np.uint64(root)
+    while True:
+        word = np.uint64(words[node * _U2 + _U1])
+        location = np.uint64(words[node * _U2])
+        x = B[((word >> np.uint64(FEATURE_SHIFT)) & np.uint64(FEATURE_MASK)) * _ROWS + r]
+        if word & np.uint64(CATEGORICAL):
+            side = _U1
+            if x >= 0.0:
+                category = np.uint64(x)
+                slot = category >> np.uint64(5)
+                if slot < (location & _MASK):
+                    bit = (cat_bits[(location >> np.uint64(32)) + slot] >> np.uint32(category & np.uint64(31))) & 1
+                    side = _U1 - np.uint64(bit)
+        else:
+            side = np.uint64(x > _as_float(location))
+            if x != x:
+                side = (word >> np.uint64(NAN_SHIFT)) & _U1
+            if (word & np.uint64(ZERO_MISSING)) and (x != x or in_zero_band(x)):
+                side = (word >> np.uint64(59)) & _U1  # zero as missing: the default side
+        child = (word & _MASK) + side
+        if child == node:
+            return node
+        node = child
+
+
+@jit
+def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
+                         divisor, link, param, out, nan_right):
+    """Rows start..stop-1 (at most TILE_ROWS) through every tree from the buffer B, then into
+    out transformed; per row the trees are added in file order (LightGBM's summation order).
+    The buffer's rows past the tile's are zeros up to a whole group of eight, walked and dropped."""
+    rows = stop - start
+    padded = (rows + GROUP_ROWS - 1) // GROUP_ROWS * GROUP_ROWS
+    for j in range(columns.shape[0]):
+        base = j * TILE_ROWS
+        feature = columns[j]
+        if categorical[j]:
+            for i in range(rows):
+                B[base + i] = np.float64(category_index(np.float64(X[start + i, feature])))
+        else:
+            for i in range(rows):
+                B[base + i] = X[start + i, feature]
+        for i in range(rows, padded):
+            B[base + i] = 0.0
+    for i in range(padded):
+        for k in range(tile_out.shape[1]):
+            tile_out[i, k] = 0.0
+    num_trees = trees.shape[0]
+    first = 0
+    while first < num_trees:
+        end = _tree_block_end(trees, first)
+        for t in range(first, end):
+            root = trees[t, 0]
+            column = trees[t, 2]
+            if trees[t, 3] == TREE_GENERAL:
+                for i in range(rows):
+                    tile_out[i, column] += leaf_value[_leaf_buffered(B, np.uint64(i), root, words, cat_bits)]
+                continue
+            depth = trees[t, 1]
+            steps = trees[t, 4]
+            for r in range(0, padded, GROUP_ROWS):
+                if nan_right:
+                    n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered(B, np.uint64(r), root, depth, steps, words,
+                                                                    cat_bits)
+                else:
+                    n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered_plain(B, np.uint64(r), root, depth, steps, words,
+                                                                          cat_bits)
+                tile_out[r, column] += leaf_value[n0]
+                tile_out[r + 1, column] += leaf_value[n1]
+                tile_out[r + 2, column] += leaf_value[n2]
+                tile_out[r + 3, column] += leaf_value[n3]
+                tile_out[r + 4, column] += leaf_value[n4]
+                tile_out[r + 5, column] += leaf_value[n5]
+                tile_out[r + 6, column] += leaf_value[n6]
+                tile_out[r + 7, column] += leaf_value[n7]
+        first = end
+    for i in range(rows):
+        row = start + i
+        for k in range(out.shape[1]):
+            out[row, k] = tile_out[i, k] / divisor if divisor != 0.0 else tile_out[i, k]
+        apply_link(out[row], link, param)
+
+
+@jit
+def predict_buffered_serial(X, columns, categorical, words, leaf_value, trees, cat_bits, divisor, link, param, out,
+                            nan_right):
+    """``predict_serial`` for a buffered layout (engine/models/packing.py BufferedLayout): words
+    are its records (flat int64), columns the feature each buffer column copies, categorical
+    whether it holds the feature's category; cat_bits its sets; nan_right False where no numeric
+    split sends NaN right (the step without the NaN test)."""
+    n = X.shape[0]
+    B = np.empty(max(columns.shape[0], 1) * TILE_ROWS, dtype=np.float64)
+    tile_out = np.empty((TILE_ROWS, out.shape[1]), dtype=np.float64)
+    for start in range(0, n, TILE_ROWS):
+        stop = min(start + TILE_ROWS, n)
+        _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
+                             divisor, link, param, out, nan_right)
+
+
+@parallel_jit
+def predict_buffered_parallel(X, columns, categorical, words, leaf_value, trees, cat_bits, divisor, link, param,
+                              out, nan_right):
+    """``predict_buffered_serial`` with row tiles spread over Numba's threads (a buffer per tile)."""
+    n = X.shape[0]
+    tiles = (n + TILE_ROWS - 1) // TILE_ROWS
+    for tile in numba.prange(tiles):
+        start = tile * TILE_ROWS
+        stop = min(start + TILE_ROWS, n)
+        B = np.empty(max(columns.shape[0], 1) * TILE_ROWS, dtype=np.float64)
+        tile_out = np.empty((TILE_ROWS, out.shape[1]), dtype=np.float64)
+        _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
+                             divisor, link, param, out, nan_right)

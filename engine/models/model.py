@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scoreline.engine.models import simd, simd_bins, simd_bins_run, simd_run, treecode
 from scoreline.engine.models.lightgbm import pandas_categories, read_lightgbm
-from scoreline.engine.models.packing import PackedEnsemble, pack
+from scoreline.engine.models.packing import PackedEnsemble, buffered_layout, pack
 from scoreline.engine.models.simd import SimdForest
 from scoreline.engine.models.simd_bins import BinnedForest
 from scoreline.engine.models.tiers import TierSet
@@ -112,6 +112,8 @@ class LightGBMModel:
         # the same 16-byte records, so one cache line holds four whole nodes.
         self._thresholds = packed.nodes.reshape(-1)
         self._words = packed.nodes.view(np.int64).reshape(-1)
+        # Models with categorical splits walk a per-tile buffer of the columns the trees read.
+        self._buffered = buffered_layout(packed)
         self._treecode_spec = treecode_spec
         self._simd = simd_forest if simd_forest is None else _writable(simd_forest)
         self._bins = binned_forest if binned_forest is None else _writable(binned_forest)
@@ -263,6 +265,11 @@ class LightGBMModel:
             kernel = kernels.predict_linear_parallel if parallel else kernels.predict_linear_serial
             kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, p.linear, p.linear_const,
                    p.linear_feature, p.linear_coeff, divisor, link, p.link_param, matrix)
+        elif self._buffered is not None:
+            b = self._buffered
+            kernel = kernels.predict_buffered_parallel if parallel else kernels.predict_buffered_serial
+            kernel(X, b.columns, b.categorical, b.words, p.leaf_value, p.trees, b.cat_bits, divisor, link,
+                   p.link_param, matrix, b.nan_right)
         else:
             kernel = kernels.predict_parallel if parallel else kernels.predict_serial
             kernel(X, self._thresholds, self._words, p.leaf_value, p.trees, p.cat_bits, divisor, link,

@@ -12,6 +12,7 @@ from scoreline.kernels.trees import (
     CATEGORICAL,
     CHILD_MASK,
     DEFAULT_RIGHT,
+    FEATURE_MASK,
     FEATURE_SHIFT,
     MAX_FEATURES,
     NAN_RIGHT,
@@ -26,7 +27,7 @@ from scoreline.kernels.trees import (
 
 from scoreline.errors import ModelFormatError
 
-__all__ = ["PackedEnsemble", "link_for", "pack"]
+__all__ = ["BufferedLayout", "PackedEnsemble", "buffered_layout", "link_for", "pack"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,3 +245,63 @@ def _fill_splits(tree, node_slot, leaf_slot, nodes, meta, cat_base) -> None:
             meta[node_slot[node], 1] |= WIDE_SET
             meta[node_slot[node], 0] = ((cat_base + low) << 32) | (high - low)
 
+
+
+@dataclass(frozen=True, eq=False)
+class BufferedLayout:
+    """The node records as kernels/trees.py's buffered walk reads them (predict_buffered_*).
+
+    words: int64 (2N,), the packed records flattened, with each split's feature replaced by its
+    buffer column and each categorical split's column 0 the location (start << 32 | words) of its
+    set in cat_bits, WIDE_SET flagged. cat_bits: uint32, word 0 zero, then every categorical
+    split's set followed by a zero word. columns: int64, the feature each buffer column copies;
+    categorical: bool, whether the column holds that feature's category (rules.category_index)
+    rather than its value. A feature that numeric and categorical splits both read gets both.
+    nan_right: whether some numeric split sends NaN right (else the walk takes the step without
+    the NaN test: 1.2x faster on the real-flights and real-grants benchmark models).
+    """
+
+    words: np.ndarray
+    cat_bits: np.ndarray
+    columns: np.ndarray
+    categorical: np.ndarray
+    nan_right: bool
+
+
+def buffered_layout(packed: PackedEnsemble) -> BufferedLayout | None:
+    """The buffered walk's layout for a model with categorical splits, else None (the plain walk
+    is faster without them: see kernels/trees.py) or for linear trees (their leaves read X)."""
+    records = packed.nodes.view(np.int64).copy()
+    meta = records[:, 1]
+    leaf = (meta & CHILD_MASK) == np.arange(meta.size)
+    categorical = ((meta & CATEGORICAL) != 0) & ~leaf
+    if packed.is_linear or not categorical.any():
+        return None
+    feature = (meta >> FEATURE_SHIFT) & FEATURE_MASK
+    keys = np.unique((feature * 2 + categorical)[~leaf])
+    if keys.size > FEATURE_MASK:
+        return None
+    column = np.searchsorted(keys, feature * 2 + categorical)
+    column[leaf] = 0
+    words = [np.zeros(1, np.uint32)]
+    used = 1
+    for node in np.flatnonzero(categorical):
+        location = int(records[node, 0])
+        if meta[node] & WIDE_SET:
+            start, count = location >> 32, location & CHILD_MASK
+            bits = packed.cat_bits[start:start + count]
+        else:  # the set of categories 0..63 held in the record
+            low = location & ((1 << 64) - 1)
+            bits = np.array([low & 0xFFFFFFFF, low >> 32], dtype=np.uint32)
+        words.append(bits.astype(np.uint32))
+        words.append(np.zeros(1, np.uint32))
+        records[node, 0] = (used << 32) | bits.size
+        used += bits.size + 1
+    meta[:] = (meta & ~(FEATURE_MASK << FEATURE_SHIFT)) | (column << FEATURE_SHIFT) | np.where(categorical, WIDE_SET, 0)
+    return BufferedLayout(
+        words=records.reshape(-1),
+        cat_bits=np.concatenate(words),
+        columns=(keys // 2).astype(np.int64),
+        categorical=(keys % 2).astype(np.bool_),
+        nan_right=bool(((meta & NAN_RIGHT) != 0).any()),
+    )
