@@ -31,8 +31,8 @@ __all__ = ["PEERS", "OURS", "ENGINES", "ADAPTERS", "Unavailable", "Context", "En
 # Scoreline first, then the peers in the order the tables show them.
 PEERS = ("lightgbm", "lleaves", "treelite", "onnxruntime")
 # Scoreline: "scoreline" is the default path (load_lightgbm(path): the tier chosen per batch size
-# by measurement at load); the others pin one tier each (compile="generic", "simd", "model").
-OURS = ("scoreline", "scoreline-generic", "scoreline-simd", "scoreline-model")
+# by measurement at load); the others pin one tier each (compile="generic", "simd", "bins", "model").
+OURS = ("scoreline", "scoreline-generic", "scoreline-simd", "scoreline-bins", "scoreline-model")
 ENGINES = OURS + PEERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,6 +167,13 @@ class ScorelineSimdEngine(ScorelineEngine):
 
     name = "scoreline-simd"
     compile = "simd"
+
+
+class ScorelineBinsEngine(ScorelineEngine):
+    """Scoreline's SIMD tier on 16-bit bins pinned (compile="bins"; categorical models use the walk)."""
+
+    name = "scoreline-bins"
+    compile = "bins"
 
 
 class ScorelineModelEngine(ScorelineEngine):
@@ -456,6 +463,7 @@ ADAPTERS = {
     "scoreline": ScorelineEngine,
     "scoreline-generic": ScorelineGenericEngine,
     "scoreline-simd": ScorelineSimdEngine,
+    "scoreline-bins": ScorelineBinsEngine,
     "scoreline-model": ScorelineModelEngine,
     "lightgbm": LightGBMEngine,
     "lleaves": LleavesEngine,
