@@ -151,14 +151,31 @@ def _run_model(cfg, log, spec, engines, result) -> None:
             log(f"kernels: {model.name}: {n} rows, {threads} thread(s)")
             # A 1M-row call takes seconds to minutes per engine: three rounds are enough there.
             rounds = min(cfg.rounds, 3) if n >= 1_000_000 else cfg.rounds
-            samples = _interleave(cfg, timed, lambda e: e.time_bulk(Xn, path, threads, 1), rounds)
+            repeats = {name: _bulk_repeats(cfg, engine, Xn, path, threads) for name, engine in timed.items()}
+            samples = _interleave(cfg, timed, lambda e: e.time_bulk(Xn, path, threads, repeats[e.name]), rounds)
             for name, per_round in samples.items():
-                secs = np.array([r[0] for r in per_round])
+                secs = np.array([np.median(r) for r in per_round])
                 result["throughput"].append({
                     "model": model.name, "engine": name, "rows": n, "threads": threads,
                     "rows_per_s": float(n / np.median(secs)),
                     "round_rows_per_s": [float(n / s) for s in secs],
                 })
+
+
+# Calls of all n rows per engine and round, the round's figure being their median: a call of a
+# few milliseconds (10k rows on two threads) is at the mercy of one descheduled thread on this
+# 2-core machine (single calls of the default path read 1.7-5.6M rows/s within one run), so calls
+# shorter than BULK_ROUND_S / 7 are repeated up to 7 times per round; long ones run once.
+BULK_ROUND_S = 0.1
+BULK_MAX_REPEATS = 7
+
+
+def _bulk_repeats(cfg, engine, X, path, threads) -> int:
+    """How many calls of X fit BULK_ROUND_S for this engine (from one untimed call), 1..7."""
+    if not cfg.timing:
+        return 1
+    took = float(engine.time_bulk(X, path, threads, 1)[0])
+    return int(max(1, min(BULK_MAX_REPEATS, BULK_ROUND_S // max(took, 1e-9))))
 
 
 # Pause before each engine's measurement when timing: the peers' thread pools (OpenMP in LightGBM
