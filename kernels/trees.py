@@ -850,13 +850,75 @@ def _leaf_buffered(B, r, root, words, cat_bits):
 
 
 @jit
+def _walk_trees_buffered(B, r, t, trees, words, cat_bits, leaf_value, tile_out, nan_right):
+    """Buffer row ``r`` through trees t..t+7 in lockstep (``_walk_trees`` on the buffer), to the
+    deepest of their depths (a leaf's record steps to itself), adding their leaves in tree order."""
+    depth = trees[t, 1]
+    for i in range(t + 1, t + GROUP_ROWS):
+        depth = max(depth, trees[i, 1])
+    n0, n1 = np.uint64(trees[t, 0]), np.uint64(trees[t + 1, 0])
+    n2, n3 = np.uint64(trees[t + 2, 0]), np.uint64(trees[t + 3, 0])
+    n4, n5 = np.uint64(trees[t + 4, 0]), np.uint64(trees[t + 5, 0])
+    n6, n7 = np.uint64(trees[t + 6, 0]), np.uint64(trees[t + 7, 0])
+    if nan_right:
+        for _ in range(depth):
+            n0 = _step_buffered(B, r, n0, words, cat_bits)
+            n1 = _step_buffered(B, r, n1, words, cat_bits)
+            n2 = _step_buffered(B, r, n2, words, cat_bits)
+            n3 = _step_buffered(B, r, n3, words, cat_bits)
+            n4 = _step_buffered(B, r, n4, words, cat_bits)
+            n5 = _step_buffered(B, r, n5, words, cat_bits)
+            n6 = _step_buffered(B, r, n6, words, cat_bits)
+            n7 = _step_buffered(B, r, n7, words, cat_bits)
+    else:
+        for _ in range(depth):
+            n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
+            n1 = _step_buffered_plain(B, r, n1, words, cat_bits)
+            n2 = _step_buffered_plain(B, r, n2, words, cat_bits)
+            n3 = _step_buffered_plain(B, r, n3, words, cat_bits)
+            n4 = _step_buffered_plain(B, r, n4, words, cat_bits)
+            n5 = _step_buffered_plain(B, r, n5, words, cat_bits)
+            n6 = _step_buffered_plain(B, r, n6, words, cat_bits)
+            n7 = _step_buffered_plain(B, r, n7, words, cat_bits)
+    i = np.int64(r)
+    tile_out[i, trees[t, 2]] += leaf_value[n0]
+    tile_out[i, trees[t + 1, 2]] += leaf_value[n1]
+    tile_out[i, trees[t + 2, 2]] += leaf_value[n2]
+    tile_out[i, trees[t + 3, 2]] += leaf_value[n3]
+    tile_out[i, trees[t + 4, 2]] += leaf_value[n4]
+    tile_out[i, trees[t + 5, 2]] += leaf_value[n5]
+    tile_out[i, trees[t + 6, 2]] += leaf_value[n6]
+    tile_out[i, trees[t + 7, 2]] += leaf_value[n7]
+
+
+@jit
+def _score_row_buffered(B, r, words, leaf_value, trees, cat_bits, tile_out, nan_right):
+    """Buffer row ``r`` over every tree in file order, eight trees at a time where their splits
+    allow (``_score_row`` on the buffer)."""
+    num_trees = trees.shape[0]
+    t = 0
+    while t < num_trees:
+        if t + GROUP_ROWS <= num_trees:
+            general = False
+            for i in range(t, t + GROUP_ROWS):
+                general = general or trees[i, 3] == TREE_GENERAL
+            if not general:
+                _walk_trees_buffered(B, r, t, trees, words, cat_bits, leaf_value, tile_out, nan_right)
+                t += GROUP_ROWS
+                continue
+        tile_out[np.int64(r), trees[t, 2]] += leaf_value[_leaf_buffered(B, r, trees[t, 0], words, cat_bits)]
+        t += 1
+
+
+@jit
 def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
                          divisor, link, param, out, nan_right):
     """Rows start..stop-1 (at most TILE_ROWS) through every tree from the buffer B, then into
     out transformed; per row the trees are added in file order (LightGBM's summation order).
-    The buffer's rows past the tile's are zeros up to a whole group of eight, walked and dropped."""
+    Whole groups of eight rows walk each tree together; the rows left over (a single row, the end
+    of a batch) walk eight trees at a time instead."""
     rows = stop - start
-    padded = (rows + GROUP_ROWS - 1) // GROUP_ROWS * GROUP_ROWS
+    padded = rows // GROUP_ROWS * GROUP_ROWS
     for j in range(columns.shape[0]):
         base = j * TILE_ROWS
         feature = columns[j]
@@ -866,20 +928,18 @@ def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value
         else:
             for i in range(rows):
                 B[base + i] = X[start + i, feature]
-        for i in range(rows, padded):
-            B[base + i] = 0.0
-    for i in range(padded):
+    for i in range(rows):
         for k in range(tile_out.shape[1]):
             tile_out[i, k] = 0.0
     num_trees = trees.shape[0]
     first = 0
-    while first < num_trees:
+    while first < num_trees and padded > 0:
         end = _tree_block_end(trees, first)
         for t in range(first, end):
             root = trees[t, 0]
             column = trees[t, 2]
             if trees[t, 3] == TREE_GENERAL:
-                for i in range(rows):
+                for i in range(padded):
                     tile_out[i, column] += leaf_value[_leaf_buffered(B, np.uint64(i), root, words, cat_bits)]
                 continue
             depth = trees[t, 1]
@@ -900,6 +960,8 @@ def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value
                 tile_out[r + 6, column] += leaf_value[n6]
                 tile_out[r + 7, column] += leaf_value[n7]
         first = end
+    for i in range(padded, rows):
+        _score_row_buffered(B, np.uint64(i), words, leaf_value, trees, cat_bits, tile_out, nan_right)
     for i in range(rows):
         row = start + i
         for k in range(out.shape[1]):
