@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                    help="comma-separated kernel model names (default: the run's set; see benchmarks/suite/models.py)")
     p.add_argument("--engines", type=_names, default=None, metavar="NAMES",
                    help="comma-separated engines: scoreline (the default path: the tier chosen at load), "
-                        "scoreline-generic, scoreline-simd, scoreline-model (pinned tiers), lightgbm, lleaves, "
+                        "scoreline-generic, scoreline-simd, scoreline-bins, scoreline-model (pinned tiers), lightgbm, lleaves, "
                         "treelite, onnxruntime (default: all)")
     p.add_argument("--compile-leaf-limit", type=int, default=None, metavar="LEAVES",
                    help="compile a peer (lleaves, TL2cgen) not yet cached only for models with at most this many "
