@@ -172,7 +172,7 @@ BULK_MAX_REPEATS = 7
 
 def _bulk_repeats(cfg, engine, X, path, threads) -> int:
     """How many calls of X fit BULK_ROUND_S for this engine (from one untimed call), 1..7."""
-    if not cfg.timing:
+    if not cfg.timing or X.shape[0] >= 1_000_000:  # a call of a million rows is long: once
         return 1
     took = float(engine.time_bulk(X, path, threads, 1)[0])
     return int(max(1, min(BULK_MAX_REPEATS, BULK_ROUND_S // max(took, 1e-9))))
