@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic, register_jitable
+from numba.extending import register_jitable
 
 from scoreline.kernels.links import apply_link
 from scoreline.kernels.policy import jit, parallel_jit
@@ -714,23 +712,12 @@ def leaf_indices(X, thresholds, words, leaf_index, trees, cat_bits, out):
 # models without categorical splits this step is 2-3x slower than ``step``, so they keep it.
 
 
-@intrinsic
-def _as_float(typingctx, bits):
-    """The float64 whose bits are the uint64 ``bits`` (a node's threshold read with its word)."""
-    sig = types.float64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return sig, codegen
-
-
 _ROWS = np.uint64(TILE_ROWS)
 _MASK = np.uint64(CHILD_MASK)
 
 
 @jit
-def _step_buffered(B, r, node, words, cat_bits):
+def _step_buffered(B, r, node, words, thresholds, cat_bits):
     """One split of any kind but zero-as-missing, branch-free, for buffer row ``r``: the numeric
     test (x > t, NaN right where flagged) and the category test (x is the category), keeping the
     side the node's flag names. Column 0 of the record is read once, as the threshold's bits or
@@ -738,7 +725,7 @@ def _step_buffered(B, r, node, words, cat_bits):
     word = np.uint64(words[node * _U2 + _U1])
     location = np.uint64(words[node * _U2])
     x = B[((word >> np.uint64(FEATURE_SHIFT)) & np.uint64(FEATURE_MASK)) * _ROWS + r]
-    numeric_side = np.uint64(x > _as_float(location)) | (np.uint64(x != x) & ((word >> np.uint64(NAN_SHIFT)) & _U1))
+    numeric_side = np.uint64(x > thresholds[node * _U2]) | (np.uint64(x != x) & ((word >> np.uint64(NAN_SHIFT)) & _U1))
     categorical = (word & np.uint64(CATEGORICAL)) != 0
     # A categorical node's x is a whole number in -1..2^31-1 (the buffer's category column);
     # -1 wraps to the largest slot, which reads the set's trailing zero word: right. On a
@@ -752,39 +739,39 @@ def _step_buffered(B, r, node, words, cat_bits):
 
 
 @jit
-def _walk_buffered(B, r, root, depth, steps, words, cat_bits):
+def _walk_buffered(B, r, root, depth, steps, words, thresholds, cat_bits):
     """Buffer rows r..r+7 through one tree in lockstep (``_walk_group_short``'s two legs:
     ``steps`` levels, then on to ``depth`` only if some row is not on a leaf); their leaves."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
     for _ in range(steps):
-        n0 = _step_buffered(B, r, n0, words, cat_bits)
-        n1 = _step_buffered(B, r + _U1, n1, words, cat_bits)
-        n2 = _step_buffered(B, r + np.uint64(2), n2, words, cat_bits)
-        n3 = _step_buffered(B, r + np.uint64(3), n3, words, cat_bits)
-        n4 = _step_buffered(B, r + np.uint64(4), n4, words, cat_bits)
-        n5 = _step_buffered(B, r + np.uint64(5), n5, words, cat_bits)
-        n6 = _step_buffered(B, r + np.uint64(6), n6, words, cat_bits)
-        n7 = _step_buffered(B, r + np.uint64(7), n7, words, cat_bits)
+        n0 = _step_buffered(B, r, n0, words, thresholds, cat_bits)
+        n1 = _step_buffered(B, r + _U1, n1, words, thresholds, cat_bits)
+        n2 = _step_buffered(B, r + np.uint64(2), n2, words, thresholds, cat_bits)
+        n3 = _step_buffered(B, r + np.uint64(3), n3, words, thresholds, cat_bits)
+        n4 = _step_buffered(B, r + np.uint64(4), n4, words, thresholds, cat_bits)
+        n5 = _step_buffered(B, r + np.uint64(5), n5, words, thresholds, cat_bits)
+        n6 = _step_buffered(B, r + np.uint64(6), n6, words, thresholds, cat_bits)
+        n7 = _step_buffered(B, r + np.uint64(7), n7, words, thresholds, cat_bits)
     if steps < depth and _unfinished(words, n0, n1, n2, n3, n4, n5, n6, n7):
         for _ in range(depth - steps):
-            n0 = _step_buffered(B, r, n0, words, cat_bits)
-            n1 = _step_buffered(B, r + _U1, n1, words, cat_bits)
-            n2 = _step_buffered(B, r + np.uint64(2), n2, words, cat_bits)
-            n3 = _step_buffered(B, r + np.uint64(3), n3, words, cat_bits)
-            n4 = _step_buffered(B, r + np.uint64(4), n4, words, cat_bits)
-            n5 = _step_buffered(B, r + np.uint64(5), n5, words, cat_bits)
-            n6 = _step_buffered(B, r + np.uint64(6), n6, words, cat_bits)
-            n7 = _step_buffered(B, r + np.uint64(7), n7, words, cat_bits)
+            n0 = _step_buffered(B, r, n0, words, thresholds, cat_bits)
+            n1 = _step_buffered(B, r + _U1, n1, words, thresholds, cat_bits)
+            n2 = _step_buffered(B, r + np.uint64(2), n2, words, thresholds, cat_bits)
+            n3 = _step_buffered(B, r + np.uint64(3), n3, words, thresholds, cat_bits)
+            n4 = _step_buffered(B, r + np.uint64(4), n4, words, thresholds, cat_bits)
+            n5 = _step_buffered(B, r + np.uint64(5), n5, words, thresholds, cat_bits)
+            n6 = _step_buffered(B, r + np.uint64(6), n6, words, thresholds, cat_bits)
+            n7 = _step_buffered(B, r + np.uint64(7), n7, words, thresholds, cat_bits)
     return n0, n1, n2, n3, n4, n5, n6, n7
 
 
 @jit
-def _step_buffered_plain(B, r, node, words, cat_bits):
+def _step_buffered_plain(B, r, node, words, thresholds, cat_bits):
     """``_step_buffered`` for models where no numeric split sends NaN right (x > t alone decides)."""
     word = np.uint64(words[node * _U2 + _U1])
     location = np.uint64(words[node * _U2])
     x = B[((word >> np.uint64(FEATURE_SHIFT)) & np.uint64(FEATURE_MASK)) * _ROWS + r]
-    numeric_side = np.uint64(x > _as_float(location))
+    numeric_side = np.uint64(x > thresholds[node * _U2])
     categorical = (word & np.uint64(CATEGORICAL)) != 0
     category = np.uint64(np.int64(x))
     slot = min(category >> np.uint64(5), location & _MASK)
@@ -795,33 +782,33 @@ def _step_buffered_plain(B, r, node, words, cat_bits):
 
 
 @jit
-def _walk_buffered_plain(B, r, root, depth, steps, words, cat_bits):
+def _walk_buffered_plain(B, r, root, depth, steps, words, thresholds, cat_bits):
     """``_walk_buffered`` with ``_step_buffered_plain``."""
     n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.uint64(root)
     for _ in range(steps):
-        n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
-        n1 = _step_buffered_plain(B, r + _U1, n1, words, cat_bits)
-        n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, cat_bits)
-        n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, cat_bits)
-        n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, cat_bits)
-        n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, cat_bits)
-        n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, cat_bits)
-        n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, cat_bits)
+        n0 = _step_buffered_plain(B, r, n0, words, thresholds, cat_bits)
+        n1 = _step_buffered_plain(B, r + _U1, n1, words, thresholds, cat_bits)
+        n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, thresholds, cat_bits)
+        n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, thresholds, cat_bits)
+        n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, thresholds, cat_bits)
+        n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, thresholds, cat_bits)
+        n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, thresholds, cat_bits)
+        n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, thresholds, cat_bits)
     if steps < depth and _unfinished(words, n0, n1, n2, n3, n4, n5, n6, n7):
         for _ in range(depth - steps):
-            n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
-            n1 = _step_buffered_plain(B, r + _U1, n1, words, cat_bits)
-            n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, cat_bits)
-            n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, cat_bits)
-            n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, cat_bits)
-            n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, cat_bits)
-            n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, cat_bits)
-            n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, cat_bits)
+            n0 = _step_buffered_plain(B, r, n0, words, thresholds, cat_bits)
+            n1 = _step_buffered_plain(B, r + _U1, n1, words, thresholds, cat_bits)
+            n2 = _step_buffered_plain(B, r + np.uint64(2), n2, words, thresholds, cat_bits)
+            n3 = _step_buffered_plain(B, r + np.uint64(3), n3, words, thresholds, cat_bits)
+            n4 = _step_buffered_plain(B, r + np.uint64(4), n4, words, thresholds, cat_bits)
+            n5 = _step_buffered_plain(B, r + np.uint64(5), n5, words, thresholds, cat_bits)
+            n6 = _step_buffered_plain(B, r + np.uint64(6), n6, words, thresholds, cat_bits)
+            n7 = _step_buffered_plain(B, r + np.uint64(7), n7, words, thresholds, cat_bits)
     return n0, n1, n2, n3, n4, n5, n6, n7
 
 
 @jit
-def _leaf_buffered(B, r, root, words, cat_bits):
+def _leaf_buffered(B, r, root, words, thresholds, cat_bits):
     """``_leaf_record`` on the buffer (trees with zero-as-missing band tests): record index of
     the leaf that buffer row ``r`` reaches."""
     node = np.uint64(root)
@@ -838,7 +825,7 @@ def _leaf_buffered(B, r, root, words, cat_bits):
                     bit = (cat_bits[(location >> np.uint64(32)) + slot] >> np.uint32(category & np.uint64(31))) & 1
                     side = _U1 - np.uint64(bit)
         else:
-            side = np.uint64(x > _as_float(location))
+            side = np.uint64(x > thresholds[node * _U2])
             if x != x:
                 side = (word >> np.uint64(NAN_SHIFT)) & _U1
             if (word & np.uint64(ZERO_MISSING)) and (x != x or in_zero_band(x)):
@@ -850,7 +837,7 @@ def _leaf_buffered(B, r, root, words, cat_bits):
 
 
 @jit
-def _walk_trees_buffered(B, r, t, trees, words, cat_bits, leaf_value, tile_out, nan_right):
+def _walk_trees_buffered(B, r, t, trees, words, thresholds, cat_bits, leaf_value, tile_out, nan_right):
     """Buffer row ``r`` through trees t..t+7 in lockstep (``_walk_trees`` on the buffer), to the
     deepest of their depths (a leaf's record steps to itself), adding their leaves in tree order."""
     depth = trees[t, 1]
@@ -862,24 +849,24 @@ def _walk_trees_buffered(B, r, t, trees, words, cat_bits, leaf_value, tile_out, 
     n6, n7 = np.uint64(trees[t + 6, 0]), np.uint64(trees[t + 7, 0])
     if nan_right:
         for _ in range(depth):
-            n0 = _step_buffered(B, r, n0, words, cat_bits)
-            n1 = _step_buffered(B, r, n1, words, cat_bits)
-            n2 = _step_buffered(B, r, n2, words, cat_bits)
-            n3 = _step_buffered(B, r, n3, words, cat_bits)
-            n4 = _step_buffered(B, r, n4, words, cat_bits)
-            n5 = _step_buffered(B, r, n5, words, cat_bits)
-            n6 = _step_buffered(B, r, n6, words, cat_bits)
-            n7 = _step_buffered(B, r, n7, words, cat_bits)
+            n0 = _step_buffered(B, r, n0, words, thresholds, cat_bits)
+            n1 = _step_buffered(B, r, n1, words, thresholds, cat_bits)
+            n2 = _step_buffered(B, r, n2, words, thresholds, cat_bits)
+            n3 = _step_buffered(B, r, n3, words, thresholds, cat_bits)
+            n4 = _step_buffered(B, r, n4, words, thresholds, cat_bits)
+            n5 = _step_buffered(B, r, n5, words, thresholds, cat_bits)
+            n6 = _step_buffered(B, r, n6, words, thresholds, cat_bits)
+            n7 = _step_buffered(B, r, n7, words, thresholds, cat_bits)
     else:
         for _ in range(depth):
-            n0 = _step_buffered_plain(B, r, n0, words, cat_bits)
-            n1 = _step_buffered_plain(B, r, n1, words, cat_bits)
-            n2 = _step_buffered_plain(B, r, n2, words, cat_bits)
-            n3 = _step_buffered_plain(B, r, n3, words, cat_bits)
-            n4 = _step_buffered_plain(B, r, n4, words, cat_bits)
-            n5 = _step_buffered_plain(B, r, n5, words, cat_bits)
-            n6 = _step_buffered_plain(B, r, n6, words, cat_bits)
-            n7 = _step_buffered_plain(B, r, n7, words, cat_bits)
+            n0 = _step_buffered_plain(B, r, n0, words, thresholds, cat_bits)
+            n1 = _step_buffered_plain(B, r, n1, words, thresholds, cat_bits)
+            n2 = _step_buffered_plain(B, r, n2, words, thresholds, cat_bits)
+            n3 = _step_buffered_plain(B, r, n3, words, thresholds, cat_bits)
+            n4 = _step_buffered_plain(B, r, n4, words, thresholds, cat_bits)
+            n5 = _step_buffered_plain(B, r, n5, words, thresholds, cat_bits)
+            n6 = _step_buffered_plain(B, r, n6, words, thresholds, cat_bits)
+            n7 = _step_buffered_plain(B, r, n7, words, thresholds, cat_bits)
     i = np.int64(r)
     tile_out[i, trees[t, 2]] += leaf_value[n0]
     tile_out[i, trees[t + 1, 2]] += leaf_value[n1]
@@ -892,7 +879,7 @@ def _walk_trees_buffered(B, r, t, trees, words, cat_bits, leaf_value, tile_out, 
 
 
 @jit
-def _score_row_buffered(B, r, words, leaf_value, trees, cat_bits, tile_out, nan_right):
+def _score_row_buffered(B, r, words, thresholds, leaf_value, trees, cat_bits, tile_out, nan_right):
     """Buffer row ``r`` over every tree in file order, eight trees at a time where their splits
     allow (``_score_row`` on the buffer)."""
     num_trees = trees.shape[0]
@@ -903,15 +890,16 @@ def _score_row_buffered(B, r, words, leaf_value, trees, cat_bits, tile_out, nan_
             for i in range(t, t + GROUP_ROWS):
                 general = general or trees[i, 3] == TREE_GENERAL
             if not general:
-                _walk_trees_buffered(B, r, t, trees, words, cat_bits, leaf_value, tile_out, nan_right)
+                _walk_trees_buffered(B, r, t, trees, words, thresholds, cat_bits, leaf_value, tile_out, nan_right)
                 t += GROUP_ROWS
                 continue
-        tile_out[np.int64(r), trees[t, 2]] += leaf_value[_leaf_buffered(B, r, trees[t, 0], words, cat_bits)]
+        tile_out[np.int64(r), trees[t, 2]] += leaf_value[_leaf_buffered(B, r, trees[t, 0], words, thresholds, cat_bits)]
         t += 1
 
 
 @jit
-def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
+def _score_tile_buffered(X, start, stop, columns, categorical, words, thresholds, leaf_value, trees, cat_bits, B,
+                         tile_out,
                          divisor, link, param, out, nan_right):
     """Rows start..stop-1 (at most TILE_ROWS) through every tree from the buffer B, then into
     out transformed; per row the trees are added in file order (LightGBM's summation order).
@@ -940,17 +928,18 @@ def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value
             column = trees[t, 2]
             if trees[t, 3] == TREE_GENERAL:
                 for i in range(padded):
-                    tile_out[i, column] += leaf_value[_leaf_buffered(B, np.uint64(i), root, words, cat_bits)]
+                    leaf = _leaf_buffered(B, np.uint64(i), root, words, thresholds, cat_bits)
+                    tile_out[i, column] += leaf_value[leaf]
                 continue
             depth = trees[t, 1]
             steps = trees[t, 4]
             for r in range(0, padded, GROUP_ROWS):
                 if nan_right:
                     n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered(B, np.uint64(r), root, depth, steps, words,
-                                                                    cat_bits)
+                                                                    thresholds, cat_bits)
                 else:
-                    n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered_plain(B, np.uint64(r), root, depth, steps, words,
-                                                                          cat_bits)
+                    n0, n1, n2, n3, n4, n5, n6, n7 = _walk_buffered_plain(B, np.uint64(r), root, depth, steps,
+                                                                          words, thresholds, cat_bits)
                 tile_out[r, column] += leaf_value[n0]
                 tile_out[r + 1, column] += leaf_value[n1]
                 tile_out[r + 2, column] += leaf_value[n2]
@@ -961,7 +950,7 @@ def _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value
                 tile_out[r + 7, column] += leaf_value[n7]
         first = end
     for i in range(padded, rows):
-        _score_row_buffered(B, np.uint64(i), words, leaf_value, trees, cat_bits, tile_out, nan_right)
+        _score_row_buffered(B, np.uint64(i), words, thresholds, leaf_value, trees, cat_bits, tile_out, nan_right)
     for i in range(rows):
         row = start + i
         for k in range(out.shape[1]):
@@ -977,11 +966,13 @@ def predict_buffered_serial(X, columns, categorical, words, leaf_value, trees, c
     whether it holds the feature's category; cat_bits its sets; nan_right False where no numeric
     split sends NaN right (the step without the NaN test)."""
     n = X.shape[0]
+    thresholds = words.view(np.float64)  # a node's threshold: the bits of its record's first word
     B = np.empty(max(columns.shape[0], 1) * TILE_ROWS, dtype=np.float64)
     tile_out = np.empty((TILE_ROWS, out.shape[1]), dtype=np.float64)
     for start in range(0, n, TILE_ROWS):
         stop = min(start + TILE_ROWS, n)
-        _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
+        _score_tile_buffered(X, start, stop, columns, categorical, words, thresholds, leaf_value, trees, cat_bits, B,
+                             tile_out,
                              divisor, link, param, out, nan_right)
 
 
@@ -990,11 +981,13 @@ def predict_buffered_parallel(X, columns, categorical, words, leaf_value, trees,
                               out, nan_right):
     """``predict_buffered_serial`` with row tiles spread over Numba's threads (a buffer per tile)."""
     n = X.shape[0]
+    thresholds = words.view(np.float64)
     tiles = (n + TILE_ROWS - 1) // TILE_ROWS
     for tile in numba.prange(tiles):
         start = tile * TILE_ROWS
         stop = min(start + TILE_ROWS, n)
         B = np.empty(max(columns.shape[0], 1) * TILE_ROWS, dtype=np.float64)
         tile_out = np.empty((TILE_ROWS, out.shape[1]), dtype=np.float64)
-        _score_tile_buffered(X, start, stop, columns, categorical, words, leaf_value, trees, cat_bits, B, tile_out,
+        _score_tile_buffered(X, start, stop, columns, categorical, words, thresholds, leaf_value, trees, cat_bits, B,
+                             tile_out,
                              divisor, link, param, out, nan_right)

@@ -74,6 +74,8 @@ __all__ = [
     "build_forest",
     "default_tile_bytes",
     "default_tiles",
+    "leaf_ranges",
+    "slot_kinds",
     "tile_bounds",
     "tiles_of_sizes",
     "unsupported_reason",
@@ -166,7 +168,7 @@ def _feature_words(ir: EnsembleIR) -> dict[int, int]:
     return widest
 
 
-def _slot_kinds(tree: TreeIR, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def slot_kinds(tree: TreeIR, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """How each split of a numeric tree reads its feature (NAN_LOW ...), and the threshold it
     compares with (``thresholds`` are the effective ones)."""
     decision = tree.decision_type
@@ -180,7 +182,7 @@ def _slot_kinds(tree: TreeIR, thresholds: np.ndarray) -> tuple[np.ndarray, np.nd
     return kinds, np.where(flag, 0.5, thresholds)
 
 
-def _leaf_ranges(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def leaf_ranges(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leaves numbered left to right: (order of LightGBM's leaf numbers, and per split node the
     range [low, high) of numbers its left subtree covers)."""
     internal = tree.num_leaves - 1
@@ -241,8 +243,8 @@ def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
             leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64))
             leaves_used += 1
             continue
-        order, low, high = _leaf_ranges(tree)
-        kinds, thresholds = _slot_kinds(tree, rules.effective_thresholds(tree.threshold))
+        order, low, high = leaf_ranges(tree)
+        kinds, thresholds = slot_kinds(tree, rules.effective_thresholds(tree.threshold))
         limits = np.zeros(kinds.size, dtype=np.int64)
         for node in np.flatnonzero(kinds == CATEGORY):
             n_category_words = widest[int(tree.split_feature[node])]

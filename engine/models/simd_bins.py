@@ -80,7 +80,7 @@ def unsupported_reason(ir: EnsembleIR) -> str | None:
 
 def _tree_slots(tree: TreeIR) -> tuple[np.ndarray, np.ndarray]:
     """How each split reads its feature (simd.NAN_LOW ...) and its effective threshold."""
-    return simd._slot_kinds(tree, rules.effective_thresholds(tree.threshold))
+    return simd.slot_kinds(tree, rules.effective_thresholds(tree.threshold))
 
 
 def _slot_thresholds(ir: EnsembleIR) -> dict[tuple[int, int], np.ndarray]:
@@ -116,7 +116,7 @@ def build_binned(ir: EnsembleIR, lanes: int, tile_bytes: int | None = None) -> B
             leaf_parts.append(np.asarray(tree.leaf_value, dtype=np.float64))
             leaves_used += 1
             continue
-        order, low, high = simd._leaf_ranges(tree)
+        order, low, high = simd.leaf_ranges(tree)
         kinds, values = _tree_slots(tree)
         slots = np.array([slot_of[(int(f), int(kind))] for f, kind in zip(tree.split_feature, kinds)], dtype=np.int64)
         bins = np.array([np.searchsorted(thresholds[(int(f), int(kind))], v)
