@@ -23,7 +23,7 @@ from scoreline.engine.models.codegen import DOUBLE, I32, I64, add_leaf_values, s
 from scoreline.engine.models.simd import BAND_FLAG, BAND_HIGH, BAND_LOW, NAN_FLAG, NAN_LOW
 from scoreline.engine.models.simd_bins import WORD
 from scoreline.engine.models.simd_run import LANES as SIMD_LANES
-from scoreline.engine.models.simd_run import TILE_BLOCKS, aligned, cpu_features, finish_rows
+from scoreline.engine.models.simd_run import aligned, cpu_features, finish_rows, group_blocks
 from scoreline.kernels.policy import jit, parallel_jit
 from scoreline.kernels.rules import in_zero_band
 
@@ -147,9 +147,6 @@ def binned_block(typingctx, acc, xq, nodes, segments, trees, leaves, first_tree,
     return sig, codegen
 
 
-# Slots with at most this many thresholds are binned by counting the thresholds below each value
-# (vector compares); larger ones by ``_search``.
-COUNT_BELOW = 0
 # Lanes one call of ``_search`` bins: four <8 x double> vectors of values and positions.
 _SEARCH = 64
 
@@ -222,10 +219,11 @@ def _search(typingctx, xq, at, values, bounds, first, count):
 
 
 @jit
-def _bin_block(X, start, count, slots, bounds, xq, values, counts):
+def _bin_block(X, start, count, slots, bounds, xq, values):
     """Rows start..start+count-1 (count <= LANES) into xq as bins, one LANES-wide row per slot.
 
-    A slot's values go to ``values``, then ``_search`` bins them 32 lanes at a time.
+    A slot's values go to ``values``, then ``_search`` bins them _SEARCH lanes at a time (counting the
+    thresholds below each value instead was slower at every threshold count measured: docs/treecode.md).
     """
     for s in range(slots.shape[0]):
         feature, kind, first, n = slots[s, 0], slots[s, 1], slots[s, 2], slots[s, 3]
@@ -244,38 +242,21 @@ def _bin_block(X, start, count, slots, bounds, xq, values, counts):
                 for j in range(count):
                     x = np.float64(X[start + j, feature])
                     values[j] = fill if np.isnan(x) else x
-        base = s * LANES
-        if n <= COUNT_BELOW:
-            # Few thresholds: count them, a vector compare and add per threshold and 8 lanes.
-            for j in range(LANES):
-                counts[j] = 0
-            for i in range(first, first + n):
-                t = bounds[i]
-                for j in range(LANES):
-                    counts[j] += values[j] > t
-            for j in range(count):
-                xq[base + j] = counts[j]
-        else:
-            for j in range(0, count, _SEARCH):
-                _search(xq, base + j, values[j:], bounds, first, n)
+        for j in range(0, count, _SEARCH):
+            _search(xq, s * LANES + j, values[j:], bounds, first, n)
 
 
 @jit
-def _group_blocks(tiles):
-    return 1 if tiles.shape[0] <= 2 else TILE_BLOCKS
-
-
-@jit
-def _score_rows(X, begin, end, slots, bounds, nodes, segments, trees, leaves, tiles, xq, acc, values, counts, divisor,
+def _score_rows(X, begin, end, slots, bounds, nodes, segments, trees, leaves, tiles, xq, acc, values, divisor,
                 link, param, out):
-    """Rows begin..end-1, at most ``_group_blocks`` blocks: bin each block into its own part of
+    """Rows begin..end-1, at most ``group_blocks`` blocks: bin each block into its own part of
     xq, run the forest tile by tile over every block (each block's sums in file order), finish."""
     size = max(slots.shape[0], 1) * LANES
     width = out.shape[1] * LANES
     blocks = (end - begin + LANES - 1) // LANES
     for b in range(blocks):
         start = begin + b * LANES
-        _bin_block(X, start, min(LANES, end - start), slots, bounds, xq[b * size:(b + 1) * size], values, counts)
+        _bin_block(X, start, min(LANES, end - start), slots, bounds, xq[b * size:(b + 1) * size], values)
     acc[:blocks * width] = 0.0
     for k in range(tiles.shape[0] - 1):
         for b in range(blocks):
@@ -290,7 +271,7 @@ def _score_rows(X, begin, end, slots, bounds, nodes, segments, trees, leaves, ti
 def _buffers(group, slots, columns):
     # float64 buffers viewed as int16: 64-byte aligned, zeros (rows past a partial block read 0).
     xq = aligned((group * max(slots.shape[0], 1) * LANES + 3) // 4).view(np.int16)
-    return xq, aligned(group * columns * LANES), aligned(LANES), np.zeros(LANES, dtype=np.int64)
+    return xq, aligned(group * columns * LANES), aligned(LANES)
 
 
 @jit
@@ -300,11 +281,11 @@ def predict_serial(X, slots, bounds, nodes, segments, trees, leaves, tiles, divi
     divisor: iterations of an average_output model (0.0 otherwise); link/param: kernels/links.py.
     """
     n = X.shape[0]
-    group = _group_blocks(tiles)
-    xq, acc, values, counts = _buffers(group, slots, out.shape[1])
+    group = group_blocks(tiles)
+    xq, acc, values = _buffers(group, slots, out.shape[1])
     for start in range(0, n, group * LANES):
         _score_rows(X, start, min(n, start + group * LANES), slots, bounds, nodes, segments, trees, leaves, tiles, xq,
-                    acc, values, counts, divisor, link, param, out)
+                    acc, values, divisor, link, param, out)
 
 
 @parallel_jit
@@ -312,10 +293,10 @@ def predict_parallel(X, slots, bounds, nodes, segments, trees, leaves, tiles, di
     """``predict_serial`` with tasks of TASK_ROWS rows spread over Numba's threads."""
     n = X.shape[0]
     rows = TASK_ROWS
-    group = _group_blocks(tiles)
+    group = group_blocks(tiles)
     for task in numba.prange((n + rows - 1) // rows):
-        xq, acc, values, counts = _buffers(group, slots, out.shape[1])
+        xq, acc, values = _buffers(group, slots, out.shape[1])
         stop = min(n, task * rows + rows)
         for start in range(task * rows, stop, group * LANES):
             _score_rows(X, start, min(stop, start + group * LANES), slots, bounds, nodes, segments, trees, leaves,
-                        tiles, xq, acc, values, counts, divisor, link, param, out)
+                        tiles, xq, acc, values, divisor, link, param, out)

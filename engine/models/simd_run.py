@@ -353,7 +353,7 @@ def finish_rows(acc, lanes, start, count, divisor, link, param, out):
 
 
 @jit
-def _group_blocks(tiles):
+def group_blocks(tiles):
     """Blocks scored together: one without tiles, TILE_BLOCKS with."""
     return 1 if tiles.shape[0] <= 2 else TILE_BLOCKS
 
@@ -361,7 +361,7 @@ def _group_blocks(tiles):
 @jit
 def _score_rows(X, begin, end, slots, nodes, segments, trees, leaves, words, tiles, xs, acc, divisor, link, param,
                 out):
-    """Rows begin..end-1, at most ``_group_blocks`` blocks: transpose each block into its own
+    """Rows begin..end-1, at most ``group_blocks`` blocks: transpose each block into its own
     part of xs, run the forest tile by tile over every block, finish the rows.
 
     A block adds its trees into its own part of acc in file order across tiles (a tile is a
@@ -390,7 +390,7 @@ def predict_serial(X, slots, nodes, segments, trees, leaves, words, tiles, divis
     divisor: iterations of an average_output model (0.0 otherwise); link/param: kernels/links.py.
     """
     n = X.shape[0]
-    group = _group_blocks(tiles)
+    group = group_blocks(tiles)
     xs = aligned(group * max(slots.shape[0], 1) * LANES)
     acc = aligned(group * out.shape[1] * LANES)
     for start in range(0, n, group * LANES):
@@ -403,7 +403,7 @@ def predict_parallel(X, slots, nodes, segments, trees, leaves, words, tiles, div
     """``predict_serial`` with tasks of BLOCKS_PER_TASK blocks spread over Numba's threads."""
     n = X.shape[0]
     rows = BLOCKS_PER_TASK * LANES
-    group = _group_blocks(tiles)
+    group = group_blocks(tiles)
     for task in numba.prange((n + rows - 1) // rows):
         xs = aligned(group * max(slots.shape[0], 1) * LANES)
         acc = aligned(group * out.shape[1] * LANES)

@@ -13,7 +13,7 @@ import pickle
 
 import numpy as np
 import pytest
-from scoreline.engine.models import simd_bins, simd_bins_run
+from scoreline.engine.models import simd_bins, simd_bins_run, simd_run
 from scoreline.engine.models.lightgbm import read_lightgbm
 from scoreline.engine.models.simd_bins import WORD, build_binned, unsupported_reason
 
@@ -86,7 +86,7 @@ def test_tiles_give_the_same_bits():
     booster = lgb.Booster(model_str=text)
     whole = build_binned(ir, simd_bins_run.LANES, tile_bytes=0)
     assert whole.tiles.tolist() == [0, len(ir.trees)]
-    block = simd_bins_run.LANES * simd_bins_run.TILE_BLOCKS
+    block = simd_bins_run.LANES * simd_run.TILE_BLOCKS  # the blocks group_blocks scores together
     X = np.tile(shaped_rows(max(MIXED), seed=8), (6, 1))
     for tile_bytes in (4_000, 1):
         forest = build_binned(ir, simd_bins_run.LANES, tile_bytes=tile_bytes)
