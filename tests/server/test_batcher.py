@@ -252,6 +252,7 @@ def test_rows_waiting_when_a_bigger_batch_ends_are_regrouped_with_its_returning_
 def test_answered_submissions_are_not_kept_until_their_deadline(executor):
     # A batcher at 10k requests a second must not hold each answer for its whole deadline
     # (5 s by default): the results would pile up by the ten thousand (and slow every GC pass).
+    import gc
     import weakref
 
     class Result:
@@ -269,6 +270,11 @@ def test_answered_submissions_are_not_kept_until_their_deadline(executor):
 
     refs = run(main())
     assert len(refs) == 60
+    # Now and then asyncio's executor future and its wrapper are left in a reference cycle with
+    # the last batch's results list (seen about once in 150 runs on a loaded machine): garbage the
+    # collector frees, not something the batcher holds. What this guards against, answers kept
+    # in the batcher until their deadline, are live references that no collection frees.
+    gc.collect()
     assert [r for r in refs if r() is not None] == []
 
 
