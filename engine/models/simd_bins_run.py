@@ -147,8 +147,57 @@ def binned_block(typingctx, acc, xq, nodes, segments, trees, leaves, first_tree,
     return sig, codegen
 
 
-# Lanes one call of ``_search`` bins: four <8 x double> vectors of values and positions.
+# Lanes one call of ``_search`` or ``_count`` bins: eight <8 x double> vectors of values.
 _SEARCH = 64
+# Slots with at most this many thresholds are binned by ``_count``, the others by ``_search``.
+COUNT_MAX = 64
+
+
+@intrinsic
+def _count(typingctx, xq, at, values, bounds, first, count):
+    """``_search``'s result by counting: for each threshold, one broadcast compare and subtract
+    per 8 lanes (no gathers; cheaper than the search's levels for a few thresholds)."""
+    sig = types.void(xq, at, values, bounds, first, count)
+    vectors = _SEARCH // 8
+
+    def codegen(context, builder, signature, args):
+        p_xq, _, p_values, p_bounds = (context.make_array(signature.args[k])(context, builder, args[k]).data
+                                       if k != 1 else None for k in range(4))
+        at, first, count = args[1], args[4], args[5]
+        vf, vi = ir.VectorType(DOUBLE, 8), ir.VectorType(I64, 8)
+        values = [builder.load(builder.bitcast(builder.gep(p_values, [_const(8 * h)]), vf.as_pointer()), align=8)
+                  for h in range(vectors)]
+        fn = builder.function
+        entry = builder.block
+        loop = fn.append_basic_block("count_threshold")
+        done = fn.append_basic_block("count_done")
+        zero = ir.Constant(vi, [0] * 8)
+        stop = builder.add(first, count)
+        builder.cbranch(builder.icmp_signed("<", first, stop), loop, done)
+        builder.position_at_end(loop)
+        i = builder.phi(I64)
+        sums = [builder.phi(vi) for _ in range(vectors)]
+        threshold = splat(builder, builder.load(builder.gep(p_bounds, [i])), vf)
+        # sext of a true compare is -1: subtracting it counts the thresholds below each value.
+        added = [builder.sub(sums[h], builder.sext(builder.fcmp_ordered("<", threshold, values[h]), vi))
+                 for h in range(vectors)]
+        following = builder.add(i, _const(1))
+        builder.cbranch(builder.icmp_signed("<", following, stop), loop, done)
+        i.add_incoming(first, entry)
+        i.add_incoming(following, loop)
+        for phi, new in zip(sums, added):
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(new, loop)
+        builder.position_at_end(done)
+        totals = [builder.phi(vi) for _ in range(vectors)]
+        for h, total in enumerate(totals):
+            total.add_incoming(zero, entry)
+            total.add_incoming(added[h], loop)
+            where = builder.bitcast(builder.gep(p_xq, [builder.add(at, _const(8 * h))]), ir.VectorType(_I16, 8).as_pointer())
+            builder.store(builder.trunc(total, ir.VectorType(_I16, 8)), where, align=2)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic
@@ -242,8 +291,12 @@ def _bin_block(X, start, count, slots, bounds, xq, values):
                 for j in range(count):
                     x = np.float64(X[start + j, feature])
                     values[j] = fill if np.isnan(x) else x
-        for j in range(0, count, _SEARCH):
-            _search(xq, s * LANES + j, values[j:], bounds, first, n)
+        if n <= COUNT_MAX:
+            for j in range(0, count, _SEARCH):
+                _count(xq, s * LANES + j, values[j:], bounds, first, n)
+        else:
+            for j in range(0, count, _SEARCH):
+                _search(xq, s * LANES + j, values[j:], bounds, first, n)
 
 
 @jit

@@ -63,6 +63,23 @@ def test_mixed_tree_sizes_and_classes(num_class):
     _same(clone, booster, X[:300], threads=(1,))
 
 
+def test_slots_binned_by_counting_and_by_search_agree_with_lightgbm():
+    # Slots of up to COUNT_MAX thresholds are binned by counting, larger ones by the vector binary
+    # search: one-tree models whose slots fall on both sides of that line, near it.
+    seen = set()
+    for leaves in range(96, 200, 6):
+        text = shaped_model([leaves], seed=leaves)
+        seen.update(build_binned(read_lightgbm(text), simd_bins_run.LANES).slots[:, 3].tolist())
+        booster = lgb.Booster(model_str=text)
+        X = shaped_rows(leaves, seed=leaves)
+        model = scoreline.load_lightgbm(text, compile="bins")
+        assert model.tier == "bins"
+        for rows in (X, X[:1], X[:65], X[:129]):
+            _same(model, booster, rows, threads=(1,))
+    line = simd_bins_run.COUNT_MAX
+    assert seen & set(range(line - 8, line + 1)) and seen & set(range(line + 1, line + 9)), sorted(seen)
+
+
 def test_every_node_has_its_bin_and_word():
     text = shaped_model([40, 1, 17], seed=12)
     ir = read_lightgbm(text)
