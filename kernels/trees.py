@@ -838,8 +838,10 @@ def _leaf_buffered(B, r, root, words, thresholds, cat_bits):
 
 @jit
 def _walk_trees_buffered(B, r, t, trees, words, thresholds, cat_bits, leaf_value, tile_out, nan_right):
-    """Buffer row ``r`` through trees t..t+7 in lockstep (``_walk_trees`` on the buffer), to the
-    deepest of their depths (a leaf's record steps to itself), adding their leaves in tree order."""
+    """Buffer row ``r`` through trees t..t+7 in lockstep (``_walk_trees`` on the buffer), adding
+    their leaves in tree order. A leaf's record steps to itself, so the walk stops at the first
+    step that moves none of the eight, at most the deepest of their depths: leaf-wise trees are
+    deep, the row's paths mostly short."""
     depth = trees[t, 1]
     for i in range(t + 1, t + GROUP_ROWS):
         depth = max(depth, trees[i, 1])
@@ -849,6 +851,7 @@ def _walk_trees_buffered(B, r, t, trees, words, thresholds, cat_bits, leaf_value
     n6, n7 = np.uint64(trees[t + 6, 0]), np.uint64(trees[t + 7, 0])
     if nan_right:
         for _ in range(depth):
+            m0, m1, m2, m3, m4, m5, m6, m7 = n0, n1, n2, n3, n4, n5, n6, n7
             n0 = _step_buffered(B, r, n0, words, thresholds, cat_bits)
             n1 = _step_buffered(B, r, n1, words, thresholds, cat_bits)
             n2 = _step_buffered(B, r, n2, words, thresholds, cat_bits)
@@ -857,8 +860,12 @@ def _walk_trees_buffered(B, r, t, trees, words, thresholds, cat_bits, leaf_value
             n5 = _step_buffered(B, r, n5, words, thresholds, cat_bits)
             n6 = _step_buffered(B, r, n6, words, thresholds, cat_bits)
             n7 = _step_buffered(B, r, n7, words, thresholds, cat_bits)
+            if ((m0 ^ n0) | (m1 ^ n1) | (m2 ^ n2) | (m3 ^ n3) | (m4 ^ n4) | (m5 ^ n5) | (m6 ^ n6)
+                    | (m7 ^ n7)) == 0:
+                break  # all eight at their leaves (a leaf steps to itself): skip the deeper levels
     else:
         for _ in range(depth):
+            m0, m1, m2, m3, m4, m5, m6, m7 = n0, n1, n2, n3, n4, n5, n6, n7
             n0 = _step_buffered_plain(B, r, n0, words, thresholds, cat_bits)
             n1 = _step_buffered_plain(B, r, n1, words, thresholds, cat_bits)
             n2 = _step_buffered_plain(B, r, n2, words, thresholds, cat_bits)
@@ -867,6 +874,9 @@ def _walk_trees_buffered(B, r, t, trees, words, thresholds, cat_bits, leaf_value
             n5 = _step_buffered_plain(B, r, n5, words, thresholds, cat_bits)
             n6 = _step_buffered_plain(B, r, n6, words, thresholds, cat_bits)
             n7 = _step_buffered_plain(B, r, n7, words, thresholds, cat_bits)
+            if ((m0 ^ n0) | (m1 ^ n1) | (m2 ^ n2) | (m3 ^ n3) | (m4 ^ n4) | (m5 ^ n5) | (m6 ^ n6)
+                    | (m7 ^ n7)) == 0:
+                break  # all eight at their leaves (a leaf steps to itself): skip the deeper levels
     i = np.int64(r)
     tile_out[i, trees[t, 2]] += leaf_value[n0]
     tile_out[i, trees[t + 1, 2]] += leaf_value[n1]
