@@ -30,6 +30,7 @@ from scoreline.engine.models.simd import (
     NAN_FLAG,
     NAN_LOW,
     SELECT_WORDS,
+    TABLE,
     WIDE_CATEGORY,
 )
 from scoreline.kernels.links import apply_link
@@ -190,11 +191,31 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
             # Word c >> 6 of the node's table holds category c's bit: tables of at most
             # SELECT_WORDS words pick it per lane with selects among broadcast words, wider
             # ones (GATHER) gather it. The branch goes the same way for every node of a feature.
+            # A TABLE node stands for all of a segment's splits on one feature: the lane's word of
+            # the table (category c at word c) is already the AND of their masks.
             at, base, mask = record(i)
             location = builder.load(builder.gep(p_meta, [at]))
             start = builder.and_(location, _const(GATHER - 1))
+            tabling, testing = fn.append_basic_block("simd_table"), fn.append_basic_block("simd_sets")
             selecting, gathering = fn.append_basic_block("simd_select"), fn.append_basic_block("simd_gather")
             joined = fn.append_basic_block("simd_wide_node")
+            builder.cbranch(builder.icmp_signed("==", builder.and_(location, _const(TABLE)), _const(0)),
+                            testing, tabling)
+
+            builder.position_at_end(tabling)
+            table_address = splat(builder, builder.ptrtoint(
+                builder.gep(p_words, [builder.and_(location, _const(TABLE - 1))]), I64), _VI)
+            looked_up = []
+            for h in range(_V):
+                category = builder.bitcast(lanes(base, h), _VI)  # 0..limit, the table's last word
+                where = builder.add(table_address, builder.shl(category, _splat_const(3)))
+                looked_up.append(builder.and_(bits[h], builder.call(
+                    gather_words, [builder.inttoptr(where, word_pointers), ir.Constant(I32, 8), everywhere,
+                                   ir.Constant(_VI, ir.Undefined)])))
+            tabled_end = builder.block
+            builder.branch(joined)
+
+            builder.position_at_end(testing)
             builder.cbranch(builder.icmp_signed("==", builder.and_(location, _const(GATHER)), _const(0)),
                             selecting, gathering)
 
@@ -234,7 +255,7 @@ def forest_block(typingctx, acc, xs, nodes, segments, trees, leaves, words, firs
             gathered, gathered_end = members(gather_word)
             builder.branch(joined)
             builder.position_at_end(joined)
-            return _merge(builder, (selected, selected_end), (gathered, gathered_end))
+            return _merge(builder, (looked_up, tabled_end), (selected, selected_end), (gathered, gathered_end))
 
         def run_nodes(first, first_narrow, first_wide, stop):
             """The bitvectors of one (tree, word) segment after all its nodes."""

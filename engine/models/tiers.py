@@ -53,8 +53,8 @@ TIERS = ("generic", "simd", "bins", "model")
 # Batch sizes timed at load; a batch uses the ranking of the largest size <= its rows.
 BATCH_SIZES = (1, 8, 64, 512, 2048)
 # Bump when the measurement or a tier's code changes enough to redo every choice.
-CHOICE_VERSION = 4  # 2: the SIMD tier tiles forests over a few L2 caches; 3: the binned SIMD tier;
-# 4: timed on changing rows, the median
+CHOICE_VERSION = 5  # 2: the SIMD tier tiles forests over a few L2 caches; 3: the binned SIMD tier;
+# 4: timed on changing rows, the median; 5: the SIMD tier's category tables
 # Time spent per candidate and batch size (seconds of repeated calls, after one warm-up call).
 _BUDGET = 0.002
 _LONG = 0.02

@@ -9,10 +9,13 @@ sizes around the 64-row block.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from scoreline.engine.models.lightgbm import read_lightgbm
-from scoreline.engine.models.simd import MAX_CATEGORY, build_forest, unsupported_reason
+from scoreline.engine.models import simd
+from scoreline.engine.models.simd import MAX_CATEGORY, TABLE, build_forest, unsupported_reason
 
 import scoreline
 
@@ -106,9 +109,17 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{o}-{'-'.join(p) or 'plain'}" for o, p in CASES])
+CASE_IDS = [f"{o}-{'-'.join(p) or 'plain'}" for o, p in CASES]
+
+
+@pytest.fixture(scope="module", params=range(len(CASES)), ids=CASE_IDS)
 def trained(request):
-    objective, params = request.param
+    return _train(request.param)
+
+
+@functools.cache
+def _train(case: int):
+    objective, params = CASES[case]
     params = dict(params)
     X = _data(5)
     y = _label(objective, X, 5)
@@ -236,3 +247,55 @@ def test_wide_category_sets_read_the_right_word():
     rows = np.array([[v] for v in CATEGORY_VALUES + [127.0, 127.9, 128.0, 95.0, 94.0, 2.0, 1.0, 4096.0]])
     np.testing.assert_array_equal(model.predict(rows, raw_score=True),
                                   lgb.Booster(model_str=text).predict(rows, raw_score=True))
+
+
+def _table_nodes(forest) -> int:
+    """How many node records of ``forest`` are category tables (the wide group of each segment)."""
+    meta = forest.nodes.view(np.int64)
+    segments = forest.segments
+    count = 0
+    for g in range(segments.shape[0] - 1):
+        wide = meta[segments[g, 2]:segments[g + 1, 0], 0]
+        count += int(np.count_nonzero(wide & TABLE))
+    return count
+
+
+CATEGORICAL = [i for i, (_, params) in enumerate(CASES) if "categorical" in params]
+
+
+@pytest.mark.parametrize("case", CATEGORICAL, ids=[CASE_IDS[i] for i in CATEGORICAL])
+def test_category_tables_give_the_bits_of_per_split_sets(case, monkeypatch):
+    # A segment's splits on one categorical feature folded into one table per category: the same
+    # bits as testing every split's set, and as LightGBM.
+    booster, X = _train(case)
+    text = booster.model_to_string()
+    ir = read_lightgbm(text)
+    assert _table_nodes(build_forest(ir)) > 0
+    rows = _edge_rows(booster, X, 3_000)
+    tabled = scoreline.load_lightgbm(text, compile="simd").predict(rows, raw_score=True, num_threads=1)
+    monkeypatch.setattr(simd, "TABLE_FROM", 10**9)
+    assert _table_nodes(build_forest(ir)) == 0
+    per_split = scoreline.load_lightgbm(text, compile="simd")
+    assert per_split.tier == "simd"
+    np.testing.assert_array_equal(tabled, per_split.predict(rows, raw_score=True, num_threads=1))
+    np.testing.assert_array_equal(tabled, booster.predict(rows, raw_score=True, num_threads=1))
+
+
+def test_features_past_the_table_limit_keep_per_split_sets():
+    X = _data(7)
+    X[:, 5] = np.where(np.isnan(X[:, 5]), np.nan, np.random.default_rng(7).integers(0, 1_500, len(X)))
+    y = X[:, 0] + (np.nan_to_num(X[:, 5]) % 7 < 3)
+    params = {"objective": "regression", "num_leaves": 31, "min_data_in_leaf": 3, "min_data_per_group": 2,
+              "cat_smooth": 1, "max_cat_threshold": 800, "max_cat_to_onehot": 1, "verbose": -1, "seed": 7,
+              "num_threads": 1}
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[5]), num_boost_round=10)
+    text = booster.model_to_string()
+    forest = build_forest(read_lightgbm(text))
+    assert forest.slots[:, 2].max() > simd.TABLE_MAX_CATEGORY + 1  # the feature's sets reach past the limit
+    assert _table_nodes(forest) == 0
+    rows = X[:2_000].copy()
+    rows[: len(CATEGORY_VALUES) * 20, 5] = np.tile(CATEGORY_VALUES, 20)
+    model = scoreline.load_lightgbm(text, compile="simd")
+    assert model.tier == "simd"
+    np.testing.assert_array_equal(model.predict(rows, raw_score=True, num_threads=1),
+                                  booster.predict(rows, raw_score=True, num_threads=1))
