@@ -30,11 +30,11 @@ reading it) the model uses, filled while transposing:
 A categorical split on a feature whose sets stay within categories 0..63 holds its set as 64 bits
 instead of a threshold (limit 64); a row goes right where its category's bit is clear. A feature
 with wider sets (limit 64 * W, W words of 64 bits) gives each of its splits W + 1 words in
-``words``, the last one zero, and the node reads word ``c >> 6`` (a gather). Where a segment splits on one categorical feature
-more than once (TABLE_FROM), those splits become one table node instead: a word per category
-holding the AND of the masks of the splits that send it right, gathered per lane. A tree's numeric
-splits come first, then narrow categorical, then wide ones and tables (the bitvector is an AND of
-masks, so the order of nodes does not matter).
+``words``, the last one zero, and the node reads word ``c >> 6`` (a gather). Where a segment
+splits on one categorical feature more than once (TABLE_FROM), those splits become one table node
+instead: a word per category holding the AND of the masks of the splits that send it right,
+gathered per lane. A tree's numeric splits come first, then narrow categorical, then wide ones
+and tables (the bitvector is an AND of masks, so the order of nodes does not matter).
 
 Missing type None reads NaN as 0.0, so NaN goes where 0.0 goes (NAN_LOW iff 0 <= t); thresholds
 inside the zero band are moved to its edge (kernels/rules.py effective_thresholds), so the band
@@ -336,9 +336,9 @@ def _category_table(tree: TreeIR, group: np.ndarray, masks: np.ndarray, limit: i
     the categorical splits ``group`` (one feature's) that send it right."""
     table = np.full(limit + 1, -1, dtype=np.int64)
     categories = np.arange(limit + 1, dtype=np.uint64)
+    word = categories >> np.uint64(6)
     for node in group:
         words = _category_words(tree, int(node))
-        word = categories >> np.uint64(6)
         member = np.zeros(limit + 1, dtype=bool)
         inside = word < np.uint64(words.size)
         member[inside] = ((words[word[inside].astype(np.int64)] >> (categories[inside] & np.uint64(63)))
