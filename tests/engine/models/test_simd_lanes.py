@@ -6,9 +6,10 @@ the two widths' drivers and forest loop. SCORELINE_SIMD_LANES forces the other (
 same vector IR to whatever registers the CPU has), in a child process with a Numba cache of its
 own (the width is a compile-time constant that Numba's cache does not key on). The child scores
 trees around the word boundaries (1-300 leaves, one and two classes), with and without tiles of
-trees, categorical sets read by select (150 categories) and by gather (700), and the binned tier
-(engine/models/simd_bins_run.py, whose vectors follow the width: 32 or 16 rows of 16 bits), on 1
-and 2 threads, and compares every score with LightGBM's to the bit.
+trees, categorical splits read through category tables and as sets, by select (150 categories)
+and by gather (700), and the binned tier (engine/models/simd_bins_run.py, whose vectors follow the
+width: 32 or 16 rows of 16 bits), on 1 and 2 threads, and compares every score with LightGBM's to
+the bit.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ X[: edges.size * 10, 5] = np.roll(np.tile(edges, 10), 3)
 model = scoreline.load_lightgbm(booster.model_to_string(), compile="simd")
 assert model.tier == "simd", model.tiers
 same(model, booster, X)
+tables_from = simd.TABLE_FROM
+simd.TABLE_FROM = 10**9  # every split tests its own set: the select and gather paths
+model = scoreline.load_lightgbm(booster.model_to_string(), compile="simd")
+assert model.tier == "simd", model.tiers
+same(model, booster, X)
+simd.TABLE_FROM = tables_from
 
 # The binned tier's vectors follow the width: 32 rows of 16 bits at 64 lanes, 16 at 32.
 assert simd_bins_run._R == simd_run.LANES // 2, simd_bins_run._R
