@@ -294,8 +294,9 @@ def build_forest(ir: EnsembleIR, tile_bytes: int | None = None) -> SimdForest:
             meta[:, 2] = masks
             tabled = np.zeros(kinds.size, dtype=bool)
             tables = []
-            for feature in np.unique(tree.split_feature[touched & (narrow | wide)]):
-                group = np.flatnonzero(touched & (narrow | wide) & (tree.split_feature == feature))
+            categorical = touched & (narrow | wide)
+            for feature in np.unique(tree.split_feature[categorical]):
+                group = np.flatnonzero(categorical & (tree.split_feature == feature))
                 if group.size < TABLE_FROM or limits[group[0]] > TABLE_MAX_CATEGORY + 1:
                     continue
                 table = _category_table(tree, group, masks, int(limits[group[0]]))
